@@ -1,0 +1,514 @@
+"""Rollouts: batched sampling with a KV cache, and the log-probs of sampled tokens (paper §3.1).
+
+LRPO, like GRPO, samples for each question x a group of K responses, here each in its own
+target language ℓ_k (the router picks them, `bandit.py`):
+
+    y_k ~ π_θ_old( · | x, ℓ_k),   π_θ(y | x, ℓ) = Π_t π_θ(y_t | x, ℓ, y_<t)
+
+and the loss (`loss.py`) needs, per response token, log π_θ(y_t | ...) under the current policy,
+the old policy (the sampler) and the frozen reference. This file provides both halves:
+
+* :func:`sample` draws the y_k. It runs its own decode loop over the model's weights with an
+  explicit, pre-allocated KV cache (below), for a batch of prompts of unequal length.
+* :func:`token_logprobs` recomputes log π_θ(y_t | x, y_<t) for given sequences, with autograd,
+  for training. It is the one place where training log-probs are computed, and it is chunked
+  so that the full (batch × length × vocabulary) float32 logits never sit in memory at once.
+
+**Why a KV cache.** A causal transformer's attention at position t reads the keys and values of
+every earlier position. Those never change once computed, so instead of re-running the whole
+prefix for every new token (O(T²) work) we keep them in a cache: one forward over the prompt
+("prefill") fills the cache, then each decode step feeds one token per row, writes its key and
+value into the next cache slot, and attends over the slots filled so far. A decode step then
+costs one pass over the weights, which is why decoding is memory-bandwidth bound and why a large
+batch (many rows sharing each weight read) is almost free: the whole reason one GPU is enough.
+
+**Left padding.** Prompts have unequal lengths, so each row is left-padded to the longest
+prompt P. The cache slot of a token is then the same for all rows (slot P + t for the t-th new
+token), which keeps every step a dense tensor op, while a row's *position id* (what RoPE sees)
+counts only its real tokens, so padding changes nothing a row computes. Pad slots are masked out
+of attention for every query; a pad query attends only to itself so that no softmax row is empty.
+
+**Two paths, same tokens.** The readable path is a plain Python loop. The fast path (chosen
+automatically on CUDA; ``fast=False`` forces it off) runs the *same* decode-step function, but
+captured once into a CUDA graph and replayed, which removes the ~500 kernel launches per step
+from the CPU's critical path, and checks for "every row finished" only every few steps. Every
+shape is static (the cache is allocated for P + max_new_tokens slots and attention always spans
+all of them, masked), so the graph is valid for every step, and the two paths run identical
+kernels on identical inputs: for the same seed they give the same tokens (tested).
+
+**Conventions.**
+* Sampling: temperature, then top-k, then top-p (nucleus), then a Gumbel-max draw from noise
+  taken from an explicit ``torch.Generator``; temperature 0 is greedy. Only ids below
+  ``len(tokenizer)`` are ever sampled (Qwen pads its embedding matrix to 151,936 rows).
+* ``Rollout.logprobs`` are log-probs of the sampled tokens under softmax(logits / temperature)
+  over the full model vocabulary, *before* top-k/top-p truncation (greedy: temperature 1). This
+  is what verl stores as the old policy's log-probs; ``token_logprobs(..., temperature=T)``
+  recomputes exactly this. In bf16 the sampler's own forward and the training forward differ by
+  rounding, so the trainer should compute the "old" log-probs with :func:`token_logprobs` too.
+* ``completion_mask`` is 1 up to and including the first EOS, 0 after it (the EOS token gets
+  credit for stopping; tiny-grpo's bug of masking it as padding is avoided).
+
+The own forward supports the Llama family of decoders (Llama, Qwen2/2.5, Qwen3, Mistral without
+a sliding window), which covers the models this project trains; other models raise an error.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+
+
+@dataclass
+class Rollout:
+    """A batch of B sampled completions. P = longest prompt, T = longest completion."""
+
+    prompt_ids: torch.Tensor       # (B, P) long, left-padded
+    prompt_mask: torch.Tensor      # (B, P) long, 1 on real prompt tokens
+    completion_ids: torch.Tensor   # (B, T) long, pad after the end
+    completion_mask: torch.Tensor  # (B, T) float32, 1 up to and including the first EOS
+    logprobs: torch.Tensor         # (B, T) float32, log π(y_t | ...) of the sampled tokens, 0 where masked
+    lengths: torch.Tensor          # (B,) long, completion_mask.sum(1)
+    texts: list[str]               # decoded completions, special tokens skipped
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        """Prompt and completion side by side, (B, P + T): what `token_logprobs` takes."""
+        return torch.cat([self.prompt_ids, self.completion_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask, self.completion_mask.long()], dim=1)
+
+    @property
+    def completion_start(self) -> int:
+        return self.prompt_ids.shape[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Prompts: tokenize and left-pad
+
+def _prompt_batch(tokenizer, prompts, n_embeddings: int, pad_id: int, device):
+    if not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
+        raise ValueError("prompts: expected a non-empty list of strings or of token-id lists")
+    if all(isinstance(p, str) for p in prompts):
+        if tokenizer is None:
+            raise ValueError("prompts are strings, so a tokenizer is needed")
+        rows = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    else:
+        rows = [p.tolist() if torch.is_tensor(p) else list(p) for p in prompts]
+    for i, row in enumerate(rows):
+        if len(row) == 0:
+            raise ValueError(f"prompts[{i}] is empty")
+        bad = [t for t in row if not isinstance(t, int) or not 0 <= t < n_embeddings]
+        if bad:
+            raise ValueError(f"prompts[{i}]: token id {bad[0]!r} is not an int in [0, {n_embeddings})")
+    P = max(len(r) for r in rows)
+    ids = torch.full((len(rows), P), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), P), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, P - len(row):] = torch.tensor(row)
+        mask[i, P - len(row):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position of each token among its row's real tokens, the same rule as HF generate."""
+    return (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# The decoder forward with an explicit KV cache
+
+@dataclass
+class _Decoder:
+    """The model's weights, arranged for decoding (q, k, v projections fused into one matrix)."""
+
+    model: torch.nn.Module
+    w_qkv: list[torch.Tensor]
+    b_qkv: list[torch.Tensor | None]
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    scale: float
+
+    @classmethod
+    def from_model(cls, model, cache_len: int) -> "_Decoder":
+        config = model.config
+        if config.model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(f"model_type {config.model_type!r} is not supported by rollout.sample; "
+                             f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+        w_qkv, b_qkv = [], []
+        for layer in model.model.layers:
+            attn = layer.self_attn
+            window = getattr(attn, "sliding_window", None)
+            if window is not None and window < cache_len:
+                raise ValueError(f"sliding-window attention ({window} < {cache_len} tokens) is not supported")
+            projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+            # Re-concatenated on every call: the weights change after each optimizer step.
+            w_qkv.append(torch.cat([p.weight for p in projections]))
+            b_qkv.append(None if attn.q_proj.bias is None else torch.cat([p.bias for p in projections]))
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        return cls(model, w_qkv, b_qkv, config.num_attention_heads, config.num_key_value_heads,
+                   head_dim, model.model.layers[0].self_attn.scaling)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.get_output_embeddings()(hidden).float()
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer, pre-allocated for all L = prompt + new-token slots.
+
+    ``k[layer]`` is (B, n_kv_heads, L, head_dim). Qwen2.5-1.5B keeps 2 KV heads for 12 query
+    heads (grouped-query attention), so a token costs 2·28·2·128·2 B = 28 KiB of cache in bf16.
+    """
+
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+
+    @classmethod
+    def allocate(cls, decoder: _Decoder, batch: int, length: int, dtype, device) -> "KVCache":
+        shape = (batch, decoder.n_kv_heads, length, decoder.head_dim)
+        n_layers = len(decoder.w_qkv)
+        return cls([torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)],
+                   [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)])
+
+
+def _rms_norm(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
+    return F.rms_norm(x, x.shape[-1:], norm.weight, norm.variance_epsilon)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _linear_plus(x: torch.Tensor, linear: torch.nn.Linear, residual: torch.Tensor) -> torch.Tensor:
+    """residual + linear(x), as one GEMM whose epilogue adds the residual (one kernel, not two)."""
+    if linear.bias is not None:
+        return residual + linear(x)
+    out = torch.addmm(residual.reshape(-1, residual.shape[-1]), x.reshape(-1, x.shape[-1]), linear.weight.t())
+    return out.view(residual.shape)
+
+
+def _forward(dec: _Decoder, cache: KVCache, input_ids, position_ids, write_slots, attn_bias):
+    """Run S new tokens per row through the decoder; return the final hidden states (B, S, H).
+
+    input_ids, position_ids: (B, S). write_slots: (S,) cache slots that receive the new keys and
+    values. attn_bias: (B, 1, S, kv_len) additive mask (0 = visible, very negative = hidden) over
+    cache slots [0, kv_len): each new token attends only to slots its row has filled.
+    """
+    B, S = input_ids.shape
+    Hq, Hkv, D = dec.n_heads, dec.n_kv_heads, dec.head_dim
+    G = Hq // Hkv  # query heads that share one key/value head
+    kv_len = attn_bias.shape[-1]
+    inner = dec.model.model
+    x = inner.embed_tokens(input_ids)
+    cos, sin = inner.rotary_emb(x, position_ids)            # (B, S, D), positions count real tokens only
+    cos, sin = cos[:, :, None], sin[:, :, None]              # broadcast over heads
+    # Queries are grouped by their KV head as G·S rows, so keys and values are read once
+    # per KV head instead of being copied G times (HF's repeat_kv); the mask repeats over G.
+    bias = attn_bias[:, :, None].expand(B, 1, G, S, kv_len).reshape(B, 1, G * S, kv_len)
+    for i, layer in enumerate(inner.layers):
+        attn = layer.self_attn
+        h = _rms_norm(x, layer.input_layernorm)
+        qkv = F.linear(h, dec.w_qkv[i], dec.b_qkv[i]).view(B, S, Hq + 2 * Hkv, D)
+        qk, v = qkv[:, :, :Hq + Hkv], qkv[:, :, Hq + Hkv:]
+        if hasattr(attn, "q_norm"):  # Qwen3 normalises each head's query and key before RoPE
+            qk = torch.cat([attn.q_norm(qk[:, :, :Hq]), attn.k_norm(qk[:, :, Hq:])], dim=2)
+        qk = qk * cos + _rotate_half(qk) * sin               # RoPE on queries and keys at once
+        q, k = qk[:, :, :Hq], qk[:, :, Hq:]
+        # The KV cache at work: store this step's keys/values, then attend over all slots.
+        cache.k[i].index_copy_(2, write_slots, k.transpose(1, 2))
+        cache.v[i].index_copy_(2, write_slots, v.transpose(1, 2))
+        q = q.reshape(B, S, Hkv, G, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, G * S, D)
+        o = F.scaled_dot_product_attention(q, cache.k[i][:, :, :kv_len], cache.v[i][:, :, :kv_len],
+                                           attn_mask=bias, scale=dec.scale)
+        o = o.view(B, Hkv, G, S, D).permute(0, 3, 1, 2, 4).reshape(B, S, Hq * D)
+        x = _linear_plus(o, attn.o_proj, x)
+        h = _rms_norm(x, layer.post_attention_layernorm)
+        mlp = layer.mlp
+        x = _linear_plus(mlp.act_fn(mlp.gate_proj(h)) * mlp.up_proj(h), mlp.down_proj, x)
+    return _rms_norm(x, inner.norm)
+
+
+# ----------------------------------------------------------------------------------------------
+# Choosing the next token
+
+@dataclass
+class _SamplingConfig:
+    temperature: float
+    top_k: int
+    top_p: float
+    vocab_size: int                   # ids >= vocab_size (embedding padding) are never sampled
+    eos_ids: torch.Tensor             # (n_eos,)
+    pad_id: int
+    suppress_eos: bool
+
+
+def _draw_gumbel(noise: torch.Tensor, generator: torch.Generator) -> None:
+    """Fill ``noise`` in place with Gumbel(0, 1) samples, -log(-log u)."""
+    noise.uniform_(generator=generator).log_().neg_().log_().neg_()
+
+
+def _choose_token(logits: torch.Tensor, gumbel: torch.Tensor, cfg: _SamplingConfig):
+    """Pick one token per row from float32 logits (B, V); return (token, its log-prob)."""
+    if cfg.temperature > 0:
+        logits = logits / cfg.temperature
+    log_normaliser = torch.logsumexp(logits, dim=-1)
+    scores = logits[:, :cfg.vocab_size]
+    if cfg.suppress_eos:  # the benchmark decodes a fixed length
+        scores = scores.index_fill(1, cfg.eos_ids, -math.inf)
+    if cfg.top_k > 0 and cfg.top_k < scores.shape[1]:
+        kth_best = torch.topk(scores, cfg.top_k, dim=-1).values[:, -1:]
+        scores = scores.masked_fill(scores < kth_best, -math.inf)
+    if cfg.top_p < 1.0:
+        # Keep the smallest set of most likely tokens whose mass reaches top_p.
+        sorted_scores, order = scores.sort(dim=-1, descending=True)
+        probs = sorted_scores.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs
+        sorted_scores = sorted_scores.masked_fill(mass_before > cfg.top_p, -math.inf)
+        scores = torch.empty_like(scores).scatter_(1, order, sorted_scores)
+    if cfg.temperature > 0:
+        # Gumbel-max: argmax(scores + Gumbel noise) is a draw from softmax(scores), with no
+        # host synchronisation (torch.multinomial's would break CUDA-graph capture).
+        token = (scores + gumbel).argmax(dim=-1)
+    else:
+        token = scores.argmax(dim=-1)
+    logprob = logits.gather(1, token[:, None]).squeeze(1) - log_normaliser
+    return token, logprob
+
+
+@dataclass
+class _DecodeState:
+    """Every tensor one decode step reads or writes. Updated in place, so that a CUDA graph
+    captured from one step can be replayed for all the others."""
+
+    tokens_in: torch.Tensor     # (B, 1) the token fed at this step (the one sampled last)
+    positions: torch.Tensor     # (B, 1) its position id: prompt length + tokens so far
+    slot: torch.Tensor          # (1,) its cache slot: P + tokens so far, the same for all rows
+    step: torch.Tensor          # (1,) output column of the token sampled at this step
+    bias: torch.Tensor          # (B, 1, 1, L) additive attention mask over cache slots
+    finished: torch.Tensor      # (B,) bool, row has produced an EOS
+    gumbel: torch.Tensor        # (B, vocab_size) noise for this step, drawn outside the step
+    out_tokens: torch.Tensor    # (B, T)
+    out_logprobs: torch.Tensor  # (B, T)
+
+
+def _emit(state: _DecodeState, logits: torch.Tensor, cfg: _SamplingConfig) -> None:
+    token, logprob = _choose_token(logits, state.gumbel, cfg)
+    token = torch.where(state.finished, cfg.pad_id, token)   # finished rows only emit padding
+    logprob = torch.where(state.finished, 0.0, logprob)
+    state.out_tokens.index_copy_(1, state.step, token[:, None])
+    state.out_logprobs.index_copy_(1, state.step, logprob[:, None])
+    state.finished |= (token[:, None] == cfg.eos_ids).any(dim=-1)
+    state.tokens_in.copy_(token[:, None])
+    state.step += 1
+
+
+def _decode_step(dec: _Decoder, cache: KVCache, state: _DecodeState, cfg: _SamplingConfig) -> None:
+    state.bias.index_fill_(3, state.slot, 0.0)   # the slot written now becomes visible
+    hidden = _forward(dec, cache, state.tokens_in, state.positions, state.slot, state.bias)
+    _emit(state, dec.logits(hidden[:, -1]), cfg)
+    state.positions += 1
+    state.slot += 1
+
+
+def _capture_decode_step(dec, cache, state, cfg, generator):
+    """Run one real decode step as warm-up (on a side stream, as CUDA graphs require), then
+    record one step into a graph. Recording executes nothing, so the state is not advanced."""
+    if cfg.temperature > 0:
+        _draw_gumbel(state.gumbel, generator)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        _decode_step(dec, cache, state, cfg)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        _decode_step(dec, cache, state, cfg)
+    return graph
+
+
+# ----------------------------------------------------------------------------------------------
+# sample()
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    ids = set()
+    for source in (getattr(tokenizer, "eos_token_id", None),
+                   getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        if source is not None:
+            ids.update([source] if isinstance(source, int) else source)
+    return sorted(ids)
+
+
+@torch.no_grad()  # not inference_mode: the trainer feeds these tensors into autograd
+def sample(model, tokenizer, prompts, max_new_tokens: int, *, temperature: float = 1.0,
+           top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
+           generator: torch.Generator | None = None, fast: bool | None = None,
+           suppress_eos: bool = False, eos_token_ids: list[int] | None = None,
+           check_every: int = 8) -> Rollout:
+    """Sample up to ``max_new_tokens`` per prompt, stopping each row at its first EOS.
+
+    prompts: strings (chat template already applied; tokenized without special tokens) or
+    lists of token ids. temperature 0 = greedy; top_k 0 and top_p 1 disable those filters.
+    seed or generator (on the model's device) makes the draw reproducible; with neither, the
+    seed comes from torch's global RNG. fast: None = CUDA graphs on CUDA, off elsewhere.
+    suppress_eos: never sample EOS (fixed-length benchmarks). eos_token_ids: defaults to the
+    tokenizer's EOS plus the model's generation_config EOS ids. check_every: how often (in
+    steps) the fast path checks whether every row has finished (each check syncs the host).
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0 or not math.isfinite(temperature):
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    n_embeddings = model.get_input_embeddings().weight.shape[0]
+    vocab_size = min(len(tokenizer), n_embeddings) if tokenizer is not None else n_embeddings
+    eos = list(eos_token_ids) if eos_token_ids is not None else _eos_ids(model, tokenizer)
+    if not eos:
+        raise ValueError("no EOS token id: pass eos_token_ids or use a tokenizer with eos_token_id")
+    pad_id = getattr(tokenizer, "pad_token_id", None)
+    pad_id = eos[0] if pad_id is None else pad_id
+    prompt_ids, prompt_mask = _prompt_batch(tokenizer, prompts, n_embeddings, pad_id, device)
+    if generator is None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
+    elif generator.device.type != device.type:
+        raise ValueError(f"generator is on {generator.device}, the model on {device}")
+    if fast is None:
+        fast = device.type == "cuda"
+
+    B, P = prompt_ids.shape
+    T = max_new_tokens
+    L = -(-(P + T) // 16) * 16  # cache slots, a multiple of 16 so the mask rows stay aligned
+    cfg = _SamplingConfig(temperature, top_k, top_p, vocab_size,
+                          torch.tensor(eos, device=device), pad_id, suppress_eos)
+    dec = _Decoder.from_model(model, L)
+    cache = KVCache.allocate(dec, B, L, dtype, device)
+    hidden_mask = torch.finfo(dtype).min
+
+    # Prefill: the whole prompt in one forward, filling cache slots [0, P). Token j of a row
+    # sees token i <= j of the same row, unless i is padding; a pad query sees only itself.
+    prompt_slots = torch.arange(P, device=device)
+    causal = prompt_slots[None, :] <= prompt_slots[:, None]                    # (query, key)
+    visible = (causal[None] & prompt_mask.bool()[:, None, :]) | torch.eye(P, dtype=torch.bool, device=device)
+    prefill_bias = torch.zeros(B, 1, P, P, dtype=dtype, device=device).masked_fill(~visible[:, None], hidden_mask)
+    hidden = _forward(dec, cache, prompt_ids, _position_ids(prompt_mask), prompt_slots, prefill_bias)
+
+    # Decode state: a decode query sees the real prompt slots and every slot written since.
+    bias = torch.full((B, 1, 1, L), hidden_mask, dtype=dtype, device=device)
+    bias[:, 0, 0, :P].masked_fill_(prompt_mask.bool(), 0.0)
+    state = _DecodeState(
+        tokens_in=torch.zeros(B, 1, dtype=torch.long, device=device),
+        positions=prompt_mask.sum(1, keepdim=True),
+        slot=torch.tensor([P], device=device),
+        step=torch.zeros(1, dtype=torch.long, device=device),
+        bias=bias,
+        finished=torch.zeros(B, dtype=torch.bool, device=device),
+        gumbel=torch.zeros(B, vocab_size if temperature > 0 else 1, device=device),
+        out_tokens=torch.full((B, T), pad_id, dtype=torch.long, device=device),
+        out_logprobs=torch.zeros(B, T, device=device),
+    )
+    draw = (lambda: _draw_gumbel(state.gumbel, generator)) if temperature > 0 else (lambda: None)
+    draw()
+    _emit(state, dec.logits(hidden[:, -1]), cfg)   # token 0 comes from the prompt's last position
+
+    steps_done = 1
+    if not fast:
+        # The readable path: one decode step per new token, stopping once every row has ended.
+        while steps_done < T and not bool(state.finished.all()):
+            draw()
+            _decode_step(dec, cache, state, cfg)
+            steps_done += 1
+    else:
+        graph = None
+        while steps_done < T:
+            if (steps_done - 1) % check_every == 0 and bool(state.finished.all()):
+                break
+            if graph is None and device.type == "cuda":
+                graph = _capture_decode_step(dec, cache, state, cfg, generator)  # does one step
+            else:
+                draw()
+                graph.replay() if graph is not None else _decode_step(dec, cache, state, cfg)
+            steps_done += 1
+        del graph  # frees the graph's private memory pool
+
+    completion_ids = state.out_tokens
+    is_eos = (completion_ids[..., None] == cfg.eos_ids).any(-1)
+    after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0
+    completion_mask = (~after_eos).float()
+    completion_mask[:, steps_done:] = 0.0  # never decoded: every row had already ended
+    lengths = completion_mask.sum(1).long()
+    width = int(lengths.max())
+    completion_ids = completion_ids[:, :width].masked_fill(completion_mask[:, :width] == 0, pad_id)
+    completion_mask = completion_mask[:, :width]
+    logprobs = state.out_logprobs[:, :width] * completion_mask
+    texts = []
+    if tokenizer is not None:
+        texts = tokenizer.batch_decode([row[:n].tolist() for row, n in zip(completion_ids, lengths.tolist())],
+                                       skip_special_tokens=True)
+    return Rollout(prompt_ids, prompt_mask, completion_ids.clone(), completion_mask, logprobs.clone(),
+                   lengths, texts)
+
+
+# ----------------------------------------------------------------------------------------------
+# token_logprobs(): training-time log-probs, chunked
+
+def _chunk_logprobs(hidden, targets, weight, bias, temperature: float, with_entropy: bool):
+    logits = F.linear(hidden, weight, bias).float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    log_normaliser = torch.logsumexp(logits, dim=-1)
+    logprobs = logits.gather(-1, targets[..., None]).squeeze(-1) - log_normaliser
+    if not with_entropy:
+        return logprobs, logprobs.new_zeros(())
+    entropy = log_normaliser - (logits.softmax(dim=-1) * logits).sum(-1)  # H = log Z - E_p[logit]
+    return logprobs, entropy
+
+
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_start: int,
+                   *, chunk_size: int = 2048, temperature: float = 1.0, return_entropy: bool = False):
+    """log π_θ(y_t | x, y_<t) for y = input_ids[:, completion_start:], with autograd.
+
+    input_ids, attention_mask: (B, L), left-padded prompts followed by completions (e.g.
+    ``rollout.input_ids``/``rollout.attention_mask``). Position ids follow the attention mask as
+    in :func:`sample`, so at equal temperature these equal ``Rollout.logprobs`` (float32).
+    The vocabulary projection runs over chunks of about ``chunk_size`` tokens, each under
+    activation checkpointing, so at most one chunk's (chunk_size × V) float32 logits exist at a
+    time, in the forward and in the backward. Returns (B, T) log-probs, and (B, T) entropies of
+    the full next-token distribution if ``return_entropy``.
+    """
+    B, L = input_ids.shape
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask {tuple(attention_mask.shape)} != input_ids {tuple(input_ids.shape)}")
+    if not 1 <= completion_start < L:
+        raise ValueError(f"completion_start must be in [1, {L}), got {completion_start}")
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                              position_ids=_position_ids(attention_mask), use_cache=False).last_hidden_state
+    hidden = hidden[:, completion_start - 1:-1]   # the state at t-1 predicts token t
+    targets = input_ids[:, completion_start:]
+    head = model.get_output_embeddings()
+    positions_per_chunk = max(1, chunk_size // B)
+    logprobs, entropies = [], []
+    for start in range(0, targets.shape[1], positions_per_chunk):
+        args = (hidden[:, start:start + positions_per_chunk], targets[:, start:start + positions_per_chunk],
+                head.weight, head.bias, temperature, return_entropy)
+        if torch.is_grad_enabled() and hidden.requires_grad:
+            # Recompute this chunk's logits in the backward instead of keeping them.
+            lp, ent = torch.utils.checkpoint.checkpoint(_chunk_logprobs, *args, use_reentrant=False)
+        else:
+            lp, ent = _chunk_logprobs(*args)
+        logprobs.append(lp)
+        entropies.append(ent)
+    logprobs = torch.cat(logprobs, dim=1)
+    return (logprobs, torch.cat(entropies, dim=1)) if return_entropy else logprobs
