@@ -38,7 +38,8 @@ Beyond the paper (its future work asks for other routing strategies), with the s
 * The fixed routers of the paper's ablations (Table 2), as shares of the whole group of K:
   ``monolingual`` (= GRPO, all K in ℓ_x), ``input-dominant`` (75 % ℓ_x, 25 % English),
   ``english-dominant`` (25 % ℓ_x, 75 % English), ``uniform`` (K_on in ℓ_x, the rest uniform over
-  L). The ℓ_x count is round-half-up(share · K), at least 1: K = 8 gives 6 + 2 and 2 + 6.
+  L). The ℓ_x count is round-half-up(share · K), at least 1, independent of K_on: K = 8 gives
+  6 + 2 and 2 + 6; K = 6 gives 5 + 1 and 2 + 4.
 
 Interface used by the training loop:
 
@@ -101,6 +102,8 @@ def _entropy(p: np.ndarray) -> float:
 
 
 def _as_regions(region) -> tuple[str, ...]:
+    if type(region) is tuple:   # the common case (Example.region), kept as is
+        return region
     if region is None or region == "":
         return ()
     if isinstance(region, str):
@@ -213,8 +216,12 @@ class Router:
             if lang in self.index and self.learns:
                 self.buffer.append((str(t), _as_regions(g), lang, r))
 
-    def end_step(self) -> dict:
-        """Close a step: every ``update_every`` steps learn from the buffer and clear it."""
+    def end_step(self, entropy: bool = True) -> dict:
+        """Close a step: every ``update_every`` steps learn from the buffer and clear it.
+
+        Returns router/* metrics; ``router/entropy`` is the mean entropy of the routed-slot
+        distribution over the contexts seen so far (``entropy=False`` skips it, for simulations).
+        """
         self.steps_done += 1
         updated = self.steps_done % self.update_every == 0 and bool(self.buffer)
         if updated:
@@ -223,7 +230,7 @@ class Router:
             self.buffer.clear()
         metrics = {"router/updated": float(updated), "router/step": float(self.steps_done),
                    "router/buffer": float(len(self.buffer)), "router/contexts": float(len(self.seen))}
-        entropies = [] if self.needs_input_lang else [_entropy(self._probs(c)) for c in self.seen]
+        entropies = [] if self.needs_input_lang or not entropy else [_entropy(self._probs(c)) for c in self.seen]
         if entropies:
             metrics["router/entropy"] = float(np.mean(entropies))
         return metrics
@@ -354,12 +361,14 @@ class PaperRouter(Router):
         bucket_values: dict[tuple, list] = {}
         for (topic, g, _), m in means.items():
             bucket_values.setdefault((topic, g), []).append(m)
+        # per (topic, region) bucket: mean and population std of its per-language means
+        bucket_stats = {b: (float(np.mean(v)), float(np.std(v))) for b, v in bucket_values.items()}
         for (topic, g, lang), m in means.items():   # insertion order, as the code
-            values = np.array(bucket_values[(topic, g)])
+            mu, sd = bucket_stats[(topic, g)]
             if self.group_norm == "center":
-                m = m - values.mean()
+                m = m - mu
             elif self.group_norm == "zscore":
-                m = (m - values.mean()) / (values.std() + self.norm_eps)   # population std
+                m = (m - mu) / (sd + self.norm_eps)
             # Eq. 7: EMA of the topic row, and of the region row for regional topics.
             j, a = self.index[lang], self.alpha
             row = self.q_topic.setdefault(topic, np.zeros(len(self.languages)))
@@ -371,8 +380,8 @@ class PaperRouter(Router):
     def _schedule(self) -> dict:
         return {"tau": self.tau, "eps": self.eps}
 
-    def end_step(self) -> dict:
-        metrics = super().end_step()
+    def end_step(self, entropy: bool = True) -> dict:
+        metrics = super().end_step(entropy)
         metrics.update({"router/tau": self.tau, "router/eps": self.eps})
         return metrics
 
@@ -407,10 +416,16 @@ class _DiscountedRouter(Router):
     def _update(self, buffer) -> None:
         for s in self.stats.values():
             s *= self.discount
-        for topic, regions, lang, r in buffer:
-            s = self.stats.setdefault(self.context(topic, regions), np.zeros((3, len(self.languages))))
-            j = self.index[lang]
-            s[:, j] += (1.0, r, r * r)
+        rows_of: dict[tuple, list[int]] = {}
+        for k, (topic, regions, _, _) in enumerate(buffer):
+            rows_of.setdefault(self.context(topic, regions), []).append(k)
+        lang_idx = np.array([self.index[b[2]] for b in buffer])
+        rewards = np.array([b[3] for b in buffer])
+        L = len(self.languages)
+        for context, rows in rows_of.items():
+            j, r = lang_idx[rows], rewards[rows]
+            s = self.stats.setdefault(context, np.zeros((3, L)))
+            s += np.stack([np.bincount(j, minlength=L), np.bincount(j, r, L), np.bincount(j, r * r, L)])
 
     def _moments(self, context):
         """Counts n_ℓ, means (the context mean m0 where n_ℓ = 0), m0, and the noise scale σ̂."""
@@ -517,11 +532,11 @@ class ThompsonRouter(_DiscountedRouter):
         return [[self.languages[j] for j in row] for row in theta.argmax(-1)]
 
     def _probs(self, context, input_lang=None) -> np.ndarray:
-        """P(ℓ is the argmax), estimated from 4,000 posterior draws with a private fixed seed so
+        """P(ℓ is the argmax), estimated from 2,000 posterior draws with a private fixed seed so
         that logging never consumes the training generator."""
         mean, sd = self.posterior(context)
-        theta = mean + sd * np.random.default_rng(0).standard_normal((4000, len(self.languages)))
-        return np.bincount(theta.argmax(-1), minlength=len(self.languages)) / 4000.0
+        theta = mean + sd * np.random.default_rng(0).standard_normal((2000, len(self.languages)))
+        return np.bincount(theta.argmax(-1), minlength=len(self.languages)) / 2000.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -529,7 +544,9 @@ class ThompsonRouter(_DiscountedRouter):
 
 class FixedMixRouter(Router):
     """A fixed share of the K rollouts in ℓ_x, the rest in English: round-half-up(share·K) in
-    ℓ_x, at least 1. ``probabilities`` returns these group shares and needs ``input_lang``."""
+    ℓ_x, at least 1, whatever orig_lang_min says (the paper defines these ablations by their
+    shares; with K = 8 and K_on = 2 they agree). ``probabilities`` returns the group shares and
+    needs ``input_lang``."""
     learns = False
     needs_input_lang = True
     input_share = 1.0
