@@ -92,6 +92,8 @@ class Rollout:
 # Prompts: tokenize and left-pad
 
 def _prompt_batch(tokenizer, prompts, n_embeddings: int, pad_id: int, device):
+    if torch.is_tensor(prompts) and prompts.dim() == 2:  # equal-length rows of token ids
+        prompts = prompts.tolist()
     if not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
         raise ValueError("prompts: expected a non-empty list of strings or of token-id lists")
     if all(isinstance(p, str) for p in prompts):
@@ -182,9 +184,6 @@ def _rms_norm(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
     return F.rms_norm(x, x.shape[-1:], norm.weight, norm.variance_epsilon)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 def _linear_plus(x: torch.Tensor, linear: torch.nn.Linear, residual: torch.Tensor) -> torch.Tensor:
@@ -209,7 +208,12 @@ def _forward(dec: _Decoder, cache: KVCache, input_ids, position_ids, write_slots
     inner = dec.model.model
     x = inner.embed_tokens(input_ids)
     cos, sin = inner.rotary_emb(x, position_ids)            # (B, S, D), positions count real tokens only
-    cos, sin = cos[:, :, None], sin[:, :, None]              # broadcast over heads
+    # RoPE rotates each pair (x_i, x_{i+D/2}) by a position-dependent angle:
+    #   out = x * cos + rotate_half(x) * sin,  rotate_half(x) = (-x2, x1) = roll(x, D/2) * (-1, +1)
+    # so the sign moves into sin once per step and each layer does 3 kernels instead of 5.
+    half = D // 2
+    cos = cos[:, :, None]                                    # broadcast over heads
+    sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)[:, :, None]
     # Queries are grouped by their KV head as G·S rows, so keys and values are read once
     # per KV head instead of being copied G times (HF's repeat_kv); the mask repeats over G.
     bias = attn_bias[:, :, None].expand(B, 1, G, S, kv_len).reshape(B, 1, G * S, kv_len)
@@ -220,7 +224,7 @@ def _forward(dec: _Decoder, cache: KVCache, input_ids, position_ids, write_slots
         qk, v = qkv[:, :, :Hq + Hkv], qkv[:, :, Hq + Hkv:]
         if hasattr(attn, "q_norm"):  # Qwen3 normalises each head's query and key before RoPE
             qk = torch.cat([attn.q_norm(qk[:, :, :Hq]), attn.k_norm(qk[:, :, Hq:])], dim=2)
-        qk = qk * cos + _rotate_half(qk) * sin               # RoPE on queries and keys at once
+        qk = torch.addcmul(qk * cos, qk.roll(half, dims=-1), sin)   # RoPE on queries and keys at once
         q, k = qk[:, :, :Hq], qk[:, :, Hq:]
         # The KV cache at work: store this step's keys/values, then attend over all slots.
         cache.k[i].index_copy_(2, write_slots, k.transpose(1, 2))

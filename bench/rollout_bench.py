@@ -1,0 +1,285 @@
+"""Rollout throughput: rollout.sample against transformers generate, on one GPU.
+
+A randomly initialised model of the Qwen2.5-1.5B shape (speed does not depend on the weights),
+bf16, prompts of 128 random tokens, 256 new tokens with EOS suppressed, pure sampling
+(temperature 1, top-p 1, top-k off, as GRPO samples). In one run it measures:
+
+* the device's copy bandwidth, and from it the weight-bandwidth bound on decode steps/s
+  (bandwidth / bytes of weights: every decode step must read every weight once);
+* that the fast path (CUDA graph) and the readable path give the same tokens for one seed;
+* ours (fast and readable paths), HF generate with the dynamic cache, and with the static cache
+  (which auto-compiles its forward: its compile time is reported, not counted);
+
+and prints tok/s (new tokens / wall time of the whole call, prefill included), decode steps/s
+(after the prefill), the share of the bandwidth bound, and peak memory; JSON last line.
+
+    PYTHONUNBUFFERED=1 python bench/rollout_bench.py --out runs/bench     # GPU
+    python bench/rollout_bench.py --tiny                                   # CPU smoke test
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+QWEN25_15B = dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                  num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True, rms_norm_eps=1e-6,
+                  max_position_embeddings=32768, rope_theta=1_000_000.0, eos_token_id=151645,
+                  bos_token_id=151643, pad_token_id=151643)
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True, max_position_embeddings=1024,
+            eos_token_id=1, bos_token_id=1, pad_token_id=0)
+
+
+class VocabOnly:
+    """What sample() needs from a tokenizer when prompts are token ids: Qwen2.5's 151,665 real
+    ids inside a 151,936-row embedding, its EOS and pad ids."""
+
+    def __init__(self, size, eos, pad):
+        self.size, self.eos_token_id, self.pad_token_id = size, eos, pad
+
+    def __len__(self):
+        return self.size
+
+    def batch_decode(self, rows, skip_special_tokens=True):
+        return ["" for _ in rows]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[16, 64, 256])
+    parser.add_argument("--static-batches", type=int, nargs="*", default=[64, 256],
+                        help="batches for HF generate with the static cache (each compiles)")
+    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--budget-s", type=float, default=480, help="skip baselines after this many seconds")
+    parser.add_argument("--tiny", action="store_true", help="tiny model, CPU allowed (smoke test)")
+    parser.add_argument("--out", default=os.environ.get("OUT", "runs/rollout_bench"))
+    args = parser.parse_args()
+
+    import torch
+    import transformers
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    import rollout
+
+    start = time.time()
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = open(out_dir / "rollout_bench.jsonl", "w")
+    results = []
+
+    def record(row):
+        results.append(row)
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+        print(json.dumps(row))
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    if not cuda and not args.tiny:
+        sys.exit("no GPU: run with --tiny for a CPU smoke test")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    env = dict(card=torch.cuda.get_device_name() if cuda else "cpu", torch=torch.__version__,
+               transformers=transformers.__version__, date=datetime.date.today().isoformat())
+    print("env", json.dumps(env))
+
+    torch.manual_seed(0)
+    shape = TINY if args.tiny else QWEN25_15B
+    with torch.device(device):
+        model = Qwen2ForCausalLM(Qwen2Config(**shape)).to(torch.bfloat16 if cuda else torch.float32).eval()
+    model.generation_config.eos_token_id = shape["eos_token_id"]
+    tokenizer = VocabOnly(151665 if not args.tiny else 500, shape["eos_token_id"], shape["pad_token_id"])
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())  # tied: counted once
+    print(f"weights {weight_bytes / 1e9:.3f} GB")
+
+    # Copy bandwidth (bytes read + written), the ceiling any decode step is measured against.
+    bandwidth = None
+    if cuda:
+        src = torch.empty(2**30, dtype=torch.uint8, device=device).random_()
+        dst = torch.empty_like(src)
+        for _ in range(3):
+            dst.copy_(src)
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        for _ in range(20):
+            dst.copy_(src)
+        end.record()
+        sync()
+        bandwidth = 2 * src.numel() * 20 / (begin.elapsed_time(end) / 1e3)
+        del src, dst
+        record(dict(kind="copy_bandwidth", bytes_per_s=bandwidth, bound_steps_per_s=bandwidth / weight_bytes))
+
+    def prompts(batch, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        return torch.randint(0, tokenizer.size, (batch, args.prompt_len), generator=g)
+
+    def timed(fn):
+        sync()
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        result = fn()
+        sync()
+        seconds = time.perf_counter() - t0
+        peak = torch.cuda.max_memory_allocated() if cuda else 0
+        return result, seconds, peak
+
+    def report(name, batch, total_s, prefill_s, peak, new_tokens, extra=None):
+        decode_steps_per_s = (new_tokens - 1) / max(total_s - prefill_s, 1e-9)
+        row = dict(kind=name, batch=batch, new_tokens=new_tokens, seconds=total_s, prefill_s=prefill_s,
+                   tok_per_s=batch * new_tokens / total_s, decode_steps_per_s=decode_steps_per_s,
+                   share_of_bound=(decode_steps_per_s / (bandwidth / weight_bytes)) if bandwidth else None,
+                   peak_gib=peak / 2**30, peak_above_weights_gib=(peak - weight_bytes) / 2**30, **(extra or {}))
+        record(row)
+
+    T = args.new_tokens
+
+    # 1. Same seed, same tokens: fast path (CUDA graph) against the readable path.
+    ids = prompts(16, seed=1)
+    ids[1::2, : args.prompt_len // 2] = -1  # unequal lengths: half the rows get half a prompt
+    rows = [[t for t in r if t >= 0] for r in ids.tolist()]
+    for kw in (dict(temperature=1.0), dict(temperature=0.8, top_p=0.95, top_k=50)):
+        a = rollout.sample(model, tokenizer, rows, 64, seed=5, fast=False, **kw)
+        b = rollout.sample(model, tokenizer, rows, 64, seed=5, fast=True, **kw)
+        c = rollout.sample(model, tokenizer, rows, 64, seed=6, fast=True, **kw)
+        with torch.no_grad():
+            lp = rollout.token_logprobs(model, b.input_ids, b.attention_mask, b.completion_start,
+                                        temperature=kw["temperature"])
+        mask = b.completion_mask.bool()
+        record(dict(kind="check_fast_equals_readable", **kw, same_tokens=bool(torch.equal(a.completion_ids, b.completion_ids)),
+                    same_logprobs=bool(torch.equal(a.logprobs, b.logprobs)),
+                    other_seed_differs=not torch.equal(b.completion_ids, c.completion_ids),
+                    max_id=int(b.completion_ids.max()),
+                    max_abs_logprob_diff_vs_token_logprobs=float((lp[mask] - b.logprobs[mask]).abs().max()),
+                    mean_abs_logprob_diff_vs_token_logprobs=float((lp[mask] - b.logprobs[mask]).abs().mean())))
+
+    # 2. Ours, fast and readable. Prefill time = a call with one new token.
+    def ours(batch, fast):
+        rows = prompts(batch)
+        run = lambda n: rollout.sample(model, tokenizer, rows, n, seed=0, fast=fast, suppress_eos=True)
+        run(8)  # warm-up: cuBLAS handles, allocator
+        _, prefill_s, _ = timed(lambda: run(1))
+        result, total_s, peak = timed(lambda: run(T))
+        assert result.completion_ids.shape == (batch, T), result.completion_ids.shape
+        report("ours_fast" if fast else "ours_readable", batch, total_s, prefill_s, peak, T)
+
+    for batch in args.batches:
+        for fast in (True, False):
+            try:
+                ours(batch, fast)
+            except Exception as error:  # keep measuring the rest; the error is in the log
+                record(dict(kind="ours_fast" if fast else "ours_readable", batch=batch, error=repr(error)[:500], trace=traceback.format_exc()[-1500:]))
+            if cuda:
+                torch.cuda.empty_cache()
+
+    # 3. Where a decode step's GPU time goes: kernel time by name over 16 readable-path decode
+    #    steps (a 17-token call minus a 1-token call), to compare with the fast path's step time.
+    def kernel_profile(batch):
+        from torch.autograd import DeviceType
+        from torch.profiler import ProfilerActivity, profile
+
+        rows = prompts(batch)
+        totals = []
+        for n in (1, 17):
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                rollout.sample(model, tokenizer, rows, n, seed=0, fast=False, suppress_eos=True)
+                sync()
+            per_name = {}
+            for e in prof.key_averages():
+                if getattr(e, "device_type", None) == DeviceType.CUDA:
+                    us = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+                    per_name[e.key[:60]] = (per_name.get(e.key[:60], (0, 0))[0] + us, e.count)
+            totals.append(per_name)
+        step = {k: ((v[0] - totals[0].get(k, (0, 0))[0]) / 16, (v[1] - totals[0].get(k, (0, 0))[1]) / 16)
+                for k, v in totals[1].items()}
+        top = sorted(step.items(), key=lambda kv: -kv[1][0])
+        record(dict(kind="kernel_time_per_decode_step", batch=batch,
+                    gpu_busy_ms=sum(v[0] for v in step.values()) / 1e3,
+                    kernels_per_step=sum(v[1] for v in step.values()),
+                    top=[(k, round(v[0], 1), v[1]) for k, v in top[:14]]))
+
+    if cuda:
+        for batch in args.batches:
+            try:
+                kernel_profile(batch)
+            except Exception as error:
+                record(dict(kind="kernel_time_per_decode_step", batch=batch, error=repr(error)[:500], trace=traceback.format_exc()[-1500:]))
+
+    # 4. Training-side log-probs (fwd + bwd), to size the trainer's micro-batches.
+    if cuda:
+        try:
+            ids = prompts(16, seed=2)
+            ids = torch.cat([ids, ids], 1).to(device)  # 256 tokens
+            mask = torch.ones_like(ids)
+            def fwd_bwd():
+                lp = rollout.token_logprobs(model, ids, mask, args.prompt_len)
+                lp.float().sum().backward()
+            fwd_bwd()
+            model.zero_grad(set_to_none=True)
+            _, seconds, peak = timed(fwd_bwd)
+            model.zero_grad(set_to_none=True)
+            record(dict(kind="token_logprobs_fwd_bwd", batch=16, seq_len=ids.shape[1], seconds=seconds,
+                        peak_gib=peak / 2**30, note="bf16 weights and grads, no activation checkpointing"))
+        except Exception as error:
+            record(dict(kind="token_logprobs_fwd_bwd", error=repr(error)[:500], trace=traceback.format_exc()[-1500:]))
+        torch.cuda.empty_cache()
+
+    # 5. transformers generate, same sampling settings, EOS suppressed by min_new_tokens.
+    def hf(batch, cache):
+        rows = prompts(batch).to(device)
+        mask = torch.ones_like(rows)
+        kw = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, pad_token_id=shape["pad_token_id"])
+        if cache == "static":
+            kw["cache_implementation"] = "static"
+        run = lambda n: model.generate(input_ids=rows, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, **kw)
+        _, warm_s, _ = timed(lambda: run(T))  # for the static cache: compiles (the cache length is fixed)
+        if cache == "dynamic":
+            _, prefill_s, _ = timed(lambda: run(1))
+            hf_prefill[batch] = prefill_s
+        else:  # another cache length would recompile; its prefill runs eagerly, as the dynamic one does
+            prefill_s = hf_prefill.get(batch, 0.0)
+        result, total_s, peak = timed(lambda: run(T))
+        assert result.shape == (batch, args.prompt_len + T), result.shape
+        report(f"hf_generate_{cache}", batch, total_s, prefill_s, peak, T, dict(first_call_s=warm_s))
+
+    hf_prefill = {}
+
+    plan = [(b, "dynamic") for b in args.batches] + ([] if args.tiny else [(b, "static") for b in args.static_batches])
+    for batch, cache in plan:
+        if time.time() - start > args.budget_s:
+            record(dict(kind=f"hf_generate_{cache}", batch=batch, error="skipped: time budget"))
+            continue
+        try:
+            hf(batch, cache)
+        except Exception as error:
+            record(dict(kind=f"hf_generate_{cache}", batch=batch, error=repr(error)[:500], trace=traceback.format_exc()[-1500:]))
+        if cuda:
+            torch.cuda.empty_cache()
+
+    # Table, then the JSON last line.
+    print(f"\n{env['card']}, torch {env['torch']}, transformers {env['transformers']}, {env['date']}; "
+          f"prompt {args.prompt_len}, {T} new tokens, bf16" + (f"; copy {bandwidth / 1e12:.2f} TB/s, "
+          f"bound {bandwidth / weight_bytes:.0f} steps/s" if bandwidth else ""))
+    print(f"{'method':<22}{'batch':>6}{'tok/s':>10}{'steps/s':>9}{'bound':>7}{'peak GiB':>10}")
+    for r in results:
+        if r["kind"].startswith(("ours", "hf")) and "error" not in r:
+            share = f"{100 * r['share_of_bound']:.0f}%" if r["share_of_bound"] else "-"
+            print(f"{r['kind']:<22}{r['batch']:>6}{r['tok_per_s']:>10,.0f}{r['decode_steps_per_s']:>9.0f}"
+                  f"{share:>7}{r['peak_gib']:>10.1f}")
+    summary = dict(bench="rollout", **env, weight_bytes=weight_bytes, copy_bytes_per_s=bandwidth,
+                   wall_s=time.time() - start, results=results)
+    (out_dir / "rollout_bench.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
