@@ -53,7 +53,19 @@ Interface used by the training loop:
     router.log_probabilities("router.jsonl", step); plot_router_heatmap("router.jsonl", "r.png")
 
 ``rng`` is a ``numpy.random.Generator`` or a ``torch.Generator``; it is the only source of
-randomness, so the same generator state and router state give the same languages.
+randomness, so the same generator state and router state give the same languages. ``observe``
+takes whatever reward the caller chooses; the official code buffers the raw rollout reward r_k.
+``examples`` need ``.lang``, ``.topic`` and ``.region`` (a tuple, empty if none), as data.Example.
+
+Options (``make_router(name, languages, **options)``): all routers take ``fixed_topics``,
+``regional_topics`` and ``update_every`` (M; paper default 5, ucb/thompson default 1).
+paper: alpha, tau0, tau_min, tau_decay, eps0, eps_min, eps_decay, group_norm, norm_eps.
+ucb: discount (0.95), exploration (c, 1.0), prior_std (1.0). thompson: discount (0.95),
+prior_count (n0, 1.0), prior_std (1.0). Fixed mixes: english ("en"). ucb and thompson keep one
+context per region *set*, so unlike the paper's additive tables they share nothing between a
+two-region question and its single regions. bench/router_sim.py compares all of them
+(bench/results_router.md: Thompson sampling has the lowest regret there; the paper's router
+beats uniform but, with the code's mild annealing, not the fixed input/English mixes).
 """
 from __future__ import annotations
 
@@ -236,7 +248,9 @@ class Router:
         return metrics
 
     def probabilities(self, topic, region=(), input_lang=None) -> dict[str, float]:
-        """The distribution a routed (non-quota) slot is drawn from in this context."""
+        """The distribution a routed (non-quota) slot is drawn from in this context (paper:
+        Eq. 1 with ε; ucb: its batch allocation shares; thompson: P(argmax)). The fixed mixes
+        return their whole-group shares instead, which depend on ``input_lang``."""
         p = self._probs(self.context(topic, region), input_lang)
         return {lang: float(p[i]) for i, lang in enumerate(self.languages)}
 

@@ -287,3 +287,18 @@ def test_jsonl_log_and_heatmap(tmp_path):
     png = bandit.plot_router_heatmap(path, tmp_path / "heat.png")
     assert png.stat().st_size > 1000
     assert make_router("monolingual", LANGS).log_probabilities(path, 3) is None
+
+
+def test_routes_the_built_in_world():
+    toy = pytest.importorskip("toy", reason="toy.py (the built-in world) is not in this checkout")
+    examples = toy.load_split("train")[:64]
+    r = make_router("paper", list(toy.LANGS))
+    regional = next(e for e in examples if e.topic == "regional")
+    r.q_region[regional.region[0]] = np.where(np.array(toy.LANGS) == "ja", 3.0, 0.0)
+    r.begin_step(0)
+    out = r.allocate(examples, 8, 2, np.random.default_rng(0))
+    assert [len(langs) for langs in out] == [8] * len(examples)
+    assert all(langs[:2] == [e.lang] * 2 for e, langs in zip(examples, out))
+    # "regional" is a regional topic by default, so its region row counts
+    assert r.probabilities("regional", regional.region)["ja"] > 0.5
+    assert r.probabilities("arithmetic", regional.region)["ja"] == pytest.approx(1 / len(toy.LANGS))
