@@ -197,7 +197,9 @@ def main():
             for e in prof.key_averages():
                 if getattr(e, "device_type", None) == DeviceType.CUDA:
                     us = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
-                    per_name[e.key[:60]] = (per_name.get(e.key[:60], (0, 0))[0] + us, e.count)
+                    name = e.key[:90]
+                    total_us, count = per_name.get(name, (0, 0))
+                    per_name[name] = (total_us + us, count + e.count)
             totals.append(per_name)
         step = {k: ((v[0] - totals[0].get(k, (0, 0))[0]) / 16, (v[1] - totals[0].get(k, (0, 0))[1]) / 16)
                 for k, v in totals[1].items()}

@@ -60,22 +60,23 @@ def full_forward_logprobs(model, out, temperature=1.0):
 
 @pytest.mark.parametrize("fast", [False, True])
 def test_greedy_matches_hf_generate(model, tokenizer, fast):
-    out = rollout.sample(model, tokenizer, PROMPTS, 12, temperature=0.0, fast=fast, suppress_eos=True)
+    # 70 new tokens: the attention length grows past one KV bucket (64 slots) mid-generation.
+    out = rollout.sample(model, tokenizer, PROMPTS, 70, temperature=0.0, fast=fast, suppress_eos=True)
     rows = tokenizer(PROMPTS, add_special_tokens=False)["input_ids"]
     P = max(map(len, rows))
     ids = torch.tensor([[0] * (P - len(r)) + r for r in rows])
     mask = torch.tensor([[0] * (P - len(r)) + [1] * len(r) for r in rows])
     assert torch.equal(out.prompt_ids, ids) and torch.equal(out.prompt_mask, mask)
-    hf = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=12,
-                        min_new_tokens=12, pad_token_id=0, eos_token_id=1,
+    hf = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=70,
+                        min_new_tokens=70, pad_token_id=0, eos_token_id=1,
                         suppress_tokens=list(range(len(tokenizer), model.config.vocab_size)))
     assert torch.equal(out.completion_ids, hf[:, P:])
-    assert out.completion_ids.shape == (4, 12) and out.lengths.tolist() == [12] * 4
+    assert out.completion_ids.shape == (4, 70) and out.lengths.tolist() == [70] * 4
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_logprobs_equal_full_forward_and_token_logprobs(model, tokenizer, temperature):
-    out = rollout.sample(model, tokenizer, PROMPTS, 10, temperature=temperature, seed=1, fast=False)
+    out = rollout.sample(model, tokenizer, PROMPTS, 70, temperature=temperature, seed=1, fast=False)
     reference = full_forward_logprobs(model, out, temperature)
     torch.testing.assert_close(out.logprobs, reference, atol=1e-4, rtol=0)
     recomputed = rollout.token_logprobs(model, out.input_ids, out.attention_mask, out.completion_start,
@@ -108,10 +109,10 @@ def test_token_logprobs_chunking_entropy_and_gradients(model, tokenizer):
 
 def test_seed_reproducible_and_fast_equals_readable(model, tokenizer):
     kw = dict(temperature=1.0, top_p=0.9, top_k=20)
-    a = rollout.sample(model, tokenizer, PROMPTS, 16, seed=7, fast=False, **kw)
-    b = rollout.sample(model, tokenizer, PROMPTS, 16, seed=7, fast=True, check_every=3, **kw)
-    c = rollout.sample(model, tokenizer, PROMPTS, 16, generator=torch.Generator().manual_seed(7), **kw)
-    d = rollout.sample(model, tokenizer, PROMPTS, 16, seed=8, **kw)
+    a = rollout.sample(model, tokenizer, PROMPTS, 70, seed=7, fast=False, **kw)
+    b = rollout.sample(model, tokenizer, PROMPTS, 70, seed=7, fast=True, check_every=3, **kw)
+    c = rollout.sample(model, tokenizer, PROMPTS, 70, generator=torch.Generator().manual_seed(7), **kw)
+    d = rollout.sample(model, tokenizer, PROMPTS, 70, seed=8, **kw)
     assert torch.equal(a.completion_ids, b.completion_ids) and torch.equal(a.completion_ids, c.completion_ids)
     torch.testing.assert_close(a.logprobs, b.logprobs, atol=0, rtol=0)
     assert a.texts == b.texts and all(isinstance(t, str) for t in a.texts)
