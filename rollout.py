@@ -331,12 +331,13 @@ def _emit(state: _DecodeState, logits: torch.Tensor, cfg: _SamplingConfig) -> No
     state.step += 1
 
 
-KV_BUCKET = 64
+KV_BUCKET = 128
 
 
 def _kv_len(slot: int, cache_len: int) -> int:
     """How many cache slots a step at ``slot`` attends over: the filled ones, rounded up to a
-    multiple of KV_BUCKET (so a CUDA graph serves 64 steps) instead of all L slots every step."""
+    multiple of KV_BUCKET, instead of all L slots every step. Each bucket costs one CUDA-graph
+    capture (about two eager steps), so buckets are coarse."""
     return min(cache_len, (slot // KV_BUCKET + 1) * KV_BUCKET)
 
 

@@ -163,14 +163,14 @@ def main():
                     mean_abs_logprob_diff_vs_token_logprobs=float((lp[mask] - b.logprobs[mask]).abs().mean())))
 
     # 2. Ours, fast and readable. Prefill time = a call with one new token.
-    def ours(batch, fast):
+    def ours(batch, fast, name=None):
         rows = prompts(batch)
         run = lambda n: rollout.sample(model, tokenizer, rows, n, seed=0, fast=fast, suppress_eos=True)
         run(8)  # warm-up: cuBLAS handles, allocator
         _, prefill_s, _ = timed(lambda: run(1))
         result, total_s, peak = timed(lambda: run(T))
         assert result.completion_ids.shape == (batch, T), result.completion_ids.shape
-        report("ours_fast" if fast else "ours_readable", batch, total_s, prefill_s, peak, T)
+        report(name or ("ours_fast" if fast else "ours_readable"), batch, total_s, prefill_s, peak, T)
 
     for batch in args.batches:
         for fast in (True, False):
@@ -180,6 +180,15 @@ def main():
                 record(dict(kind="ours_fast" if fast else "ours_readable", batch=batch, error=repr(error)[:500], trace=traceback.format_exc()[-1500:]))
             if cuda:
                 torch.cuda.empty_cache()
+    # Ablation: attention over all L cache slots every step (one CUDA graph) instead of buckets.
+    bucket = rollout.KV_BUCKET
+    for batch in args.batches[1:]:
+        rollout.KV_BUCKET = 1 << 30
+        try:
+            ours(batch, True, "ours_fast_no_kv_buckets")
+        except Exception as error:
+            record(dict(kind="ours_fast_no_kv_buckets", batch=batch, error=repr(error)[:500]))
+        rollout.KV_BUCKET = bucket
 
     # 3. Where a decode step's GPU time goes: kernel time by name over 16 readable-path decode
     #    steps (a 17-token call minus a 1-token call), to compare with the fast path's step time.
@@ -271,11 +280,11 @@ def main():
     print(f"\n{env['card']}, torch {env['torch']}, transformers {env['transformers']}, {env['date']}; "
           f"prompt {args.prompt_len}, {T} new tokens, bf16" + (f"; copy {bandwidth / 1e12:.2f} TB/s, "
           f"bound {bandwidth / weight_bytes:.0f} steps/s" if bandwidth else ""))
-    print(f"{'method':<22}{'batch':>6}{'tok/s':>10}{'steps/s':>9}{'bound':>7}{'peak GiB':>10}")
+    print(f"{'method':<26}{'batch':>6}{'tok/s':>10}{'steps/s':>9}{'bound':>7}{'peak GiB':>10}")
     for r in results:
         if r["kind"].startswith(("ours", "hf")) and "error" not in r:
             share = f"{100 * r['share_of_bound']:.0f}%" if r["share_of_bound"] else "-"
-            print(f"{r['kind']:<22}{r['batch']:>6}{r['tok_per_s']:>10,.0f}{r['decode_steps_per_s']:>9.0f}"
+            print(f"{r['kind']:<26}{r['batch']:>6}{r['tok_per_s']:>10,.0f}{r['decode_steps_per_s']:>9.0f}"
                   f"{share:>7}{r['peak_gib']:>10.1f}")
     summary = dict(bench="rollout", **env, weight_bytes=weight_bytes, copy_bytes_per_s=bandwidth,
                    wall_s=time.time() - start, results=results)
