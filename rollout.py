@@ -32,9 +32,10 @@ of attention for every query; a pad query attends only to itself so that no soft
 automatically on CUDA; ``fast=False`` forces it off) runs the *same* decode-step function, but
 captured once into a CUDA graph and replayed, which removes the ~500 kernel launches per step
 from the CPU's critical path, and checks for "every row finished" only every few steps. Every
-shape is static (the cache is allocated for P + max_new_tokens slots and attention always spans
-all of them, masked), so the graph is valid for every step, and the two paths run identical
-kernels on identical inputs: for the same seed they give the same tokens (tested).
+shape is static (the cache is allocated once for all P + max_new_tokens slots, and attention
+spans the filled slots rounded up to a bucket of 128, masked), so one graph serves every step
+of a bucket, and the two paths run identical kernels on identical inputs: for the same seed
+they give the same tokens (tested on CPU, and on the H100 in bf16 by bench/rollout_bench.py).
 
 **Conventions.**
 * Sampling: temperature, then top-k, then top-p (nucleus), then a Gumbel-max draw from noise
@@ -331,7 +332,9 @@ def _emit(state: _DecodeState, logits: torch.Tensor, cfg: _SamplingConfig) -> No
     state.step += 1
 
 
-KV_BUCKET = 128
+KV_BUCKET = 128      # attention spans a multiple of this many cache slots (a multiple of 16)
+LENGTH_ROUND = 128   # the cache length is a multiple of this
+PROMPT_ROUND = 64    # the prompt width is padded internally to a multiple of this
 
 
 def _kv_len(slot: int, cache_len: int) -> int:
@@ -418,9 +421,15 @@ def sample(model, tokenizer, prompts, max_new_tokens: int, *, temperature: float
     if fast is None:
         fast = device.type == "cuda"
 
+    # Shapes are rounded up (more left padding, more cache slots) so that successive calls
+    # reuse the same shapes: each new shape costs a cuDNN attention plan and a graph capture.
+    P_returned = prompt_ids.shape[1]
+    extra = -P_returned % PROMPT_ROUND
+    prompt_ids = F.pad(prompt_ids, (extra, 0), value=pad_id)
+    prompt_mask = F.pad(prompt_mask, (extra, 0), value=0)
     B, P = prompt_ids.shape
     T = max_new_tokens
-    L = -(-(P + T) // 16) * 16  # cache slots, a multiple of 16 so the mask rows stay aligned
+    L = -(-(P + T) // LENGTH_ROUND) * LENGTH_ROUND  # cache slots
     cfg = _SamplingConfig(temperature, top_k, top_p, vocab_size,
                           torch.tensor(eos, device=device), pad_id, suppress_eos)
     dec = _Decoder.from_model(model, L)
@@ -495,7 +504,7 @@ def sample(model, tokenizer, prompts, max_new_tokens: int, *, temperature: float
     if tokenizer is not None:
         texts = tokenizer.batch_decode([row[:n].tolist() for row, n in zip(completion_ids, lengths.tolist())],
                                        skip_special_tokens=True)
-    return Rollout(prompt_ids, prompt_mask, completion_ids.clone(), completion_mask, logprobs.clone(),
+    return Rollout(prompt_ids[:, extra:], prompt_mask[:, extra:], completion_ids.clone(), completion_mask, logprobs.clone(),
                    lengths, texts)
 
 
