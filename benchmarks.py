@@ -1,9 +1,15 @@
-"""Loaders for the paper's evaluation benchmarks (paper §4.3 and App. C.2; spec §6).
+"""The paper's evaluation benchmarks: their data and their scoring rules (paper §4.3, App. B.3, C.2; spec §6).
 
-Each loader turns rows of one benchmark, from its hub id or from a local JSONL / JSON / Parquet
-file with the same fields, into :class:`Item` records that ``evaluate.py`` generates answers for
-and scores. The loaders are written against each dataset's published schema; the hub path and
-the local-file path run the same row converter, so the offline fixture tests cover both.
+What a benchmark *is* lives here; how it is run (generation, log-likelihood, reports, the
+command line) lives in ``evaluate.py``.
+
+* **Loaders** turn rows of one benchmark, from its hub id or from a local JSONL / JSON / Parquet
+  file with the same fields, into :class:`Item` records. They are written against each dataset's
+  published schema; the hub path and the local-file path run the same row converter, so the
+  offline fixture tests cover both.
+* **Scoring rules** turn (item, answer) pairs into :class:`Record` s: the numeric verifier for
+  mGSM, letter extraction for multiple choice, the four-label LLM judge for CARE-pro, and
+  ``toy.is_correct`` for the built-in world.
 
 ===================  ====================================  ===============================================
 benchmark            hub id (one config per language)      fields read
@@ -300,6 +306,7 @@ class Record:
     extracted: str | None
     correct: bool
     status: str
+    answer_lang: str | None = None  # language ID of the answer (generative benchmarks), None if unknown
 
 
 def lang_name(code: str) -> str:
@@ -338,14 +345,14 @@ ANSWER_CUES = (
     "답", "đáp án", "câu trả lời", "الإجابة", "الاجابة", "الجواب", "उत्तर", "উত্তর", "jibu", "คำตอบ",
     "సమాధానం", "cevap", "yanıt", "απάντηση", "תשובה", "پاسخ", "option", "opción", "choice",
 )
-_NOT_LATIN_LIKE = r"A-Za-z\u0370-\u03FF\u0400-\u04FF"  # neighbours that make a letter part of a word
+_WORD_LETTERS = r"A-Za-z\u0370-\u03FF\u0400-\u04FF"  # Latin, Greek, Cyrillic: a neighbour makes it a word
 _LOOKALIKES = {"А": "A", "В": "B", "С": "C", "Е": "E", "Α": "A", "Β": "B", "Ε": "E"}  # Cyrillic, Greek
 _ARABIC_LABELS = {"أ": "A", "ا": "A", "ب": "B", "ج": "C", "د": "D", "هـ": "E"}
 
 
 def _letter_pattern(n: int) -> re.Pattern:
     latin = LETTERS[:n] + "".join(k for k, v in _LOOKALIKES.items() if v in LETTERS[:n])
-    return re.compile(rf"(?<![{_NOT_LATIN_LIKE}])([{latin}])(?![{_NOT_LATIN_LIKE}])")
+    return re.compile(rf"(?<![{_WORD_LETTERS}])([{latin}])(?![{_WORD_LETTERS}])")
 
 
 def _norm(text: str) -> str:

@@ -9,10 +9,11 @@ With acc_ℓ the accuracy in language ℓ of a benchmark's language set 𝓛_b:
 
 and the Overall columns are plain means of the benchmarks' Seen, Unseen and Avg values.
 
-How each benchmark is scored (loaders and schemas: ``benchmarks.py``):
+How each benchmark is scored (loaders, schemas and scoring rules: ``benchmarks.py``):
 
 * **mGSM / mGSM-v2**: 0-shot greedy answer; correct iff the final number equals the gold number,
-  decided by the reward's own verifier ``calibrate.verify_number`` (any digits, any script).
+  decided by the reward's own verifier ``calibrate.verify_number`` (any digits, any script; the
+  paper does not say how it extracts mGSM answers, spec §8.12).
 * **Global-MMLU-Lite, Include-Lite**: the paper uses lm-eval-harness, i.e. log-likelihood of
   the option letters after "...\\nAnswer:" (``--mc-scoring loglik``, needs the model). The
   default ``extract`` reads the letter out of a greedy answer, robust to languages and scripts
@@ -26,7 +27,11 @@ How each benchmark is scored (loaders and schemas: ``benchmarks.py``):
   reply is saved next to the results.
 * **toy**: the built-in world's test split, scored by ``toy.is_correct``, also per topic.
 
-Not done here: CARE's 1-10 judge score (paper Table 1 column "CARE"); its rubric is not public.
+For the generative benchmarks the share of answers written in the question's language (the
+reward's language ID, ``calibrate.detect_languages``) is reported next to the accuracy.
+
+Not done here: the CARE test-set score (paper Table 1 column "CARE": 1-10 LLM-judge ratings
+following CARE's own protocol, ×10).
 
 Usage::
 
@@ -184,6 +189,8 @@ def summarize(bench: str, records: list[Record], train_langs: set[str]) -> dict:
         rs = by_lang[lang]
         per_language[lang] = {"accuracy": sum(r.correct for r in rs) / len(rs), "n": len(rs),
                               "unparsed": sum(r.status in ("unparsed", "unparseable") for r in rs)}
+        if any(r.answer_lang is not None for r in records):
+            per_language[lang]["in_language"] = sum(r.answer_lang == lang for r in rs) / len(rs)
         if bench == "care-pro":
             per_language[lang]["labels"] = {s: sum(r.status == s for r in rs)
                                             for s in sorted({r.status for r in rs})}
@@ -218,10 +225,12 @@ def _pct(x) -> str:
 
 
 def format_table(bench: str, summary: dict) -> str:
-    lines = [f"== {bench}", f"  {'lang':<6}{'':7}{'n':>6}  {'acc%':>6}  {'unparsed':>8}"]
+    lid = any("in_language" in row for row in summary["per_language"].values())
+    lines = [f"== {bench}", f"  {'lang':<6}{'':7}{'n':>6}  {'acc%':>6}  {'unparsed':>8}" + ("  in-lang%" if lid else "")]
     for lang, row in summary["per_language"].items():
         tag = "seen" if lang in summary["seen_languages"] else "unseen"
-        lines.append(f"  {lang:<6}{tag:<7}{row['n']:>6}  {_pct(row['accuracy'])}  {row['unparsed']:>8}")
+        lines.append(f"  {lang:<6}{tag:<7}{row['n']:>6}  {_pct(row['accuracy'])}  {row['unparsed']:>8}"
+                     + (f"   {_pct(row.get('in_language'))}" if lid else ""))
     for name, rows in ((k, v) for k, v in summary.items() if k.startswith("per_") and k != "per_language"):
         for group, row in rows.items():
             lines.append(f"  {name[4:]}={group:<14}{row['n']:>5}  {_pct(row['accuracy'])}")
@@ -358,16 +367,20 @@ def evaluate_benchmark(bench: str, items: list[Item], args, model=None, tokenize
         prompts = [eval_prompt(tokenizer, it.question, it.lang, args.prompt_style) for it in items]
         predictions = generate(model, tokenizer, prompts, args.max_new_tokens or MAX_NEW_TOKENS[bench],
                                args.batch_size)
-    if bench == "mgsm":
-        return score_mgsm(items, predictions)
     if bench in MULTIPLE_CHOICE:
         return score_multiple_choice(items, predictions)
-    if bench == "toy":
-        return score_toy(items, predictions)
-    replies: list[dict] = []
-    records = score_care_pro(items, predictions, judge, replies)
-    if out_dir is not None:
-        write_jsonl(out_dir / "care-pro_judge.jsonl", replies)
+    if bench == "care-pro":
+        replies: list[dict] = []
+        records = score_care_pro(items, predictions, judge, replies)
+        if out_dir is not None:
+            write_jsonl(out_dir / "care-pro_judge.jsonl", replies)
+    else:
+        records = (score_mgsm if bench == "mgsm" else score_toy)(items, predictions)
+    # Whether answers come in the question's language (LRPO's language gate, Eq. 4): reported
+    # next to accuracy, with the reward's own language ID.
+    from calibrate import detect_languages
+    for record, code in zip(records, detect_languages([r.prediction for r in records])):
+        record.answer_lang = code
     return records
 
 

@@ -198,6 +198,7 @@ def test_predictions_mode_multiple_choice_end_to_end(tmp_path, capsys):
     assert g["per_language"]["sw"]["unparsed"] == 1 and g["macro"] == 0.75
     assert g["seen"] == 1.0 and g["unseen"] == 0.0  # sw is not a rollout language
     assert g["per_cultural_label"] == {"CA": {"accuracy": 0.5, "n": 2}, "CS": {"accuracy": 1.0, "n": 2}}
+    assert "in_language" not in g["per_language"]["de"]  # no language ID for a letter
     assert (out / "global-mmlu-lite_per_language.png").stat().st_size > 0
     lines = (out / "global-mmlu-lite_predictions.jsonl").read_text(encoding="utf-8").splitlines()
     assert json.loads(lines[1])["extracted"] == "B"
@@ -212,6 +213,7 @@ def test_predictions_mode_mgsm_end_to_end(tmp_path):
         "bn": (1.0, 1), "de": (1.0, 2), "en": (1.0, 1), "th": (0.0, 1), "zh": (1.0, 1)}
     assert per["th"]["unparsed"] == 1
     assert results["mgsm"]["seen"] == 1.0 and results["mgsm"]["unseen"] == 0.5
+    assert per["zh"]["in_language"] == 1.0 and per["bn"]["in_language"] == 1.0  # answer-language ID
 
 
 def test_predictions_need_every_item_and_a_lang_for_repeated_ids(tmp_path):
@@ -260,6 +262,7 @@ def test_care_pro_predictions_with_http_judge_end_to_end(tmp_path):
     assert c["per_language"]["hi"]["labels"] == {"not_attempted": 1}
     assert c["per_language"]["es"]["labels"] == {"unparseable": 1} and c["unparsed"] == 1
     assert c["seen"] == 0.25 and c["unseen"] == 0.0  # zh, es seen; hi unseen (paper: 2 seen / 1 unseen)
+    assert c["per_language"]["zh"]["in_language"] == 0.5  # one of the two Chinese answers is English
     judged = [json.loads(l) for l in (tmp_path / "care-pro_judge.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [j["reply"] for j in judged] == ["A", "B", "D", "Hmm."] and judged[3]["label"] is None
 
@@ -332,3 +335,5 @@ def test_toy_benchmark_end_to_end_with_tiny_model(tmp_path, toy_model_and_tokeni
     assert t["avg"] > 0.0  # the warm-started model answers some of its own world's questions
     saved = [json.loads(l) for l in (tmp_path / "toy_predictions.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(saved) == 24 and all(s["prediction"] for s in saved)
+    assert all(0.0 <= v["in_language"] <= 1.0 for v in t["per_language"].values())
+    assert sum(s["answer_lang"] == s["lang"] for s in saved) >= 12  # the tag makes it answer in ℓ_x
