@@ -1,0 +1,77 @@
+"""lrpo.py: the training loop end to end on the tiny model: exact resume, errors, NaN skips."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+import lrpo
+
+ROOT = lrpo.Path(lrpo.__file__).parent
+SMALL = ["--questions-per-step", "4", "--group-size", "4", "--max-new-tokens", "12",
+         "--eval-size", "8", "--no-progress", "--save-every", "2", "--eval-every", "0"]
+
+
+def metrics(run_dir):
+    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("time")} for r in rows]
+
+
+def test_help_is_light():
+    out = subprocess.run([sys.executable, str(ROOT / "lrpo.py"), "--help"], capture_output=True,
+                         text=True, check=True, cwd=ROOT)
+    assert "--orig-lang-min" in out.stdout and "--ppo-epochs" in out.stdout
+    code = ("import sys, lrpo; lrpo.parse_args([]); "
+            "print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
+
+
+def test_resume_continues_exactly(tmp_path, toy_model_and_tokenizer):
+    one_go, halves = tmp_path / "one_go", tmp_path / "halves"
+    lrpo.main(SMALL + ["--steps", "4", "--out", str(one_go)])
+    lrpo.main(SMALL + ["--steps", "2", "--out", str(halves)])
+    lrpo.main(SMALL + ["--steps", "4", "--out", str(halves), "--resume"])
+    a, b = metrics(one_go), metrics(halves)
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    assert a == b
+    assert (halves / "checkpoint" / "model.safetensors").exists()
+    from transformers import AutoModelForCausalLM
+    AutoModelForCausalLM.from_pretrained(halves / "checkpoint")   # a plain HF checkpoint
+    assert (one_go / "training.png").exists() and (one_go / "router.png").exists()
+    sample = json.loads((one_go / "samples.jsonl").read_text().splitlines()[0])
+    assert {"completion", "reward", "target_lang", "predicted_lang", "advantage"} <= set(sample)
+
+
+def test_refuses_to_overwrite_a_run_and_reports_bad_inputs(tmp_path, toy_model_and_tokenizer):
+    out = tmp_path / "run"
+    lrpo.main(SMALL + ["--steps", "1", "--out", str(out)])
+    with pytest.raises(SystemExit, match="already holds a run"):
+        lrpo.main(SMALL + ["--steps", "1", "--out", str(out)])
+    with pytest.raises(SystemExit, match=r"--model '/no/such/model' could not be loaded"):
+        lrpo.main(SMALL + ["--model", "/no/such/model", "--data", "toy", "--out", str(tmp_path / "m"), "--steps", "1"])
+    (tmp_path / "bad.jsonl").write_text('{"question": "Q", "answer": "A", "lang": "xx"}\n')
+    with pytest.raises(SystemExit, match=r"--data: .*bad\.jsonl: row 1: field 'lang': unknown language 'xx'"):
+        lrpo.main(SMALL + ["--data", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "d")])
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        lrpo.main(SMALL + ["--steps", "1", "--out", str(tmp_path / "none"), "--resume"])
+
+
+def test_non_finite_loss_skips_the_step(tmp_path, monkeypatch, toy_model_and_tokenizer):
+    import loss
+    real = loss.policy_loss
+    calls = {"n": 0}
+    def poisoned(*args, **kwargs):
+        value, m = real(*args, **kwargs)
+        calls["n"] += 1
+        return (value * float("nan"), m) if calls["n"] == 1 else (value, m)
+    monkeypatch.setattr(loss, "policy_loss", poisoned)
+    lrpo.main(SMALL + ["--steps", "2", "--out", str(tmp_path / "nan")])
+    rows = metrics(tmp_path / "nan")
+    assert rows[0]["train/skipped_steps"] == 1 and rows[1]["train/skipped_steps"] == 0
+
+
+def test_questions_for_step_cover_each_epoch_once():
+    seen = [i for s in range(5) for i in lrpo.questions_for_step(20, s, 4, seed=3)]
+    assert sorted(seen) == list(range(20))
+    assert lrpo.questions_for_step(20, 5, 4, seed=3) != lrpo.questions_for_step(20, 0, 4, seed=3)
