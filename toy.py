@@ -389,7 +389,8 @@ def _encode_sft(tokenizer, pairs):
 
 
 def warm_start(model, tokenizer, wcfg: WarmStartConfig, cfg: WorldConfig, log=print):
-    """Supervised fine-tuning on the warm-start corpus (answer tokens only), AdamW + cosine."""
+    """Supervised fine-tuning on the warm-start corpus (answer tokens only), AdamW + cosine.
+    Returns the model and the training loss of every step."""
     import torch
     import torch.nn.functional as F
 
@@ -399,6 +400,7 @@ def warm_start(model, tokenizer, wcfg: WarmStartConfig, cfg: WorldConfig, log=pr
                             betas=(0.9, 0.98))
     model.train()
     t0 = time.time()
+    losses = []
     for step in range(wcfg.steps):
         lr = wcfg.lr * min(1.0, (step + 1) / wcfg.warmup) * 0.5 * (1 + math.cos(math.pi * step / wcfg.steps))
         for group in opt.param_groups:
@@ -420,11 +422,12 @@ def warm_start(model, tokenizer, wcfg: WarmStartConfig, cfg: WorldConfig, log=pr
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        losses.append(loss.item())
         if step % 100 == 0 or step == wcfg.steps - 1:
             log(f"[toy] warm start step {step:4d}/{wcfg.steps}  loss {loss.item():.3f}  "
                 f"({time.time() - t0:.0f}s)")
     model.eval()
-    return model
+    return model, losses
 
 
 # ----------------------------------------------------------------------------------------------
@@ -452,7 +455,7 @@ def load_model_and_tokenizer(device: str = "cpu", cfg: WorldConfig = WorldConfig
         log(f"[toy] warm-starting the tiny model (cached afterwards in {path})")
         torch.set_num_threads(max(1, torch.get_num_threads()))
         tokenizer = train_tokenizer(cfg, mcfg.vocab_size)
-        model = warm_start(build_model(tokenizer, mcfg, wcfg.seed), tokenizer, wcfg, cfg, log)
+        model, _ = warm_start(build_model(tokenizer, mcfg, wcfg.seed), tokenizer, wcfg, cfg, log)
         # Write under a temporary name and rename, so an interrupted warm start leaves no
         # half-written cache behind.
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")

@@ -77,24 +77,20 @@ def test_is_correct_does_not_match_inside_longer_words():
 
 def test_same_seed_same_model(toy_tokenizer):
     cfg = toy.WarmStartConfig(steps=3, batch_size=8)
-    a = toy.warm_start(toy.build_model(toy_tokenizer), toy_tokenizer, cfg, toy.WorldConfig(), log=lambda *x: None)
-    b = toy.warm_start(toy.build_model(toy_tokenizer), toy_tokenizer, cfg, toy.WorldConfig(), log=lambda *x: None)
+    a, _ = toy.warm_start(toy.build_model(toy_tokenizer), toy_tokenizer, cfg, toy.WorldConfig(), log=lambda *x: None)
+    b, _ = toy.warm_start(toy.build_model(toy_tokenizer), toy_tokenizer, cfg, toy.WorldConfig(), log=lambda *x: None)
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(pa, pb), name
+    # embedding rows beyond the tokenizer, like Qwen's padded 151,936
     assert a.config.vocab_size % 64 == 0 and a.config.vocab_size > len(toy_tokenizer)
 
 
-def test_warm_start_on_a_small_budget_learns_the_world(toy_tokenizer):
-    """A quarter of the default budget already answers most regional questions when asked in the
-    local language and follows the language tag (the documented full-budget numbers are higher)."""
-    cfg = toy.WarmStartConfig(steps=150)
-    model = toy.warm_start(toy.build_model(toy_tokenizer), toy_tokenizer, cfg, toy.WorldConfig(),
-                           log=lambda *x: None)
-    report = toy.accuracy_report(model, toy_tokenizer, toy.load_split("train")[::3])
-    local = report["local"]
-    correct = sum(c["correct"] for topic in local.values() for c in topic.values())
-    total = sum(c["n"] for topic in local.values() for c in topic.values())
-    assert correct / total > 0.5, toy.format_report(report)
+def test_warm_start_loss_falls_on_a_small_budget(toy_tokenizer):
+    """60 of the default 500 steps already more than halve the answer-token loss from ln(V) ≈ 7.4."""
+    cfg = toy.WarmStartConfig(steps=60)
+    _, losses = toy.warm_start(toy.build_model(toy_tokenizer), toy_tokenizer, cfg, toy.WorldConfig(),
+                               log=lambda *x: None)
+    assert losses[0] > 6.5 and sum(losses[-5:]) / 5 < 3.5, losses[::10]
 
 
 def test_default_warm_start_leaves_headroom_where_the_router_can_find_it(toy_model_and_tokenizer):
