@@ -43,21 +43,28 @@ MMBERT_SMALL = dict(vocab_size=256000, hidden_size=384, intermediate_size=1152, 
 H100_BF16_DENSE = 989e12
 
 
-def build_policy(tokenizer):
+# --smoke: a tiny CPU version of the same benchmark, to check the script itself anywhere.
+SMOKE = dict(QWEN25_15B, vocab_size=2048, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=2)
+DEVICE = "cuda"
+
+
+def build_policy(tokenizer, shape):
     from transformers import Qwen2Config, Qwen2ForCausalLM
-    config = Qwen2Config(**QWEN25_15B, eos_token_id=tokenizer.eos_token_id,
+    config = Qwen2Config(**shape, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    with torch.device(DEVICE):
+        model = Qwen2ForCausalLM(config).to(torch.bfloat16 if DEVICE == "cuda" else torch.float32)
     return model.eval()
 
 
-def random_encoder_dir(tokenizer) -> str:
+def random_encoder_dir(tokenizer, smoke: bool) -> str:
     """A random-init mmBERT-small-shaped ModernBERT saved locally, for RewardScorer(encoder=path)."""
     from transformers import ModernBertConfig, ModernBertModel
     path = Path(tempfile.mkdtemp()) / "mmbert-small-random"
-    config = ModernBertConfig(**MMBERT_SMALL, pad_token_id=tokenizer.pad_token_id,
+    shape = dict(MMBERT_SMALL, vocab_size=2048, num_hidden_layers=2) if smoke else MMBERT_SMALL
+    config = ModernBertConfig(**shape, pad_token_id=tokenizer.pad_token_id,
                               bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                               cls_token_id=tokenizer.pad_token_id, sep_token_id=tokenizer.eos_token_id)
     ModernBertModel(config).save_pretrained(path)
@@ -66,8 +73,18 @@ def random_encoder_dir(tokenizer) -> str:
 
 
 def sync_time() -> float:
-    torch.cuda.synchronize()
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter()
+
+
+def peak_gib() -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else float("nan")
+
+
+def reset_peak() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.reset_peak_memory_stats()
 
 
 def main() -> None:
@@ -77,9 +94,16 @@ def main() -> None:
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--micro-batch", type=int, default=16)
+    p.add_argument("--logprob-micro-batch", type=int, default=64)
     p.add_argument("--paper-micro-batch", type=int, default=8)
     p.add_argument("--paper-micro-batches", type=int, default=3)
+    p.add_argument("--compile", action="store_true", help="lrpo --compile: compiled decoder layers")
+    p.add_argument("--smoke", action="store_true", help="tiny model on the CPU: checks the script")
     args = p.parse_args()
+    global DEVICE
+    if args.smoke:
+        DEVICE = "cpu"
+        args.questions, args.new_tokens, args.prompt_tokens = 4, 8, 16
 
     import bandit
     import calibrate
@@ -89,16 +113,21 @@ def main() -> None:
     import toy
 
     tokenizer = toy.train_tokenizer()   # decodes the random ids into text for the reward phase
-    model = build_policy(tokenizer)
-    reference = build_policy(tokenizer)
+    shape = SMOKE if args.smoke else QWEN25_15B
+    model = build_policy(tokenizer, shape)
+    reference = build_policy(tokenizer, shape)
     reference.load_state_dict(model.state_dict())
     reference.requires_grad_(False)
+    if args.compile:
+        lrpo.compile_layers(model)
+        lrpo.compile_layers(reference)
     n_params = sum(p.numel() for p in model.parameters())
     train_args = SimpleNamespace(lr=1e-6, weight_decay=0.01, grad_clip=1.0, kl_coef=0.001,
                                  loss_agg="token-mean", ppo_epochs=1, mini_batch=None,
-                                 micro_batch=args.micro_batch)
+                                 micro_batch=args.micro_batch,
+                                 logprob_micro_batch=args.logprob_micro_batch)
     optimizer = lrpo.make_optimizer(model, train_args, torch)
-    scorer = calibrate.RewardScorer(encoder=random_encoder_dir(tokenizer), calibration="none")
+    scorer = calibrate.RewardScorer(encoder=random_encoder_dir(tokenizer, args.smoke), device=DEVICE, calibration="none")
     router = bandit.make_router("paper", list(toy.LANGS))
 
     gen = torch.Generator().manual_seed(0)
@@ -128,12 +157,13 @@ def main() -> None:
         t2 = sync_time()
         batch = {"ids": roll.input_ids.cpu(), "mask": roll.attention_mask.cpu(),
                  "start": roll.completion_start, "completion_mask": roll.completion_mask.float().cpu()}
-        torch.cuda.reset_peak_memory_stats()
-        lrpo.policy_update(model, reference, optimizer, batch, advantages, train_args, torch)
+        reset_peak()
+        update = lrpo.policy_update(model, reference, optimizer, batch, advantages, train_args, torch)
         t3 = sync_time()
         return {"rollout_s": t1 - t0, "reward_s": t2 - t1, "update_s": t3 - t2, "step_s": t3 - t0,
                 "reward_detail": result.timings,
-                "update_peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+                "update_detail": {k.split("/")[1]: v for k, v in update.items() if k.startswith("time/")},
+                "update_peak_gib": peak_gib(),
                 "rollouts": len(examples), "tokens": len(examples) * (args.prompt_tokens + args.new_tokens)}
 
     one_step(warm=True)      # compile / graph capture / allocator warm-up
@@ -143,31 +173,36 @@ def main() -> None:
 
     # The paper's shape: peak memory of the update with gradient checkpointing.
     model.gradient_checkpointing_enable()
-    P, T, mb = 512, 1024, args.paper_micro_batch
+    P, T, mb = (512, 1024, args.paper_micro_batch) if not args.smoke else (16, 32, 2)
     n = mb * args.paper_micro_batches
     ids = torch.randint(3, len(tokenizer), (n, P + T), generator=gen)
     batch = {"ids": ids, "mask": torch.ones_like(ids), "start": P,
              "completion_mask": torch.ones(n, T)}
-    paper_args = SimpleNamespace(**{**vars(train_args), "micro_batch": mb, "mini_batch": None})
-    torch.cuda.reset_peak_memory_stats()
+    paper_args = SimpleNamespace(**{**vars(train_args), "micro_batch": mb, "mini_batch": None,
+                                    "logprob_micro_batch": 4 * mb})
+    warm = {k: (v[:mb] if torch.is_tensor(v) else v) for k, v in batch.items()}
+    lrpo.policy_update(model, reference, optimizer, warm, torch.randn(mb), paper_args, torch)  # warm-up
+    reset_peak()
     t0 = sync_time()
     lrpo.policy_update(model, reference, optimizer, batch, torch.randn(n), paper_args, torch)
     t1 = sync_time()
     rows["paper_shape"] = {"micro_batch": mb, "micro_batches_timed": args.paper_micro_batches,
                            "seq_len": P + T, "gradient_checkpointing": True,
-                           "update_peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+                           "update_peak_gib": peak_gib(),
                            "update_s_for_timed": t1 - t0,
                            "projected_update_s_2048_rollouts": (t1 - t0) * 2048 / n}
 
-    print(f"\n{torch.cuda.get_device_name()}  torch {torch.__version__}  "
+    device_name = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (smoke)"
+    print(f"\n{device_name}  torch {torch.__version__}  "
           f"transformers {__import__('transformers').__version__}  params {n_params / 1e9:.3f} B")
     s = rows["step"]
     print(f"\nOne LRPO step: {args.questions} questions × {K} rollouts, prompt {args.prompt_tokens}, "
-          f"{args.new_tokens} new tokens, micro-batch {args.micro_batch}")
+          f"{args.new_tokens} new tokens, micro-batch {args.micro_batch}, compiled layers: {args.compile}")
     print(f"{'phase':10s}{'seconds':>10s}")
     for ph in ("rollout", "reward", "update", "step"):
         print(f"{ph:10s}{s[ph + '_s']:10.2f}")
     print(f"reward detail: " + ", ".join(f"{k} {v:.2f}s" for k, v in s["reward_detail"].items()))
+    print(f"update detail: " + ", ".join(f"{k} {v:.2f}s" for k, v in s["update_detail"].items()))
     print(f"update MFU {100 * s['update_mfu']:.1f}%  (6·N·tokens / time / 989 TFLOP/s), "
           f"update peak {s['update_peak_gib']:.1f} GiB")
     ps = rows["paper_shape"]
@@ -175,7 +210,8 @@ def main() -> None:
           f"update peak {ps['update_peak_gib']:.1f} GiB of 80; "
           f"{ps['update_s_for_timed']:.1f}s for {ps['micro_batches_timed']} micro-batches "
           f"(→ {ps['projected_update_s_2048_rollouts']:.0f}s for 2048 rollouts)")
-    rows["device"] = torch.cuda.get_device_name()
+    rows["device"] = device_name
+    rows["compile"] = args.compile
     rows["torch"], rows["transformers"] = torch.__version__, __import__("transformers").__version__
     print(json.dumps(rows))
 
