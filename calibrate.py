@@ -35,14 +35,17 @@ Official behaviour reproduced (``calibrated_rs.py``, spec §3.4), and where we d
   code with the target; the soft gate (option) uses its probability instead of 1.
   The official code turned codes outside its 15 rollout languages into None; we keep every code
   of ``data.LANGUAGES`` (adds mGSM's bn sw te th and hi) — the gate result is the same.
+* **Our deviation, on by default:** a script check in the LID (:class:`LanguageID`). The
+  official top-1 labels many short Chinese answers ``ja``/``wuu``/``th`` and gates correct
+  rollouts to 0; ``LanguageID(script_check=False)`` restores the official behaviour.
 * The pair looked up is the *predicted* response language against the question's language
   ℓ_x (as the official code does), not the target tag; the two differ only for gated-out
   rollouts. If the prediction is None or the pair is missing, s stays uncalibrated (still gated)
   and ``RewardResult.uncalibrated`` counts it. Uncalibrated mean-mode scores are mapped by
   (s + 1)/2; uncalibrated quantile-mode scores are clip(s, 0, 1), as in the official code.
-* The historical quantile code divided s by an ``ub_anchor`` before the CDF; a CDF is invariant
-  to that monotone rescaling when the table is built on the same scale, so we build the table
-  on raw s and skip it.
+* The historical quantile code divided s by an ``ub_anchor`` U before the CDF. A CDF does not
+  change under that monotone rescaling when the table is built on the same scale (apart from
+  its clip at s = U), so we build the table on raw s and skip U; its table was never released.
 * The official CSV (``examples/data_preprocess/unordered_pair_mean_std.csv`` of Guochry/LRPO,
   mmBERT-small) loads as is in mean mode; our files add mismatch/hard means and a quantile grid.
 
@@ -141,11 +144,13 @@ class LanguageID:
     ``predict`` returns (code, probability) per text; the code is None when the text is too
     weak or the prediction is not one of ``languages`` (default: ``data.LANGUAGES``).
 
-    ``script_check=True`` (our default) fixes a failure we measured on short Chinese answers:
-    lid.176's compressed model labels 27 of the 108 Chinese answers of the built-in world
-    ``ja`` (no kana in them), ``wuu``/``yue`` (Chinese varieties) or even ``th``, so the
-    gate zeroes correct Chinese rollouts. With the check, Chinese varieties count as ``zh`` and
-    the top-5 labels are walked past those whose script does not occur in the text.
+    ``script_check=True`` (our default) fixes a failure of the compressed lid.176 on short
+    Chinese text: "Oberlund的国菜是Kolmar。" comes out ``ja`` (it has no kana), "Omar还剩5个苹果。"
+    ``wuu`` (a Chinese variety), so the gate zeroes correct Chinese rollouts (27 of the 108
+    Chinese answers of an early version of the built-in world; 1 of 108 now). With the check,
+    Chinese varieties count as ``zh`` and the top-5 labels are walked past those whose script
+    does not occur in the text; if none fits (rare: "Oberlund的丰收节在十月举行。" gets th, ja, pa,
+    ru, bo) the prediction is None.
     ``script_check=False`` is the official top-1 behaviour.
     """
 
