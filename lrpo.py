@@ -32,10 +32,8 @@ The official run is on-policy (one mini-batch, one epoch), so the PPO ratio is โ
 never acts (spec ยง3.5). ``--ppo-epochs`` and ``--mini-batch`` make real off-policy updates, with
 the old log-probs recomputed by a training forward before the first update.
 
-Everything a run writes goes to ``--out``: ``metrics.jsonl`` (one line per step), ``samples.jsonl``
-(completions with their rewards), ``router.jsonl`` (routing probabilities per context),
-``eval.jsonl``, plots, and ``checkpoint/`` (model in safetensors, tokenizer, optimizer, router,
-step), written atomically; Ctrl-C saves one. ``--resume`` continues a run exactly: every random
+Everything a run writes goes to ``--out`` (``runlog.py`` lists it: metrics, samples, router
+probabilities, evaluations, plots and an atomically written checkpoint); Ctrl-C saves one. ``--resume`` continues a run exactly: every random
 draw of step s is seeded from (seed, s), so a resumed run repeats the draws it would have made.
 """
 from __future__ import annotations
@@ -514,123 +512,20 @@ def evaluate_policy(state, args, step: int) -> dict:
     return out
 
 
-def before_after_table(before: dict, after: dict) -> str:
-    langs = sorted({k.split("/")[-1] for k in after if k.startswith("eval/reward/")})
-    has_acc = "eval/accuracy" in after
-    head = f"{'lang':6s}" + (f"{'accuracy before':>17s}{'after':>8s}" if has_acc else "") + \
-        f"{'reward before':>15s}{'after':>8s}"
-    lines = [head]
-    for lang in langs + ["all"]:
-        key = lambda m: "" if lang == "all" else f"/{lang}"
-        row = f"{lang:6s}"
-        if has_acc:
-            row += f"{before[f'eval/accuracy{key(before)}']:17.3f}{after[f'eval/accuracy{key(after)}']:8.3f}"
-        row += f"{before[f'eval/reward{key(before)}']:15.3f}{after[f'eval/reward{key(after)}']:8.3f}"
-        lines.append(row)
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------
-# Checkpoints: written under a temporary name, then renamed into place
-
-def save_checkpoint(state, args, step: int, torch) -> Path:
-    out = Path(args.out)
-    final, tmp, old = out / "checkpoint", out / "checkpoint.tmp", out / "checkpoint.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    state["model"].save_pretrained(tmp)          # safetensors, loadable by from_pretrained
-    state["tokenizer"].save_pretrained(tmp)
-    torch.save({"step": step, "optimizer": state["optimizer"].state_dict(),
-                "router": state["router"].state_dict(), "args": vars(args)},
-               tmp / "trainer_state.pt")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def load_checkpoint(state, args, torch) -> int:
-    from transformers import AutoModelForCausalLM
-    path = Path(args.out) / "checkpoint"
-    if not (path / "trainer_state.pt").exists():
-        sys.exit(f"error: --resume: no checkpoint in {path}")
-    dtype = next(state["model"].parameters()).dtype
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(args.device)
-    state["model"].load_state_dict(model.state_dict())
-    saved = torch.load(path / "trainer_state.pt", weights_only=False)
-    state["optimizer"].load_state_dict(saved["optimizer"])
-    state["router"].load_state_dict(saved["router"])
-    # Drop log lines written after the checkpoint (a crash between logging and saving).
-    for name in ("metrics.jsonl", "samples.jsonl", "eval.jsonl"):
-        f = Path(args.out) / name
-        if f.exists():
-            keep = [l for l in f.read_text().splitlines() if json.loads(l)["step"] <= saved["step"]]
-            f.write_text("".join(l + "\n" for l in keep))
-    return saved["step"]
-
-
-# ----------------------------------------------------------------------------------------------
-# Plots
-
-def plot_run(run_dir) -> list[Path]:
-    """reward per language, evaluation accuracy, time per phase and the router heatmap."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    run = Path(run_dir)
-    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-    written = []
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
-    steps = [r["step"] for r in rows]
-    langs = sorted({k.split("/")[1] for r in rows for k in r if k.startswith("reward/")})
-    for lang in langs:
-        axes[0].plot(steps, [r.get(f"reward/{lang}", math.nan) for r in rows], label=lang, lw=1)
-    axes[0].plot(steps, [r["reward"] for r in rows], "k", lw=2, label="all")
-    axes[0].set(title="training reward per rollout language", xlabel="step")
-    axes[0].legend(fontsize=7, ncol=2)
-    evals = [json.loads(l) for l in (run / "eval.jsonl").read_text().splitlines()] if (run / "eval.jsonl").exists() else []
-    metric = "eval/accuracy" if evals and "eval/accuracy" in evals[0] else "eval/reward"
-    for lang in sorted({k.split("/")[-1] for e in evals for k in e if k.startswith(metric + "/") and k.count("/") == 2}):
-        axes[1].plot([e["step"] for e in evals], [e[f"{metric}/{lang}"] for e in evals], "o-", label=lang)
-    axes[1].set(title=f"held-out {metric.split('/')[1]} (own language, greedy)", xlabel="step")
-    axes[1].legend(fontsize=7, ncol=2)
-    phases = ["time/rollout", "time/reward", "time/update"]
-    bottom = [0.0] * len(rows)
-    for ph in phases:
-        vals = [r.get(ph, 0.0) for r in rows]
-        axes[2].bar(steps, vals, bottom=bottom, label=ph.split("/")[1], width=1.0)
-        bottom = [b + v for b, v in zip(bottom, vals)]
-    axes[2].set(title="time per phase (s)", xlabel="step")
-    axes[2].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(run / "training.png", dpi=110)
-    plt.close(fig)
-    written.append(run / "training.png")
-    if (run / "router.jsonl").exists() and (run / "router.jsonl").stat().st_size:
-        import bandit
-        written.append(bandit.plot_router_heatmap(run / "router.jsonl", run / "router.png"))
-    return written
-
-
 # ----------------------------------------------------------------------------------------------
 # Main
-
-def append_jsonl(path: Path, rows) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.plot:
-        for path in plot_run(args.plot):
+        import runlog
+        for path in runlog.plot_run(args.plot):
             print(path)
         return {}
     import torch
     import bandit
     import data
+    import runlog
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -651,7 +546,7 @@ def main(argv=None) -> dict:
              "test": test, "scorer": make_scorer(args), "optimizer": make_optimizer(model, args, torch),
              "router": bandit.make_router(router_name, langs, **router_options)}
     total = args.steps if args.steps is not None else math.ceil(args.epochs * len(train) / args.questions_per_step)
-    start = load_checkpoint(state, args, torch) if args.resume else 0
+    start = runlog.load_checkpoint(state, args) if args.resume else 0
     (out / "args.json").write_text(json.dumps(vars(args), indent=2))
     print(f"[lrpo] {args.method} ({router_name} router) on {args.data}: {len(train)} train / "
           f"{len(test)} test questions, languages {','.join(langs)}, {total} steps of "
@@ -674,37 +569,38 @@ def run_training(state, args, out: Path, start: int, total: int) -> dict:
     """The step loop: evaluate, train, log, checkpoint; evaluate again and plot at the end."""
     import torch
     from tqdm import tqdm
+    import runlog
     stop = state["stop"]
 
     before = None
     if start == 0:
         before = evaluate_policy(state, args, 0)
-        append_jsonl(out / "eval.jsonl", [before])
+        runlog.append_jsonl(out / "eval.jsonl", [before])
     bar = tqdm(range(start, total), initial=start, total=total, disable=args.no_progress,
                desc=args.method, dynamic_ncols=True)
     metrics = {}
     for step in bar:
         metrics, samples = train_step(step, state, args, torch)
-        append_jsonl(out / "metrics.jsonl", [metrics])
-        append_jsonl(out / "samples.jsonl", samples)
+        runlog.append_jsonl(out / "metrics.jsonl", [metrics])
+        runlog.append_jsonl(out / "samples.jsonl", samples)
         state["router"].log_probabilities(out / "router.jsonl", step + 1)
         bar.set_postfix(reward=f"{metrics['reward']:.3f}", gate=f"{metrics['gate']:.2f}",
                         kl=f"{metrics.get('train/kl_loss', 0):.4f}")
         done = step + 1
         if args.eval_every and done % args.eval_every == 0 and done < total:
-            append_jsonl(out / "eval.jsonl", [evaluate_policy(state, args, done)])
+            runlog.append_jsonl(out / "eval.jsonl", [evaluate_policy(state, args, done)])
         if done % args.save_every == 0 or done == total or stop["requested"]:
-            save_checkpoint(state, args, done, torch)
+            runlog.save_checkpoint(state, args, done)
         if stop["requested"]:
             print(f"[lrpo] saved {out / 'checkpoint'} at step {done}; continue with --resume")
             return metrics
     bar.close()
     after = evaluate_policy(state, args, total)
-    append_jsonl(out / "eval.jsonl", [after])
+    runlog.append_jsonl(out / "eval.jsonl", [after])
     if before is None:
         before = json.loads((out / "eval.jsonl").read_text().splitlines()[0])
-    print(before_after_table(before, after))
-    for path in plot_run(out):
+    print(runlog.before_after_table(before, after))
+    for path in runlog.plot_run(out):
         print(f"[lrpo] wrote {path}")
     return {"before": before, "after": after, "last": metrics}
 
