@@ -75,3 +75,13 @@ def test_questions_for_step_cover_each_epoch_once():
     seen = [i for s in range(5) for i in lrpo.questions_for_step(20, s, 4, seed=3)]
     assert sorted(seen) == list(range(20))
     assert lrpo.questions_for_step(20, 5, 4, seed=3) != lrpo.questions_for_step(20, 0, 4, seed=3)
+
+
+def test_off_policy_updates_move_the_ratio(tmp_path, toy_model_and_tokenizer):
+    """--ppo-epochs 2 --mini-batch 8: old log-probs come from a training forward before the first
+    update, so after the first optimizer step the ratio differs from 1 (ppo_kl > 0)."""
+    lrpo.main(SMALL + ["--steps", "1", "--ppo-epochs", "2", "--mini-batch", "8", "--micro-batch", "4",
+                       "--lr", "1e-3", "--out", str(tmp_path / "ppo")])
+    (row,) = metrics(tmp_path / "ppo")
+    assert row["train/ppo_kl"] != 0.0 and 0.0 <= row["train/pg_clipfrac"] <= 1.0
+    assert row["train/skipped_steps"] == 0
