@@ -1,0 +1,287 @@
+"""LRPO's reward (§3.2, Eqs. 2-5) as plug-ins for distributed trainers: TRL and verl.
+
+The reward itself lives in ``calibrate.py``: r_k = r_lang(y_k) · r_qual(y_k, z), with the gate
+r_lang = 1[LID(y_k) = ℓ_k] (Eq. 4) and the calibrated similarity r_qual to the reference z written
+in the question language ℓ_x (mean calibration, Eq. 2, by default; quantile, Eq. 3, as an option),
+or a numeric verifier for mGSM-style data. This file only translates the calling conventions of two
+trainers into ``RewardScorer.score(responses, target_langs, references, reference_langs)``. Neither
+``trl`` nor ``verl`` is imported (they call us), and ``calibrate`` is imported on the first call, so
+importing this file costs nothing.
+
+**TRL** (``trl.GRPOTrainer(reward_funcs=[...])``). Checked against huggingface/trl
+``trl/trainer/grpo_trainer.py`` ``GRPOTrainer._calculate_rewards`` (main, VERSION 1.10.0.dev0,
+2026-07; the same call since v0.19 added ``trainer_state``), which calls every callable reward as::
+
+    reward_func(prompts=prompts, completions=completions, completion_ids=completion_ids_list,
+                **reward_kwargs)     # reward_kwargs: every dataset column but prompt/completion/
+                                     # completion_ids, one value per completion, + trainer_state
+
+and logs it under ``reward_func.__name__``. ``completions`` are strings (standard datasets) or
+message lists ``[{"role": "assistant", "content": ...}]`` (conversational). Return: list[float]
+(None would become NaN; we never return None). Columns read, first present wins:
+
+* reference z (similarity mode): ``reference``, else ``answer``;
+* gold number (verifier mode): ``answer_number``, else ``reference``, else ``answer``;
+* question language ℓ_x: ``reference_lang``, else ``lang``, else ``language`` (codes or names);
+* target language ℓ_k: ``target_lang``; without it, ℓ_x (answer in the question's language).
+
+TRL repeats each prompt ``num_generations`` times and normalises rewards inside that group; it has
+no per-rollout language routing. So the K rollouts of one TRL group share one ``target_lang``: to
+mix languages inside a group, as LRPO does, the router must live in the trainer (LRPO's verl fork).
+The prompt (with its reference) keys each group, so a reference is encoded once per call.
+
+**verl** (``custom_reward_function.path=reward_adapters.py``, ``.name=compute_score`` or
+``compute_score_batch``). Checked against volcengine/verl ``verl/workers/reward_manager/naive.py``
+and ``batch.py`` and ``verl/trainer/ppo/reward.py`` (verl 0.4-0.5, the version LRPO's fork pins,
+"0.5.0.dev"), and Guochry/LRPO's fork of ``batch.py``:
+
+* NaiveRewardManager: ``compute_score(data_source=, solution_str=, ground_truth=, extra_info=)``,
+  returns a float or a dict with ``"score"`` (other keys are logged as ``reward_extra_info``);
+* BatchRewardManager: ``compute_score(data_sources=, solution_strs=, ground_truths=,
+  extra_infos=, **reward_model.reward_kwargs)`` returns a list of floats or of such dicts;
+* ``custom_reward_function.reward_kwargs`` are added to every call: that is how our
+  configuration (``encoder``, ``stats_path``, ``calibration``, ``lam``, ``gate``, ``reward``,
+  ``device``, ``output``) arrives; environment variables ``LRPO_<KEY>`` (e.g. ``LRPO_STATS_PATH``)
+  fill what the kwargs leave out, handy for Ray workers. One scorer is cached per configuration.
+* LRPO's fork overwrites ``data_source`` with the rollout's target language (``lang``), puts the
+  question language *name* in ``extra_info["language"]`` and the reference z in ``ground_truth``;
+  we read the same fields (``extra_info["target_lang"]``, if present, overrides data_source).
+  The fork's BatchRewardManager unpacks a 3-tuple ``(scores, embed_scores, consistency_scores)``
+  from ``compute_score_batch``: ``output="lrpo_fork"`` returns exactly that. Upstream verl wants
+  ``output="dict"`` (default): ``{"score", "embedding_score", "consistency_score"}``, the names
+  the official code logs (embedding_score = ungated r_qual, consistency_score = r_lang).
+  ``output="float"`` is for older managers that accept only numbers (verl's first
+  BatchRewardManager silently turned anything else into 0.0).
+
+verl imports the file by path as module ``custom_module``, so the repository is not necessarily on
+``sys.path``; we add this file's folder before importing ``calibrate``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+_HERE = Path(__file__).resolve().parent
+
+# Configuration keys, their defaults, and the environment variable that can set each one.
+DEFAULTS: dict[str, Any] = {"reward": "similarity", "encoder": None, "stats_path": None,
+                            "calibration": "mean", "lam": 1.0, "gate": "hard", "device": None,
+                            "output": "dict"}
+REWARDS = ("similarity", "verifier")
+OUTPUTS = ("dict", "float", "lrpo_fork")
+ENV_PREFIX = "LRPO_"
+
+TRL_REFERENCE_COLUMNS = ("reference", "answer")
+TRL_GOLD_COLUMNS = ("answer_number", "reference", "answer")
+TRL_REFERENCE_LANG_COLUMNS = ("reference_lang", "lang", "language")
+TRL_TARGET_LANG_COLUMNS = ("target_lang",)
+
+_SCORERS: dict[tuple, Any] = {}   # one scorer (encoder + LID + caches) per configuration
+_warned_keys: set[str] = set()
+
+
+def _calibrate():
+    if str(_HERE) not in sys.path:
+        sys.path.insert(0, str(_HERE))
+    import calibrate
+    return calibrate
+
+
+def reward_config(**overrides) -> dict[str, Any]:
+    """Defaults, then ``LRPO_<KEY>`` environment variables, then keyword arguments (not None).
+    Unknown keywords are ignored with one warning (trainers may pass their own)."""
+    config = dict(DEFAULTS)
+    for key in DEFAULTS:
+        value = os.environ.get(ENV_PREFIX + key.upper())
+        if value not in (None, ""):
+            config[key] = value
+    for key, value in overrides.items():
+        if key not in DEFAULTS:
+            if key not in _warned_keys:
+                _warned_keys.add(key)
+                warnings.warn(f"reward_adapters: ignoring unknown keyword {key!r} "
+                              f"(known: {', '.join(DEFAULTS)})")
+            continue
+        if value is not None:
+            config[key] = value
+    config["lam"] = float(config["lam"])
+    if config["reward"] not in REWARDS:
+        raise ValueError(f"reward must be one of {REWARDS}, got {config['reward']!r}")
+    if config["output"] not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {config['output']!r}")
+    if config["stats_path"] is not None:
+        config["stats_path"] = str(config["stats_path"])
+    return config
+
+
+def get_scorer(config: dict[str, Any]):
+    """The cached ``RewardScorer`` / ``VerifierScorer`` for a configuration (built on first use)."""
+    key = tuple(sorted((k, v) for k, v in config.items() if k != "output"))
+    if key not in _SCORERS:
+        cal = _calibrate()
+        if config["reward"] == "verifier":
+            _SCORERS[key] = cal.VerifierScorer(gate=config["gate"])
+        else:
+            if config["calibration"] != "none" and config["stats_path"] is None:
+                raise ValueError(
+                    "reward_adapters: calibration=%r needs stats_path (a CSV from 'python calibrate.py "
+                    "stats'): pass stats_path=... (TRL: make_trl_reward(stats_path=...); verl: "
+                    "custom_reward_function.reward_kwargs.stats_path) or set LRPO_STATS_PATH; "
+                    "calibration='none' scores raw similarity" % config["calibration"])
+            _SCORERS[key] = cal.RewardScorer(encoder=config["encoder"], stats_path=config["stats_path"],
+                                             calibration=config["calibration"], lam=config["lam"],
+                                             gate=config["gate"], device=config["device"])
+    return _SCORERS[key]
+
+
+def _is_verifier(scorer) -> bool:
+    return type(scorer).__name__ == "VerifierScorer"
+
+
+# ----------------------------------------------------------------------------------------------
+# TRL
+
+
+def completion_text(completion, where: str = "completion") -> str:
+    """The text of a TRL completion: a string, or the assistant messages of a conversation."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, (list, tuple)) and all(isinstance(m, dict) for m in completion):
+        parts = []
+        for message in completion:
+            if message.get("role", "assistant") != "assistant":
+                continue
+            content = message.get("content", "")
+            if isinstance(content, list):   # multimodal content parts: keep the text ones
+                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            parts.append(str(content or ""))
+        return "\n".join(parts)
+    raise TypeError(f"{where}: expected a string or a list of message dicts, "
+                    f"got {type(completion).__name__}")
+
+
+def _prompt_key(prompt) -> str:
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True,
+                                                             ensure_ascii=False, default=str)
+
+
+def _column(kwargs: dict, names: Sequence[str], n: int, what: str, required: bool = True):
+    for name in names:
+        if kwargs.get(name) is not None:
+            values = list(kwargs[name])
+            if len(values) != n:
+                raise ValueError(f"TRL reward: column {name!r} has {len(values)} values for "
+                                 f"{n} completions")
+            return name, values
+    if not required:
+        return None, None
+    columns = sorted(k for k in kwargs if k not in ("trainer_state", "completion_ids"))
+    raise KeyError(f"TRL reward: no dataset column for the {what}; looked for "
+                   f"{' / '.join(names)}, the batch has {columns}")
+
+
+def make_trl_reward(scorer=None, name: str = "lrpo_reward", **scorer_kwargs) -> Callable:
+    """A reward function ``fn(prompts, completions, **kwargs) -> list[float]`` for TRL's
+    ``GRPOTrainer(reward_funcs=[fn])``, logged by TRL under ``name``.
+
+    ``scorer``: a ``calibrate.RewardScorer`` or ``VerifierScorer`` to use as is; otherwise one is
+    built (and cached) on the first call from ``scorer_kwargs`` (``reward``, ``encoder``,
+    ``stats_path``, ``calibration``, ``lam``, ``gate``, ``device``) and ``LRPO_*`` variables.
+    After each call ``fn.last_result`` holds the ``RewardResult`` (``.metrics()`` for logging).
+    """
+    state = {"scorer": scorer}
+
+    def reward_fn(prompts, completions, **kwargs) -> list[float]:
+        if state["scorer"] is None:
+            state["scorer"] = get_scorer(reward_config(**scorer_kwargs))
+        scorer_ = state["scorer"]
+        n = len(completions)
+        if len(prompts) != n:
+            raise ValueError(f"TRL reward: {len(prompts)} prompts for {n} completions")
+        texts = [completion_text(c, f"completions[{i}]") for i, c in enumerate(completions)]
+        verifier = _is_verifier(scorer_)
+        ref_col, references = _column(kwargs, TRL_GOLD_COLUMNS if verifier else TRL_REFERENCE_COLUMNS,
+                                      n, "gold number" if verifier else "reference answer")
+        for i, ref in enumerate(references):
+            if ref is None or (isinstance(ref, str) and not ref.strip()):
+                raise ValueError(f"TRL reward: column {ref_col!r} is empty at row {i}")
+        _, ref_langs = _column(kwargs, TRL_REFERENCE_LANG_COLUMNS, n, "question language")
+        _, targets = _column(kwargs, TRL_TARGET_LANG_COLUMNS, n, "target language", required=False)
+        group_ids = [(_prompt_key(p), str(r)) for p, r in zip(prompts, references)]
+        result = scorer_.score(texts, targets or ref_langs, references, ref_langs, group_ids)
+        reward_fn.last_result = result
+        return [float(r) for r in result.reward]
+
+    reward_fn.__name__ = reward_fn.__qualname__ = name
+    reward_fn.last_result = None
+    return reward_fn
+
+
+# Ready to pass to TRL; configured by LRPO_* environment variables on its first call.
+lrpo_reward = make_trl_reward()
+
+
+# ----------------------------------------------------------------------------------------------
+# verl
+
+
+def _verl_languages(data_source, extra_info, i: int) -> tuple[str, str]:
+    """(target language ℓ_k, question language ℓ_x) of one verl row, as codes."""
+    cal = _calibrate()
+    extra = extra_info if isinstance(extra_info, dict) else {}
+    target = extra.get("target_lang", data_source)
+    try:
+        target = cal.lang_code(target, f"data_sources[{i}]")
+    except cal.DataError as err:
+        raise cal.DataError(f"{err}. LRPO's trainer sets data_source to the rollout's target "
+                            "language; otherwise put it in extra_info['target_lang']") from None
+    for field in ("language", "lang", "reference_lang"):
+        if extra.get(field):
+            return target, cal.lang_code(extra[field], f"extra_infos[{i}][{field!r}]")
+    raise KeyError(f"verl reward: extra_infos[{i}] has no question language (looked for "
+                   f"'language', 'lang', 'reference_lang'); it has {sorted(extra)}")
+
+
+def compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos=None, **kwargs):
+    """verl BatchRewardManager entry point: one reward per response (see the module docstring
+    for the fields read and ``output``). Configuration comes from ``kwargs`` (verl's
+    ``reward_kwargs``) and ``LRPO_*`` environment variables."""
+    config = reward_config(**kwargs)
+    scorer = get_scorer(config)
+    n = len(solution_strs)
+    extra_infos = [None] * n if extra_infos is None else list(extra_infos)
+    for name, values in (("data_sources", data_sources), ("ground_truths", ground_truths),
+                         ("extra_infos", extra_infos)):
+        if len(values) != n:
+            raise ValueError(f"verl reward: {len(values)} {name} for {n} solution_strs")
+    responses = ["" if s is None else str(s) for s in solution_strs]
+    for i, gt in enumerate(ground_truths):
+        if gt is None or (isinstance(gt, str) and not gt.strip()):
+            raise ValueError(f"verl reward: ground_truths[{i}] is empty (reward_model.ground_truth)")
+    langs = [_verl_languages(ds, ex, i) for i, (ds, ex) in enumerate(zip(data_sources, extra_infos))]
+    targets, ref_langs = [t for t, _ in langs], [r for _, r in langs]
+    references = list(ground_truths) if _is_verifier(scorer) else [str(g) for g in ground_truths]
+    result = scorer.score(responses, targets, references, ref_langs)
+
+    scores = [float(r) for r in result.reward]
+    quality_name = "correct" if _is_verifier(scorer) else "embedding_score"
+    quality = [float(q) for q in result.calibrated_similarity]
+    gate = [float(g) for g in result.gate]
+    if config["output"] == "float":
+        return scores
+    if config["output"] == "lrpo_fork":
+        return scores, quality, gate
+    return [{"score": s, quality_name: q, "consistency_score": g}
+            for s, q, g in zip(scores, quality, gate)]
+
+
+def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
+    """verl NaiveRewardManager entry point: the reward of one response, a dict with ``"score"``
+    (``output="dict"``, default) or a float (``output="float"``)."""
+    if reward_config(**kwargs)["output"] == "lrpo_fork":
+        raise ValueError("output='lrpo_fork' is for compute_score_batch (the fork's batch manager)")
+    return compute_score_batch([data_source], [solution_str], [ground_truth], [extra_info], **kwargs)[0]
