@@ -8,9 +8,10 @@ trainers into ``RewardScorer.score(responses, target_langs, references, referenc
 ``trl`` nor ``verl`` is imported (they call us), and ``calibrate`` is imported on the first call, so
 importing this file costs nothing.
 
-**TRL** (``trl.GRPOTrainer(reward_funcs=[...])``). Checked against huggingface/trl
-``trl/trainer/grpo_trainer.py`` ``GRPOTrainer._calculate_rewards`` (main, VERSION 1.10.0.dev0,
-2026-07; the same call since v0.19 added ``trainer_state``), which calls every callable reward as::
+**TRL** (``trl.GRPOTrainer(reward_funcs=[...])``). Checked against ``GRPOTrainer._calculate_rewards``
+in ``trl/trainer/grpo_trainer.py`` of recent TRL (0.2x and the 1.x line the project's anchors
+snapshot, 1.10.0.dev0) and the v0.20 ``trl.rewards`` docs (``(completions, **kwargs) ->
+list[float]``). It calls every callable reward as::
 
     reward_func(prompts=prompts, completions=completions, completion_ids=completion_ids_list,
                 **reward_kwargs)     # reward_kwargs: every dataset column but prompt/completion/
@@ -18,7 +19,8 @@ importing this file costs nothing.
 
 and logs it under ``reward_func.__name__``. ``completions`` are strings (standard datasets) or
 message lists ``[{"role": "assistant", "content": ...}]`` (conversational). Return: list[float]
-(None would become NaN; we never return None). Columns read, first present wins:
+(None would become NaN; we never return None). Older TRL passed no ``trainer_state`` or
+``completion_ids``; ``**kwargs`` absorbs the difference. Columns read, first present wins:
 
 * reference z (similarity mode): ``reference``, else ``answer``;
 * gold number (verifier mode): ``answer_number``, else ``reference``, else ``answer``;
@@ -32,8 +34,9 @@ The prompt (with its reference) keys each group, so a reference is encoded once 
 
 **verl** (``custom_reward_function.path=reward_adapters.py``, ``.name=compute_score`` or
 ``compute_score_batch``). Checked against volcengine/verl ``verl/workers/reward_manager/naive.py``
-and ``batch.py`` and ``verl/trainer/ppo/reward.py`` (verl 0.4-0.5, the version LRPO's fork pins,
-"0.5.0.dev"), and Guochry/LRPO's fork of ``batch.py``:
+and ``batch.py`` (stored commits 10a6180e and abddec4c, the registry-era managers of the 0.5 line
+that LRPO's fork pins, 0.5.0.dev), ``verl/trainer/ppo/reward.py`` (``get_custom_reward_fn``), and
+Guochry/LRPO's fork of ``batch.py``:
 
 * NaiveRewardManager: ``compute_score(data_source=, solution_str=, ground_truth=, extra_info=)``,
   returns a float or a dict with ``"score"`` (other keys are logged as ``reward_extra_info``);
