@@ -35,7 +35,15 @@ from the CPU's critical path, and checks for "every row finished" only every few
 shape is static (the cache is allocated once for all P + max_new_tokens slots, and attention
 spans the filled slots rounded up to a bucket of 128, masked), so one graph serves every step
 of a bucket, and the two paths run identical kernels on identical inputs: for the same seed
-they give the same tokens (tested on CPU, and on the H100 in bf16 by bench/rollout_bench.py).
+they give the same tokens (tested on CPU, and on the GPU in bf16 by bench/rollout_bench.py).
+
+**Fused helpers.** At batch 64 a decode step is ~3 ms of GPU work, of which about a third was
+~400 tiny elementwise kernels (RoPE, SiLU·up, cache writes, sampling passes) at 2–3 µs each. The
+few functions marked ``@_fused`` below each gather such a chain of ops; on CUDA they are compiled
+once by ``torch.compile`` (Inductor writes one Triton kernel for most chains), on the CPU they
+run eagerly as plain PyTorch. Both paths call the same helpers, so they still run identical
+kernels and give identical tokens. ``rollout.FUSE = False`` turns compilation off (eager
+everywhere, as before; the benchmark's ablation).
 
 **Conventions.**
 * Sampling: temperature, then top-k, then top-p (nucleus), then a Gumbel-max draw from noise
@@ -54,13 +62,17 @@ a sliding window), which covers the models this project trains; other models rai
 """
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+FUSE = True                   # compile the @_fused helpers on the devices below
+FUSE_DEVICES = ("cuda",)      # never "cpu" in tests: Inductor's CPU backend needs a C++ compiler
 
 
 @dataclass
@@ -124,6 +136,71 @@ def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------
+# Fused helpers: chains of small ops that become one kernel each on CUDA
+
+def _fused(fn):
+    """Run ``fn`` eagerly, except on FUSE_DEVICES where it runs ``torch.compile``'d.
+
+    dynamic=True compiles one graph that serves every batch size and cache length (sizes 1 are
+    specialised), so which compiled code a call runs does not depend on the order of earlier
+    calls: the readable and the fast path of the same shapes always run the same kernels. The
+    first call of each graph compiles (seconds); it must not happen during CUDA-graph capture,
+    which is why the fast path runs one real step before capturing it. If compilation fails
+    (say, no Triton), the helper warns once and stays eager for the rest of the process.
+    """
+    compiled = None
+    failed = False
+
+    @functools.wraps(fn)
+    def helper(first, *args):
+        nonlocal compiled, failed
+        if not FUSE or failed or first.device.type not in FUSE_DEVICES:
+            return fn(first, *args)
+        if compiled is None:
+            compiled = torch.compile(fn, dynamic=True, fullgraph=True)
+        try:
+            return compiled(first, *args)
+        except Exception as error:  # compile errors surface at the first call of a shape
+            failed = True
+            warnings.warn(f"rollout: torch.compile of {fn.__name__} failed, running it eagerly: {error!r}")
+            return fn(first, *args)
+
+    helper.eager = fn
+    return helper
+
+
+@_fused
+def _rope_and_cache_write(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                          k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """RoPE on this step's queries and keys, then the KV cache at work: store the new keys and
+    values in their cache slots. Returns the queries grouped by KV head, (B, Hkv, G·S, D).
+
+    qkv: (B, S, Hq + 2·Hkv, D) from the fused projection. cos, sin: (B, S, 1, D), sin with the
+    sign of rotate_half folded in (see _forward). k_cache, v_cache: (B, Hkv, L, D), written in
+    place at ``slots`` (S,). Eagerly this is 6 kernels; compiled on CUDA, one or two.
+    """
+    B, S, _, D = qkv.shape
+    Hkv = k_cache.shape[1]
+    Hq = qkv.shape[2] - 2 * Hkv
+    G = Hq // Hkv  # query heads that share one key/value head
+    qk, v = qkv[:, :, :Hq + Hkv], qkv[:, :, Hq + Hkv:]
+    qk = qk * cos + qk.roll(D // 2, dims=-1) * sin   # RoPE on queries and keys at once
+    q, k = qk[:, :, :Hq], qk[:, :, Hq:]
+    k_cache.index_copy_(2, slots, k.transpose(1, 2))
+    v_cache.index_copy_(2, slots, v.transpose(1, 2))
+    # Queries are grouped by their KV head as G·S rows, so attention reads keys and values
+    # once per KV head instead of copying them G times (HF's repeat_kv).
+    return q.reshape(B, S, Hkv, G, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, G * S, D).contiguous()
+
+
+@_fused
+def _silu_times_up(gate_up: torch.Tensor) -> torch.Tensor:
+    """SwiGLU's inner product: silu(gate) · up, from the fused gate/up projection (.., 2I)."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+# ----------------------------------------------------------------------------------------------
 # The decoder forward with an explicit KV cache
 
 @dataclass
@@ -152,6 +229,8 @@ class _Decoder:
             weights.append(torch.cat([p.weight for p in linears]))
             biases.append(None if linears[0].bias is None else torch.cat([p.bias for p in linears]))
 
+        if getattr(config, "hidden_act", "silu") not in ("silu", "swish"):
+            raise ValueError(f"hidden_act {config.hidden_act!r} is not supported by rollout.sample (only silu)")
         for layer in model.model.layers:
             attn = layer.self_attn
             window = getattr(attn, "sliding_window", None)
@@ -211,40 +290,35 @@ def _forward(dec: _Decoder, cache: KVCache, input_ids, position_ids, write_slots
     """
     B, S = input_ids.shape
     Hq, Hkv, D = dec.n_heads, dec.n_kv_heads, dec.head_dim
-    G = Hq // Hkv  # query heads that share one key/value head
+    G = Hq // Hkv
     kv_len = attn_bias.shape[-1]
     inner = dec.model.model
     x = inner.embed_tokens(input_ids)
     cos, sin = inner.rotary_emb(x, position_ids)            # (B, S, D), positions count real tokens only
     # RoPE rotates each pair (x_i, x_{i+D/2}) by a position-dependent angle:
     #   out = x * cos + rotate_half(x) * sin,  rotate_half(x) = (-x2, x1) = roll(x, D/2) * (-1, +1)
-    # so the sign moves into sin once per step and each layer does 3 kernels instead of 5.
+    # so the sign moves into sin once per forward instead of once per layer.
     half = D // 2
     cos = cos[:, :, None]                                    # broadcast over heads
     sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)[:, :, None]
-    # Queries are grouped by their KV head as G·S rows, so keys and values are read once
-    # per KV head instead of being copied G times (HF's repeat_kv); the mask repeats over G.
+    # Queries come grouped by KV head as G·S rows (see _rope_and_cache_write): the mask repeats over G.
     bias = attn_bias[:, :, None].expand(B, 1, G, S, kv_len).reshape(B, 1, G * S, kv_len)
     for i, layer in enumerate(inner.layers):
         attn = layer.self_attn
         h = _rms_norm(x, layer.input_layernorm)
         qkv = F.linear(h, dec.w_qkv[i], dec.b_qkv[i]).view(B, S, Hq + 2 * Hkv, D)
-        qk, v = qkv[:, :, :Hq + Hkv], qkv[:, :, Hq + Hkv:]
         if hasattr(attn, "q_norm"):  # Qwen3 normalises each head's query and key before RoPE
-            qk = torch.cat([attn.q_norm(qk[:, :, :Hq]), attn.k_norm(qk[:, :, Hq:])], dim=2)
-        qk = torch.addcmul(qk * cos, qk.roll(half, dims=-1), sin)   # RoPE on queries and keys at once
-        q, k = qk[:, :, :Hq], qk[:, :, Hq:]
-        # The KV cache at work: store this step's keys/values, then attend over all slots.
-        cache.k[i].index_copy_(2, write_slots, k.transpose(1, 2))
-        cache.v[i].index_copy_(2, write_slots, v.transpose(1, 2))
-        q = q.reshape(B, S, Hkv, G, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, G * S, D)
+            qkv = torch.cat([attn.q_norm(qkv[:, :, :Hq]), attn.k_norm(qkv[:, :, Hq:Hq + Hkv]),
+                             qkv[:, :, Hq + Hkv:]], dim=2)
+        # Store this step's keys and values in the cache, then attend over the filled slots.
+        q = _rope_and_cache_write(qkv, cos, sin, cache.k[i], cache.v[i], write_slots)
         o = F.scaled_dot_product_attention(q, cache.k[i][:, :, :kv_len], cache.v[i][:, :, :kv_len],
                                            attn_mask=bias, scale=dec.scale)
         o = o.view(B, Hkv, G, S, D).permute(0, 3, 1, 2, 4).reshape(B, S, Hq * D)
         x = _linear_plus(o, attn.o_proj, x)
         h = _rms_norm(x, layer.post_attention_layernorm)
-        gate, up = F.linear(h, dec.w_gate_up[i], dec.b_gate_up[i]).chunk(2, dim=-1)
-        x = _linear_plus(layer.mlp.act_fn(gate) * up, layer.mlp.down_proj, x)
+        gate_up = F.linear(h, dec.w_gate_up[i], dec.b_gate_up[i])
+        x = _linear_plus(_silu_times_up(gate_up), layer.mlp.down_proj, x)
     return _rms_norm(x, inner.norm)
 
 
@@ -256,37 +330,58 @@ class _SamplingConfig:
     temperature: float
     top_k: int
     top_p: float
-    vocab_size: int                   # ids >= vocab_size (embedding padding) are never sampled
     eos_ids: torch.Tensor             # (n_eos,)
+    banned: torch.Tensor              # (V,) bool: never sampled (embedding padding; EOS if suppressed)
     pad_id: int
-    suppress_eos: bool
+
+    @property
+    def filters(self) -> bool:
+        return 0 < self.top_k < self.banned.shape[0] or self.top_p < 1.0
 
 
 def _draw_noise(noise: torch.Tensor, generator: torch.Generator) -> None:
-    """Fill ``noise`` in place with log E, E ~ Exponential(1): -log E is Gumbel(0, 1) noise.
-    (E > 0 always: torch's exponential_ never returns 0, so log E is finite.)"""
-    noise.exponential_(generator=generator).log_()
+    """Fill ``noise`` in place with E ~ Exponential(1); -log E is Gumbel(0, 1) noise, and the
+    log is taken inside the sampler's fused kernel. (E > 0: torch's exponential_ never returns 0.)"""
+    noise.exponential_(generator=generator)
+
+
+def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log softmax(logits / T) in float32; greedy (T = 0) reports T = 1."""
+    if temperature > 0 and temperature != 1.0:
+        return torch.log_softmax(logits.float() / temperature, dim=-1)
+    return torch.log_softmax(logits, dim=-1, dtype=torch.float32)
+
+
+def _gumbel_argmax(scores: torch.Tensor, noise: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Gumbel-max: argmax(scores - log E) is a draw from softmax(scores), with no host
+    synchronisation (torch.multinomial's would break CUDA-graph capture). Greedy: argmax."""
+    if temperature > 0:
+        return (scores - noise.log()).argmax(dim=-1)
+    return scores.argmax(dim=-1)
+
+
+@_fused
+def _sample_plain(logits: torch.Tensor, noise: torch.Tensor, banned: torch.Tensor, temperature: float):
+    """Sampling without top-k/top-p (as GRPO samples), fused: on CUDA a few kernels that read the
+    logits and the noise once or twice, where the eager version makes ~6 passes over B × V."""
+    logp = _log_probs(logits, temperature)
+    token = _gumbel_argmax(logp.masked_fill(banned, -math.inf), noise, temperature)
+    return token, logp.gather(1, token[:, None]).squeeze(1)
 
 
 def _choose_token(logits: torch.Tensor, noise: torch.Tensor, cfg: _SamplingConfig):
     """Pick one token per row from logits (B, V); return (token, its log-prob).
 
     Every op here touches B × V numbers (V = 151,936 for Qwen), which at batch 256 costs as
-    much as the attention of a whole step, so each pass is counted: one log_softmax, in-place
-    masks, one subtraction of the noise and one argmax.
+    much as the attention of a whole step, so each pass counts; without top-k/top-p the whole
+    choice is one fused helper. Sampling from softmax(logp) is sampling from
+    softmax(logits / T): the two differ by a constant per row.
     """
-    if cfg.temperature > 0 and cfg.temperature != 1.0:
-        logp = torch.log_softmax(logits.float() / cfg.temperature, dim=-1)
-    else:
-        logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
-    # Sampling from softmax(logp) is sampling from softmax(logits / T): the two differ by a
-    # constant per row. The masks below write into logp in place; that is safe because the
-    # token finally chosen is never a masked one, and its log-prob is read from logp at the end.
-    scores = logp
-    scores[:, cfg.vocab_size:] = -math.inf   # embedding rows beyond the real vocabulary
-    if cfg.suppress_eos:  # the benchmark decodes a fixed length
-        scores.index_fill_(1, cfg.eos_ids, -math.inf)
-    if cfg.top_k > 0 and cfg.top_k < cfg.vocab_size:
+    if not cfg.filters:
+        return _sample_plain(logits, noise, cfg.banned, cfg.temperature)
+    logp = _log_probs(logits, cfg.temperature)
+    scores = logp.masked_fill(cfg.banned, -math.inf)
+    if 0 < cfg.top_k < scores.shape[-1]:
         kth_best = torch.topk(scores, cfg.top_k, dim=-1).values[:, -1:]
         scores.masked_fill_(scores < kth_best, -math.inf)
     if cfg.top_p < 1.0:
@@ -296,12 +391,7 @@ def _choose_token(logits: torch.Tensor, noise: torch.Tensor, cfg: _SamplingConfi
         mass_before = probs.cumsum(dim=-1) - probs
         sorted_scores = sorted_scores.masked_fill(mass_before > cfg.top_p, -math.inf)
         scores = torch.empty_like(scores).scatter_(1, order, sorted_scores)
-    if cfg.temperature > 0:
-        # Gumbel-max: argmax(scores + Gumbel noise) is a draw from softmax(scores), with no
-        # host synchronisation (torch.multinomial's would break CUDA-graph capture).
-        token = (scores - noise).argmax(dim=-1)
-    else:
-        token = scores.argmax(dim=-1)
+    token = _gumbel_argmax(scores, noise, cfg.temperature)
     return token, logp.gather(1, token[:, None]).squeeze(1)
 
 
@@ -316,7 +406,7 @@ class _DecodeState:
     step: torch.Tensor          # (1,) output column of the token sampled at this step
     bias: torch.Tensor          # (B, 1, 1, L) additive attention mask over cache slots
     finished: torch.Tensor      # (B,) bool, row has produced an EOS
-    noise: torch.Tensor         # (B, V) log of Exponential(1) noise, drawn outside the step
+    noise: torch.Tensor         # (B, V) Exponential(1) noise, drawn outside the step
     out_tokens: torch.Tensor    # (B, T)
     out_logprobs: torch.Tensor  # (B, T)
 
@@ -430,8 +520,12 @@ def sample(model, tokenizer, prompts, max_new_tokens: int, *, temperature: float
     B, P = prompt_ids.shape
     T = max_new_tokens
     L = -(-(P + T) // LENGTH_ROUND) * LENGTH_ROUND  # cache slots
-    cfg = _SamplingConfig(temperature, top_k, top_p, vocab_size,
-                          torch.tensor(eos, device=device), pad_id, suppress_eos)
+    n_logits = model.get_output_embeddings().weight.shape[0]
+    eos_ids = torch.tensor(eos, device=device)
+    banned = torch.arange(n_logits, device=device) >= vocab_size   # Qwen's padded embedding rows
+    if suppress_eos:  # the benchmark decodes a fixed length
+        banned[eos_ids] = True
+    cfg = _SamplingConfig(temperature, top_k, top_p, eos_ids, banned, pad_id)
     dec = _Decoder.from_model(model, L)
     cache = KVCache.allocate(dec, B, L, dtype, device)
     hidden_mask = torch.finfo(dtype).min
@@ -454,8 +548,7 @@ def sample(model, tokenizer, prompts, max_new_tokens: int, *, temperature: float
         step=torch.zeros(1, dtype=torch.long, device=device),
         bias=bias,
         finished=torch.zeros(B, dtype=torch.bool, device=device),
-        noise=torch.zeros(B, model.get_output_embeddings().weight.shape[0] if temperature > 0 else 1,
-                          device=device),
+        noise=torch.ones(B, n_logits if temperature > 0 else 1, device=device),
         out_tokens=torch.full((B, T), pad_id, dtype=torch.long, device=device),
         out_logprobs=torch.zeros(B, T, device=device),
     )

@@ -7,7 +7,8 @@ bf16, prompts of 128 random tokens, 256 new tokens with EOS suppressed, pure sam
 * the device's copy bandwidth, and from it the weight-bandwidth bound on decode steps/s
   (bandwidth / bytes of weights: every decode step must read every weight once);
 * that the fast path (CUDA graph) and the readable path give the same tokens for one seed;
-* ours (fast and readable paths), HF generate with the dynamic cache, and with the static cache
+* ours (fast and readable paths; ablations: attention over all cache slots, and the fused
+  helpers run eagerly, i.e. the kernels before fusion), HF generate with the dynamic cache, and with the static cache
   (which auto-compiles its forward: its compile time is reported, not counted);
 
 and prints tok/s (new tokens / wall time of the whole call, prefill included), decode steps/s
@@ -192,6 +193,14 @@ def main():
         except Exception as error:
             record(dict(kind="ours_fast_no_kv_buckets", batch=batch, error=repr(error)[:500]))
         rollout.KV_BUCKET = bucket
+    # Ablation: the @_fused helpers run eagerly, i.e. the kernels of the version before fusion.
+    for batch in args.batches[1:]:
+        rollout.FUSE = False
+        try:
+            ours(batch, True, "ours_fast_unfused")
+        except Exception as error:
+            record(dict(kind="ours_fast_unfused", batch=batch, error=repr(error)[:500]))
+        rollout.FUSE = True
 
     # 3. Where a decode step's GPU time goes: kernel time by name over 16 readable-path decode
     #    steps (a 17-token call minus a 1-token call), to compare with the fast path's step time.
