@@ -30,7 +30,7 @@ of attention for every query; a pad query attends only to itself so that no soft
 
 **Two paths, same tokens.** The readable path is a plain Python loop. The fast path (chosen
 automatically on CUDA; ``fast=False`` forces it off) runs the *same* decode-step function, but
-captured once into a CUDA graph and replayed, which removes the ~500 kernel launches per step
+captured once into a CUDA graph and replayed, which removes the ~460 kernel launches per step
 from the CPU's critical path, and checks for "every row finished" only every few steps. Every
 shape is static (the cache is allocated once for all P + max_new_tokens slots, and attention
 spans the filled slots rounded up to a bucket of 128, masked), so one graph serves every step
