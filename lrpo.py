@@ -41,8 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shutil
 import signal
 import sys
 import time
@@ -368,13 +366,13 @@ def policy_update(model, reference, optimizer, batch, advantages, args, torch):
             if not step_ok:
                 skipped += 1
                 optimizer.zero_grad(set_to_none=True)
-                print(f"[lrpo] warning: non-finite loss; skipped an optimizer step", file=sys.stderr)
+                print("[lrpo] warning: non-finite loss; skipped an optimizer step", file=sys.stderr)
                 continue
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
             if not torch.isfinite(grad_norm):
                 skipped += 1
                 optimizer.zero_grad(set_to_none=True)
-                print(f"[lrpo] warning: non-finite gradient; skipped an optimizer step", file=sys.stderr)
+                print("[lrpo] warning: non-finite gradient; skipped an optimizer step", file=sys.stderr)
                 continue
             totals["grad_norm"] += float(grad_norm)
             clock.lap("time/update_forward_backward")

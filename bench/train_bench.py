@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -201,8 +200,8 @@ def main() -> None:
     print(f"{'phase':10s}{'seconds':>10s}")
     for ph in ("rollout", "reward", "update", "step"):
         print(f"{ph:10s}{s[ph + '_s']:10.2f}")
-    print(f"reward detail: " + ", ".join(f"{k} {v:.2f}s" for k, v in s["reward_detail"].items()))
-    print(f"update detail: " + ", ".join(f"{k} {v:.2f}s" for k, v in s["update_detail"].items()))
+    print("reward detail: " + ", ".join(f"{k} {v:.2f}s" for k, v in s["reward_detail"].items()))
+    print("update detail: " + ", ".join(f"{k} {v:.2f}s" for k, v in s["update_detail"].items()))
     print(f"update MFU {100 * s['update_mfu']:.1f}%  (6·N·tokens / time / 989 TFLOP/s), "
           f"update peak {s['update_peak_gib']:.1f} GiB")
     ps = rows["paper_shape"]

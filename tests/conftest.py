@@ -1,5 +1,4 @@
 """Shared fixtures. Everything is built locally: no test downloads anything."""
-import os
 import sys
 from pathlib import Path
 

