@@ -545,5 +545,6 @@ if __name__ == "__main__":
     parser.add_argument("--split", default="test", choices=["train", "test", "all"],
                         help="which split of the world to evaluate")
     args = parser.parse_args()
+    from calibrate import detect_languages   # the reward's language-ID gate
     model, tokenizer = load_model_and_tokenizer()
-    print(format_report(accuracy_report(model, tokenizer, load_split(args.split))))
+    print(format_report(accuracy_report(model, tokenizer, load_split(args.split), detect_languages)))
