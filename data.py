@@ -166,7 +166,8 @@ DEFAULT_COLUMNS = {"id": "id", "question": "question", "answer": "answer", "lang
 REQUIRED_FIELDS = ("question", "answer", "lang")
 
 
-def _as_regions(value, where: str) -> tuple[str, ...]:
+def as_regions(value, where: str = "region") -> tuple[str, ...]:
+    """A question's regions as a tuple: None, "" and "none" are no region; a string is one."""
     if value is None or value == "" or (isinstance(value, str) and value.lower() == "none"):
         return ()
     if isinstance(value, str):
@@ -219,7 +220,7 @@ def example_from_row(row: dict, columns: dict | None = None, *, where: str,
     return Example(id=str(ex_id), question=get("question"), answer=get("answer"),
                    lang=lang_code(get("lang"), f"{where}: field 'lang'"),
                    topic=str(topic) if topic not in (None, "") else "general",
-                   region=_as_regions(get("region"), where), answer_number=number,
+                   region=as_regions(get("region"), where), answer_number=number,
                    key=None if get("key") in (None, "") else str(get("key")))
 
 

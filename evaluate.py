@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Callable
 
 import data
-from benchmarks import (BENCHMARKS, LETTERS, MULTIPLE_CHOICE, Item, Record, eval_lang_code,
+from extras.benchmarks import (BENCHMARKS, LETTERS, MULTIPLE_CHOICE, Item, Record, eval_lang_code,
                         load_benchmark, score_care_pro, score_mgsm, score_multiple_choice, score_toy)
 from data import DataError
 

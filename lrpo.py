@@ -516,14 +516,14 @@ def evaluate_policy(state, args, step: int) -> dict:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.plot:
-        import runlog
+        from extras import runlog
         for path in runlog.plot_run(args.plot):
             print(path)
         return {}
     import torch
     import bandit
     import data
-    import runlog
+    from extras import runlog
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -567,7 +567,7 @@ def run_training(state, args, out: Path, start: int, total: int) -> dict:
     """The step loop: evaluate, train, log, checkpoint; evaluate again and plot at the end."""
     import torch
     from tqdm import tqdm
-    import runlog
+    from extras import runlog
     stop = state["stop"]
 
     before = None

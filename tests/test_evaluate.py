@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-import benchmarks
+from extras import benchmarks
 import evaluate
-from benchmarks import Item, Record, DataError, extract_choice, parse_judge_reply
+from extras.benchmarks import Item, Record, DataError, extract_choice, parse_judge_reply
 
 FIX = Path(__file__).parent / "fixtures" / "evaluate"
 

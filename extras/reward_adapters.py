@@ -68,7 +68,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-_HERE = Path(__file__).resolve().parent
+_HERE = Path(__file__).resolve().parents[1]   # the repository root, where calibrate.py lives
 
 # Configuration keys, their defaults, and the environment variable that can set each one.
 DEFAULTS: dict[str, Any] = {"reward": "similarity", "encoder": None, "stats_path": None,
