@@ -16,7 +16,7 @@ concrete, and they all live here:
   x, the reference answer z (written in the question's language ℓ_x), an optional numeric answer
   for the verifier reward, the topic t(x) and the region(s) g(x) that the router conditions on.
 
-Loaders read the built-in world (``"toy"``), JSONL and Parquet files with a column mapping, hub
+Loaders read JSONL and Parquet files with a column mapping, hub
 dataset ids through ``datasets`` (imported only when needed), and two named recipes written
 against the public schemas of their datasets:
 
@@ -332,14 +332,12 @@ DEFAULT_REAL_RECIPE = "helpsteer3"
 
 def load_examples(source: str, *, recipe: str | None = None, columns: dict | None = None,
                   split: str = "train", limit: int | None = None) -> list[Example]:
-    """Load examples from ``"toy"``, a recipe name, a local file, or a hub dataset id.
+    """Load examples from a recipe name, a local file, or a hub dataset id (the built-in world
+    is ``toy.load_split``).
 
     ``recipe`` converts raw rows of a local file or hub id with a named recipe; otherwise rows
     go through the column mapping ``columns`` (Example field -> column name).
     """
-    if source == "toy":
-        import toy
-        return toy.load_split(split)[:limit]
     if source in RECIPES and recipe is None:
         recipe, source = source, RECIPES[source].hub_id
     if recipe is not None and recipe not in RECIPES:

@@ -12,7 +12,7 @@ and the Overall columns are plain means of the benchmarks' Seen, Unseen and Avg 
 How each benchmark is scored (loaders, schemas and scoring rules: ``benchmarks.py``):
 
 * **mGSM / mGSM-v2**: 0-shot greedy answer; correct iff the final number equals the gold number,
-  decided by the reward's own verifier ``calibrate.verify_number`` (any digits, any script; the
+  decided by the reward's own verifier ``extras.verifier.verify_number`` (any digits, any script; the
   paper does not say how it extracts mGSM answers, spec §8.12).
 * **Global-MMLU-Lite, Include-Lite**: the paper uses lm-eval-harness, i.e. log-likelihood of
   the option letters after "...\\nAnswer:" (``--mc-scoring loglik``, needs the model). The
@@ -106,16 +106,13 @@ def http_judge(url: str, model: str, max_tokens: int = 16, timeout: float = 120.
 # Generation and log-likelihood scoring
 
 def load_model(name: str, device: str):
-    """``toy`` (the built-in tiny model) or a hub id / local directory (bf16 on CUDA)."""
-    if name == "toy":
-        import toy
-        return toy.load_model_and_tokenizer(device=device)
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(name)
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device).eval()
-    return model, tokenizer
+    """The project's one loader (extras/models.py); a bad --model is a one-line error."""
+    from extras.models import ModelLoadError
+    from extras.models import load_model as load
+    try:
+        return load(name, device)
+    except ModelLoadError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def eval_prompt(tokenizer, question: str, lang: str, style: str = "tag") -> str:
@@ -135,18 +132,56 @@ def eval_prompt(tokenizer, question: str, lang: str, style: str = "tag") -> str:
 
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy completions through rollout.sample, longest prompts first (less padding per batch)."""
-    import rollout
+    """Greedy completions, longest prompts first (less padding per batch), with progress."""
+    from extras.fast_rollout import generate as batched_generate
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     texts: list[str] = [""] * len(prompts)
     for start in range(0, len(order), batch_size):
         batch = order[start:start + batch_size]
-        out = rollout.sample(model, tokenizer, [prompts[i] for i in batch], max_new_tokens, temperature=0.0)
-        for i, text in zip(batch, out.texts):
+        for i, text in zip(batch, batched_generate(model, tokenizer, [prompts[i] for i in batch],
+                                                   max_new_tokens, batch_size=batch_size)):
             texts[i] = text
         print(f"\r[evaluate] generated {min(start + batch_size, len(order))}/{len(order)}", end="", file=sys.stderr)
     print(file=sys.stderr)
     return texts
+
+
+def evaluate_split(model, tokenizer, examples, scorer, cfg) -> dict:
+    """The training loop's held-out check: greedy answers in each question's own language (as
+    the official validation), their reward and, where checkable, accuracy, per language and topic.
+
+    Accuracy uses the built-in world's gold values (toy.is_correct) or, for examples with a
+    numeric answer, the verifier; other examples have no accuracy (reward only).
+    """
+    import numpy as np
+    from extras.fast_rollout import generate as batched_generate
+    langs = [ex.lang for ex in examples]
+    prompts = [data.build_prompt(tokenizer, ex.question, ex.lang, cfg.prompt_style) for ex in examples]
+    texts = batched_generate(model, tokenizer, prompts, cfg.max_new_tokens, seed=cfg.seed)
+    if cfg.reward == "verifier":
+        references = [ex.answer_number for ex in examples]
+    else:
+        references = [ex.answer for ex in examples]
+    result = scorer.score(texts, langs, references, langs, list(range(len(examples))))
+    if cfg.data == "toy":
+        import toy
+        correct = [toy.is_correct(ex, text) for ex, text in zip(examples, texts)]
+    elif all(ex.answer_number is not None for ex in examples):
+        from extras.verifier import verify_number
+        correct = [verify_number(text, ex.answer_number, lang=ex.lang) for ex, text in zip(examples, texts)]
+    else:
+        correct = None
+    out = {"eval/reward": float(np.mean(result.reward)), "eval/in_language": float(np.mean(result.gate))}
+    if correct is not None:
+        out["eval/accuracy"] = float(np.mean(correct))
+    for lang in sorted(set(langs)):
+        rows = [i for i, l in enumerate(langs) if l == lang]
+        out[f"eval/reward/{lang}"] = float(np.mean(result.reward[rows]))
+        if correct is not None:
+            out[f"eval/accuracy/{lang}"] = float(np.mean([correct[i] for i in rows]))
+            for topic in sorted({examples[i].topic for i in rows}):
+                out[f"eval/accuracy/{topic}/{lang}"] = float(np.mean([correct[i] for i in rows if examples[i].topic == topic]))
+    return out
 
 
 def loglik_choices(model, tokenizer, items: list[Item], style: str = "tag", batch_size: int = 8) -> list[str]:

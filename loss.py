@@ -1,50 +1,26 @@
-"""The policy update: GRPO over a multilingual rollout group (paper §3.2, Eq. 5; Alg. 2 line 8).
+"""The policy update: GRPO over a multilingual rollout group (paper §3.1–3.2, Eq. 5; Alg. 2).
 
-LRPO scores each of the K rollouts y_1..y_K of a question x with r_k = r_k^qual · r_k^lang (Eq. 5),
-whatever language ℓ_k the router gave it, and then "appl[ies] GRPO using the gated rewards,
-where rewards are normalized within each multilingual rollout group". The paper gives no more
-formula than that; the official code runs verl 0.5's GRPO (spec §3.5), which this file follows:
+LRPO rewards each of a question's K rollouts, whatever language the router gave it, and "applies
+GRPO using the gated rewards, normalized within each multilingual rollout group". The paper
+gives no more formula; the official code runs verl 0.5's GRPO (spec §3.5), which this file follows:
 
-* **Group advantage** (`group_advantages`). The group G is every rollout of one question (its
-  uid), so English, German and Japanese answers compete with one another:
+    A_k   = (r_k − mean_G r) / (std_G r + 1e-6)        G = all K rollouts of one question (uid)
+    ρ     = π_θ(y_t | ·) / π_old(y_t | ·)
+    ℓ_t   = max(−A ρ, −A clip(ρ, 1 − 0.2, 1 + 0.2)),  and min(ℓ_t, −3A) when A < 0  (dual clip)
+    k3_t  = e^d − d − 1,  d = log π_ref − log π_θ     (verl's low_var_kl clamps)
+    loss  = agg(ℓ) + 0.001 · agg(k3)
 
-      A_k = (r_k − mean_G r) / (std_G r + 1e-6)        std unbiased (torch.std), as in verl
+The official run is on-policy (one mini-batch, one PPO epoch), so verl sets π_old = π_θ.detach():
+ρ ≡ 1, clipping never acts, and the update is REINFORCE with group-normalised advantages plus
+the KL term (``old_logp=None``; the tests check value and gradient).
 
-  A_k is the same for every token t of y_k. A singleton group gets mean 0 and std 1 (verl).
-  ``norm_by_std=False`` gives A_k = r_k − mean_G r (Dr. GRPO). A group whose K rewards are all
-  equal teaches nothing (A ≡ 0); its share is logged as ``zero_std_fraction``.
-
-* **Clipped policy gradient** (`policy_loss`, verl's ``compute_policy_loss_vanilla``). With
-  ρ_{k,t} = π_θ(y_{k,t} | ·) / π_old(y_{k,t} | ·),
-
-      ℓ_{k,t} = max(−A_k ρ, −A_k clip(ρ, 1 − ε_low, 1 + ε_high))     ε = 0.2
-      ℓ_{k,t} = min(ℓ_{k,t}, −3 A_k)   when A_k < 0                   dual clip, c = 3
-
-* **KL to the frozen reference**, in the loss (not the reward), the k3 estimator with verl's
-  clamps (``low_var_kl``): with d = log π_ref − log π_θ clamped to ±20, k3 = e^d − d − 1,
-  clamped to [−10, 10]. Coefficient β = 0.001. The loss is  agg(ℓ) + β · agg(k3).
-
-**Why clipping is inert in the official run.** Its settings give exactly one mini-batch per
-step and one PPO epoch, and verl's actor then sets old_logp = logp.detach(). So ρ ≡ 1 and
-clip(ρ) = ρ: the update is REINFORCE with group-normalized advantages plus the KL term (the
-tests check this, value and gradient). Pass ``old_logp=None`` for that behaviour. The training
-loop's ``--ppo-epochs`` / ``--mini-batch`` make real off-policy updates, where the old log-probs
-come from before the first update and clipping does work.
-
-**Aggregation** (`agg_loss`) is a real hyper-parameter; every mode averages over the *masked*
-response tokens (the first EOS included, padding excluded):
-
-* ``"token-mean"`` (default): mean over all tokens of the micro-batch. This is verl 0.5's default
-  and what LRPO ran; its loop then scales each micro-batch loss by 1/grad_accum, so a token in a
-  short micro-batch weighs more than one in a long one. Default because it reproduces LRPO.
-* ``"batch-token-mean"`` (DAPO, GRPO-Zero, TRL ``dapo``): sum over the micro-batch divided by
-  ``num_tokens_total``, the token count of the whole batch, so every token weighs the same.
-  Do not also divide by grad_accum.
-* ``"seq-mean-token-mean"`` (the original GRPO paper, TRL ``grpo``): per-sequence token mean, then
-  mean over sequences.
-* ``"seq-mean-token-sum"``: per-sequence token sum, then mean over sequences.
-* ``"seq-mean-token-sum-norm"`` (Dr. GRPO): sum over all tokens divided by a constant max length
-  (``max_len``, default the mask's width), as verl writes it.
+Aggregation is a real hyper-parameter. verl 0.5 (and LRPO) uses ``token-mean``: a masked mean over
+the tokens of each micro-batch of 4 rows, averaged over micro-batches, so a token of a short
+micro-batch weighs more. :func:`token_weights` writes any mode as per-token weights over a whole
+mini-batch, so the loop reproduces verl whatever size its forward passes have. Other modes:
+``batch-token-mean`` (DAPO: every token of the mini-batch the same), ``seq-mean-token-mean``
+(the GRPO paper), ``seq-mean-token-sum``, ``seq-mean-token-sum-norm`` (Dr. GRPO: divide by a
+constant length). ``norm_by_std=False`` gives Dr. GRPO's A_k = r_k − mean_G r.
 """
 from __future__ import annotations
 
@@ -166,19 +142,33 @@ def agg_loss(values: Tensor, mask: Tensor, mode: str = "token-mean", *,
     return token_sum.sum() / (max_len or mask.shape[-1])  # seq-mean-token-sum-norm
 
 
-@torch.no_grad()
-def entropy_from_logits(logits: Tensor, chunk_size: int = 1024) -> Tensor:
-    """Per-position entropy H = logsumexp(z) − Σ softmax(z)·z of logits [..., V], as a metric.
+def token_weights(mask: Tensor, mode: str = "token-mean", *, rows_per_micro_batch: int,
+                  max_len: int | None = None) -> Tensor:
+    """Per-token weights w [B, T] such that Σ w·v is verl's loss over a whole mini-batch of B rows.
 
-    Works on ``chunk_size`` positions at a time in float32, so a 150k-token vocabulary never
-    needs a second full-size float32 copy of the logits.
+    verl computes ``agg_loss`` on each micro-batch of ``rows_per_micro_batch`` consecutive rows
+    and averages over the micro-batches (its gradient accumulation divides by their number).
+    Written as weights, the loss no longer depends on how many rows one forward pass holds, so
+    the training loop can run large forwards and still reproduce verl's numerics exactly:
+    token-mean gives each token 1 / (tokens of its micro-batch · number of micro-batches).
     """
-    flat = logits.reshape(-1, logits.shape[-1])
-    out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
-    for start in range(0, flat.shape[0], chunk_size):
-        z = flat[start:start + chunk_size].float()
-        out[start:start + chunk_size] = z.logsumexp(-1) - (z.softmax(-1) * z).sum(-1)
-    return out.reshape(logits.shape[:-1])
+    if mode not in AGG_MODES:
+        raise ValueError(f"unknown aggregation mode {mode!r}; choose one of {AGG_MODES}")
+    mask = mask.float()
+    B = mask.shape[0]
+    if mode == "batch-token-mean":   # every token of the mini-batch weighs the same
+        return mask / mask.sum().clamp(min=1)
+    block = torch.arange(B, device=mask.device) // rows_per_micro_batch
+    n_blocks = int(block[-1]) + 1 if B else 1
+    if mode == "token-mean":
+        block_tokens = torch.zeros(n_blocks, device=mask.device).index_add(0, block, mask.sum(-1))
+        return mask / block_tokens[block].clamp(min=1)[:, None] / n_blocks
+    rows_in_block = torch.bincount(block, minlength=n_blocks).float()[block][:, None]
+    if mode == "seq-mean-token-mean":
+        return mask / mask.sum(-1, keepdim=True).clamp(min=1) / rows_in_block / n_blocks
+    if mode == "seq-mean-token-sum":
+        return mask / rows_in_block / n_blocks
+    return mask / (max_len or mask.shape[-1]) / n_blocks   # seq-mean-token-sum-norm
 
 
 # ----------------------------------------------------------------------------------------------
@@ -189,16 +179,17 @@ def policy_loss(logp: Tensor, old_logp: Tensor | None, advantages: Tensor, mask:
                 ref_logp: Tensor | None = None, kl_coef: float = 0.001,
                 clip_low: float = 0.2, clip_high: float = 0.2, clip_ratio_c: float = 3.0,
                 agg: str = "token-mean", num_tokens_total: int | float | Tensor | None = None,
-                max_len: int | None = None, entropy: Tensor | None = None,
+                max_len: int | None = None, weights: Tensor | None = None, entropy: Tensor | None = None,
                 entropy_coef: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
     """Clipped, dual-clipped policy-gradient loss plus β·k3 KL, aggregated with ``agg``.
 
     ``logp``, ``old_logp``, ``ref_logp``: log-probabilities of the sampled response tokens,
     [B, T], under the policy being trained (with grad), the policy that sampled them, and the
-    frozen reference. ``old_logp=None`` means on-policy (old_logp = logp.detach(), LRPO's run).
+    frozen reference. ``weights`` [B, T] (from `token_weights`) replace ``agg``: the loss is then
+    Σ weights · per-token loss, this micro-batch's share of the mini-batch loss. ``old_logp=None`` means on-policy (old_logp = logp.detach(), LRPO's run).
     ``advantages``: [B] (one per sequence, from `group_advantages`) or [B, T]. ``mask``: [B, T],
     1 on response tokens. ``ref_logp=None`` or ``kl_coef=0`` drops the KL term. ``entropy``: the
-    per-token entropy [B, T] (e.g. from `entropy_from_logits`), logged and, if
+    per-token entropy [B, T] (from `rollout.token_logprobs`), logged and, if
     ``entropy_coef`` > 0, subtracted as a bonus (LRPO: 0).
 
     Returns the scalar loss and detached scalar metrics: ``pg_loss``, ``kl_loss`` (the
@@ -233,6 +224,8 @@ def policy_loss(logp: Tensor, old_logp: Tensor | None, advantages: Tensor, mask:
     per_token = torch.where(advantages < 0, loss_dual, loss_ppo)
 
     def agg_(values: Tensor) -> Tensor:
+        if weights is not None:   # precomputed by token_weights over the whole mini-batch
+            return (values * weights.to(values.dtype)).sum()
         return agg_loss(values, mask, agg, num_tokens_total=num_tokens_total, max_len=max_len)
 
     pg_loss = agg_(per_token)

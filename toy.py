@@ -476,13 +476,9 @@ def load_model_and_tokenizer(device: str = "cpu", cfg: WorldConfig = WorldConfig
 def greedy_answers(model, tokenizer, examples, target_langs, batch_size: int = 64,
                    max_new_tokens: int = 32) -> list[str]:
     """Greedy completions of each example's question, asked for an answer in ``target_langs``."""
-    import rollout
-    texts = []
-    for i in range(0, len(examples), batch_size):
-        chunk = list(zip(examples[i:i + batch_size], target_langs[i:i + batch_size]))
-        prompts = [build_prompt(tokenizer, e.question, lang) for e, lang in chunk]
-        texts += rollout.sample(model, tokenizer, prompts, max_new_tokens, temperature=0.0).texts
-    return texts
+    from extras.fast_rollout import generate
+    prompts = [build_prompt(tokenizer, e.question, lang) for e, lang in zip(examples, target_langs)]
+    return generate(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size)
 
 
 def accuracy_report(model, tokenizer, examples, detect_language=None) -> dict:

@@ -1,4 +1,4 @@
-"""Router simulator: how well does each router in bandit.py send rollouts to the best language?
+"""Router simulator: how well does each router (bandit.py, extras/routers.py) pick the best language?
 
 A synthetic stand-in for LRPO training (paper §3.3), with no model in the loop:
 
@@ -24,7 +24,7 @@ Per router and seed it counts, over the K − K_on slots after the own-language 
 routed question: the regret Σ (best expected reward − expected reward of the chosen language) and
 the share of those slots that went to the context's current best language. Same question stream
 and world for every router of a seed. Prints a table, saves a plot, and ends with a JSON line
-{"paper": {"regret": ..., "best_share": ...}, ...}.
+{"lrpo": {"regret": ..., "best_share": ...}, ...}.
 
     python bench/router_sim.py                      # defaults: 5 seeds × 200 steps × 128 questions
     python bench/router_sim.py --feedback raw --plot runs/router_sim_raw.png
@@ -60,12 +60,13 @@ BASE_QUALITY = {"en": .60, "zh": .57, "es": .55, "fr": .55, "de": .55, "pt": .53
                 "ja": .53, "nl": .50, "pl": .50, "ko": .50, "ar": .47, "vi": .47, "id": .47}
 FOLLOW_AT_START = {"en": .97, "zh": .93, "es": .9, "fr": .9, "de": .9, "pt": .85, "it": .85, "ru": .85,
                    "ja": .88, "nl": .8, "pl": .8, "ko": .82, "ar": .78, "vi": .78, "id": .78}
-# paper-eq7: the paper's Eq. 7 on raw means; paper-sharp: the same router with M = 1 and fast
-# annealing (τ reaches 0.3 at step 120, ε 0.2 → 0.01 by step 150), to separate structure from schedule.
-ROUTERS = {"paper": ("paper", {}), "paper-eq7": ("paper", {"group_norm": "none"}),
-           "paper-sharp": ("paper", {"update_every": 1, "tau_decay": 0.99, "eps_decay": 0.98}),
+# Rows: every bandit.METHODS name with its defaults, plus two variants of the paper's router:
+# lrpo-eq7, the paper's Eq. 7 on raw means; lrpo-sharp, M = 1 and fast annealing (τ reaches 0.3 at
+# step 120, ε 0.2 → 0.01 by step 150), to separate the router's structure from its schedule.
+ROUTERS = {"lrpo": ("lrpo", {}), "lrpo-eq7": ("lrpo", {"group_norm": "none"}),
+           "lrpo-sharp": ("lrpo", {"update_every": 1, "tau_decay": 0.99, "eps_decay": 0.98}),
            "ucb": ("ucb", {}), "thompson": ("thompson", {}), "uniform": ("uniform", {}),
-           "monolingual": ("monolingual", {}), "input-dominant": ("input-dominant", {}),
+           "grpo": ("grpo", {}), "input-dominant": ("input-dominant", {}),
            "english-dominant": ("english-dominant", {})}
 
 
@@ -193,7 +194,7 @@ def main(argv=None) -> dict:
     p.add_argument("--routers", default=",".join(ROUTERS), help=f"comma list from {list(ROUTERS)}")
     p.add_argument("--plot", default="runs/router_sim.png", help="where to save the plot ('' = none)")
     p.add_argument("--heatmap", default="runs/router_sim_heatmap.png",
-                   help="Fig. 3a-style heatmap of the paper router's probabilities, seed 0 ('' = none)")
+                   help="Fig. 3a-style heatmap of the lrpo router's probabilities, seed 0 ('' = none)")
     p.add_argument("--workers", type=int, default=2, help="processes (the CPU here has 2 cores)")
     args = p.parse_args(argv)
     routers = [r.strip() for r in args.routers.split(",") if r.strip()]
@@ -203,11 +204,11 @@ def main(argv=None) -> dict:
 
     t0 = time.time()
     log_path = None
-    if args.heatmap and "paper" in routers:
+    if args.heatmap and "lrpo" in routers:
         log_path = str(Path(args.heatmap).with_suffix(".jsonl"))
         Path(log_path).unlink(missing_ok=True)
     jobs = [(r, s, args.steps, args.batch, args.group_size, args.k_on, args.feedback,
-             log_path if (r, s) == ("paper", 0) else None)
+             log_path if (r, s) == ("lrpo", 0) else None)
             for r in routers for s in range(args.seeds)]
     if args.workers > 1:
         from concurrent.futures import ProcessPoolExecutor
@@ -251,7 +252,7 @@ def main(argv=None) -> dict:
         fig.savefig(args.plot, dpi=110)
         print(f"plot: {args.plot}")
     if log_path:
-        from bandit import plot_router_heatmap
+        from extras.plots import plot_router_heatmap
         plot_router_heatmap(log_path, args.heatmap)
         print(f"heatmap: {args.heatmap} (log {log_path})")
     print(json.dumps(summary))

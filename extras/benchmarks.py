@@ -309,7 +309,8 @@ class Record:
     answer_lang: str | None = None  # language ID of the answer (generative benchmarks), None if unknown
 
 
-def lang_name(code: str) -> str:
+def eval_lang_name(code: str) -> str:
+    """English name of any benchmark language: data.LANGUAGES plus the evaluation-only extras."""
     return data.LANGUAGES.get(code) or EXTRA_LANGUAGE_NAMES.get(code, code)
 
 
@@ -317,7 +318,7 @@ def lang_name(code: str) -> str:
 # Scoring rules: mGSM and toy
 
 def score_mgsm(items: list[Item], predictions: list[str]) -> list[Record]:
-    from calibrate import extract_number, verify_number  # the training reward's verifier
+    from extras.verifier import extract_number, verify_number  # the training reward's verifier
     records = []
     for item, pred in zip(items, predictions):
         lang = item.lang if item.lang in data.LANGUAGES else None  # "1.250" is 1250 in German
@@ -437,7 +438,7 @@ Reply with the letter of the grade only: A, B, C or D."""
 
 
 def judge_prompt(item: Item, prediction: str) -> str:
-    return JUDGE_PROMPT.format(language=lang_name(item.lang), question=item.question.strip(),
+    return JUDGE_PROMPT.format(language=eval_lang_name(item.lang), question=item.question.strip(),
                                gold=item.gold.strip(), prediction=prediction.strip())
 
 

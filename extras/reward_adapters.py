@@ -3,10 +3,10 @@
 The reward itself lives in ``calibrate.py``: r_k = r_lang(y_k) · r_qual(y_k, z), with the gate
 r_lang = 1[LID(y_k) = ℓ_k] (Eq. 4) and the calibrated similarity r_qual to the reference z written
 in the question language ℓ_x (mean calibration, Eq. 2, by default; quantile, Eq. 3, as an option),
-or a numeric verifier for mGSM-style data. This file only translates the calling conventions of two
-trainers into ``RewardScorer.score(responses, target_langs, references, reference_langs)``. Neither
-``trl`` nor ``verl`` is imported (they call us), and ``calibrate`` is imported on the first call, so
-importing this file costs nothing.
+or the numeric verifier of ``extras/verifier.py`` for mGSM-style data. This file only translates
+the calling conventions of two trainers into ``score(responses, target_langs, references,
+reference_langs)``. Neither ``trl`` nor ``verl`` is imported (they call us), and the scorers are
+imported on the first call, so importing this file costs nothing.
 
 **TRL** (``trl.GRPOTrainer(reward_funcs=[...])``). Checked against ``GRPOTrainer._calculate_rewards``
 in ``trl/trainer/grpo_trainer.py`` of recent TRL (0.2x and the 1.x line the project's anchors
@@ -57,13 +57,18 @@ Guochry/LRPO's fork of ``batch.py``:
   BatchRewardManager silently turned anything else into 0.0).
 
 verl imports the file by path as module ``custom_module``, so the repository is not necessarily on
-``sys.path``; we add this file's folder before importing ``calibrate``.
+``sys.path``; we add the repository root before importing ``calibrate`` or ``extras.verifier``.
+
+Threads: verl may call the reward from several threads at once. One scorer per configuration is
+built under a lock (so an encoder is loaded once), and ``RewardScorer`` locks its embedding cache.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -84,14 +89,15 @@ TRL_REFERENCE_LANG_COLUMNS = ("reference_lang", "lang", "language")
 TRL_TARGET_LANG_COLUMNS = ("target_lang",)
 
 _SCORERS: dict[tuple, Any] = {}   # one scorer (encoder + LID + caches) per configuration
+_SCORERS_LOCK = threading.Lock()
 _warned_keys: set[str] = set()
 
 
-def _calibrate():
+def _project(module: str):
+    """A module of this repository (``calibrate``, ``extras.verifier``), importable from here."""
     if str(_HERE) not in sys.path:
         sys.path.insert(0, str(_HERE))
-    import calibrate
-    return calibrate
+    return importlib.import_module(module)
 
 
 def reward_config(**overrides) -> dict[str, Any]:
@@ -121,28 +127,34 @@ def reward_config(**overrides) -> dict[str, Any]:
     return config
 
 
+def _build_scorer(config: dict[str, Any]):
+    if config["reward"] == "verifier":
+        return _project("extras.verifier").VerifierScorer(gate=config["gate"])
+    if config["calibration"] != "none" and config["stats_path"] is None:
+        raise ValueError(
+            "reward_adapters: calibration=%r needs stats_path (a CSV from 'python -m "
+            "extras.pair_stats'): pass stats_path=... (TRL: make_trl_reward(stats_path=...); verl: "
+            "custom_reward_function.reward_kwargs.stats_path) or set LRPO_STATS_PATH; "
+            "calibration='none' scores raw similarity" % config["calibration"])
+    # The encoder named by config["encoder"] is loaded by calibrate.load_encoder.
+    return _project("calibrate").RewardScorer(
+        encoder=config["encoder"], stats_path=config["stats_path"], calibration=config["calibration"],
+        lam=config["lam"], gate=config["gate"], device=config["device"])
+
+
 def get_scorer(config: dict[str, Any]):
     """The cached ``RewardScorer`` / ``VerifierScorer`` for a configuration (built on first use)."""
     key = tuple(sorted((k, v) for k, v in config.items() if k != "output"))
-    if key not in _SCORERS:
-        cal = _calibrate()
-        if config["reward"] == "verifier":
-            _SCORERS[key] = cal.VerifierScorer(gate=config["gate"])
-        else:
-            if config["calibration"] != "none" and config["stats_path"] is None:
-                raise ValueError(
-                    "reward_adapters: calibration=%r needs stats_path (a CSV from 'python calibrate.py "
-                    "stats'): pass stats_path=... (TRL: make_trl_reward(stats_path=...); verl: "
-                    "custom_reward_function.reward_kwargs.stats_path) or set LRPO_STATS_PATH; "
-                    "calibration='none' scores raw similarity" % config["calibration"])
-            _SCORERS[key] = cal.RewardScorer(encoder=config["encoder"], stats_path=config["stats_path"],
-                                             calibration=config["calibration"], lam=config["lam"],
-                                             gate=config["gate"], device=config["device"])
-    return _SCORERS[key]
+    # Held while building: threads asking for a new configuration at once must not each load
+    # an encoder (a GPU model per thread) and keep different caches.
+    with _SCORERS_LOCK:
+        if key not in _SCORERS:
+            _SCORERS[key] = _build_scorer(config)
+        return _SCORERS[key]
 
 
 def _is_verifier(scorer) -> bool:
-    return type(scorer).__name__ == "VerifierScorer"
+    return isinstance(scorer, _project("extras.verifier").VerifierScorer)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,10 +203,11 @@ def make_trl_reward(scorer=None, name: str = "lrpo_reward", **scorer_kwargs) -> 
     """A reward function ``fn(prompts, completions, **kwargs) -> list[float]`` for TRL's
     ``GRPOTrainer(reward_funcs=[fn])``, logged by TRL under ``name``.
 
-    ``scorer``: a ``calibrate.RewardScorer`` or ``VerifierScorer`` to use as is; otherwise one is
-    built (and cached) on the first call from ``scorer_kwargs`` (``reward``, ``encoder``,
-    ``stats_path``, ``calibration``, ``lam``, ``gate``, ``device``) and ``LRPO_*`` variables.
-    After each call ``fn.last_result`` holds the ``RewardResult`` (``.metrics()`` for logging).
+    ``scorer``: a ``calibrate.RewardScorer`` or ``extras.verifier.VerifierScorer`` to use as is;
+    otherwise one is built (and cached) on the first call from ``scorer_kwargs`` (``reward``,
+    ``encoder``, ``stats_path``, ``calibration``, ``lam``, ``gate``, ``device``) and ``LRPO_*``
+    variables. After each call ``fn.last_result`` holds the ``RewardResult`` or ``VerifierResult``
+    (``.metrics()`` for logging).
     """
     state = {"scorer": scorer}
 
@@ -234,17 +247,17 @@ lrpo_reward = make_trl_reward()
 
 def _verl_languages(data_source, extra_info, i: int) -> tuple[str, str]:
     """(target language ℓ_k, question language ℓ_x) of one verl row, as codes."""
-    cal = _calibrate()
+    data = _project("data")
     extra = extra_info if isinstance(extra_info, dict) else {}
     target = extra.get("target_lang", data_source)
     try:
-        target = cal.lang_code(target, f"data_sources[{i}]")
-    except cal.DataError as err:
-        raise cal.DataError(f"{err}. LRPO's trainer sets data_source to the rollout's target "
-                            "language; otherwise put it in extra_info['target_lang']") from None
+        target = data.lang_code(target, f"data_sources[{i}]")
+    except data.DataError as err:
+        raise data.DataError(f"{err}. LRPO's trainer sets data_source to the rollout's target "
+                             "language; otherwise put it in extra_info['target_lang']") from None
     for field in ("language", "lang", "reference_lang"):
         if extra.get(field):
-            return target, cal.lang_code(extra[field], f"extra_infos[{i}][{field!r}]")
+            return target, data.lang_code(extra[field], f"extra_infos[{i}][{field!r}]")
     raise KeyError(f"verl reward: extra_infos[{i}] has no question language (looked for "
                    f"'language', 'lang', 'reference_lang'); it has {sorted(extra)}")
 
@@ -267,12 +280,13 @@ def compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos=
             raise ValueError(f"verl reward: ground_truths[{i}] is empty (reward_model.ground_truth)")
     langs = [_verl_languages(ds, ex, i) for i, (ds, ex) in enumerate(zip(data_sources, extra_infos))]
     targets, ref_langs = [t for t, _ in langs], [r for _, r in langs]
-    references = list(ground_truths) if _is_verifier(scorer) else [str(g) for g in ground_truths]
+    verifier = _is_verifier(scorer)
+    references = list(ground_truths) if verifier else [str(g) for g in ground_truths]
     result = scorer.score(responses, targets, references, ref_langs)
 
     scores = [float(r) for r in result.reward]
-    quality_name = "correct" if _is_verifier(scorer) else "embedding_score"
-    quality = [float(q) for q in result.calibrated_similarity]
+    quality_name = "correct" if verifier else "embedding_score"
+    quality = [float(q) for q in (result.correct if verifier else result.calibrated_similarity)]
     gate = [float(g) for g in result.gate]
     if config["output"] == "float":
         return scores

@@ -1,6 +1,6 @@
 """The run folder: what a training run writes, and how it is read back (lrpo.py uses it).
 
-    <out>/args.json        the command-line arguments
+    <out>/config.json      the run's configuration (lrpo.Config)
     <out>/metrics.jsonl    one line per step: rewards (overall, per language), gate, similarities,
                            loss terms, KL, entropy, clip fractions, router state, time per phase
     <out>/samples.jsonl    completions of a few questions per step, with their reward components
@@ -23,10 +23,29 @@ import sys
 from pathlib import Path
 
 
-def append_jsonl(path: Path, rows) -> None:
-    with path.open("a", encoding="utf-8") as f:
+def append(cfg, name: str, rows) -> None:
+    """Append rows to ``<out>/<name>`` as JSON lines."""
+    with (Path(cfg.out) / name).open("a", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def read(cfg, name: str) -> list[dict]:
+    path = Path(cfg.out) / name
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
+
+
+def check_out_dir(cfg) -> None:
+    """Never write over a finished or running run by accident."""
+    out = Path(cfg.out)
+    if (out / "metrics.jsonl").exists() and not cfg.resume:
+        sys.exit(f"error: {out} already holds a run; pass --resume to continue it or --out elsewhere")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def write_config(cfg) -> None:
+    from dataclasses import asdict
+    (Path(cfg.out) / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
 
 def before_after_table(before: dict, after: dict) -> str:
@@ -48,15 +67,16 @@ def before_after_table(before: dict, after: dict) -> str:
 # ----------------------------------------------------------------------------------------------
 # Checkpoints: written under a temporary name, then renamed into place
 
-def save_checkpoint(state, args, step: int) -> Path:
+def save_checkpoint(run, step: int) -> Path:
     import torch
-    out = Path(args.out)
+    from dataclasses import asdict
+    out = Path(run.cfg.out)
     final, tmp, old = out / "checkpoint", out / "checkpoint.tmp", out / "checkpoint.old"
     shutil.rmtree(tmp, ignore_errors=True)
-    state["model"].save_pretrained(tmp)          # safetensors, loadable by from_pretrained
-    state["tokenizer"].save_pretrained(tmp)
-    torch.save({"step": step, "optimizer": state["optimizer"].state_dict(),
-                "router": state["router"].state_dict(), "args": vars(args)},
+    run.model.save_pretrained(tmp)          # safetensors, loadable by from_pretrained
+    run.tokenizer.save_pretrained(tmp)
+    torch.save({"step": step, "optimizer": run.optimizer.state_dict(),
+                "router": run.router.state_dict(), "config": asdict(run.cfg)},
                tmp / "trainer_state.pt")
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
@@ -66,21 +86,21 @@ def save_checkpoint(state, args, step: int) -> Path:
     return final
 
 
-def load_checkpoint(state, args) -> int:
+def load_checkpoint(run) -> int:
     import torch
     from transformers import AutoModelForCausalLM
-    path = Path(args.out) / "checkpoint"
+    path = Path(run.cfg.out) / "checkpoint"
     if not (path / "trainer_state.pt").exists():
         sys.exit(f"error: --resume: no checkpoint in {path}")
-    dtype = next(state["model"].parameters()).dtype
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(args.device)
-    state["model"].load_state_dict(model.state_dict())
+    dtype = next(run.model.parameters()).dtype
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(run.cfg.device)
+    run.model.load_state_dict(model.state_dict())
     saved = torch.load(path / "trainer_state.pt", weights_only=False)
-    state["optimizer"].load_state_dict(saved["optimizer"])
-    state["router"].load_state_dict(saved["router"])
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.router.load_state_dict(saved["router"])
     # Drop log lines written after the checkpoint (a crash between logging and saving).
-    for name in ("metrics.jsonl", "samples.jsonl", "eval.jsonl"):
-        f = Path(args.out) / name
+    for name in ("metrics.jsonl", "samples.jsonl", "eval.jsonl", "router.jsonl"):
+        f = Path(run.cfg.out) / name
         if f.exists():
             keep = [l for l in f.read_text().splitlines() if json.loads(l)["step"] <= saved["step"]]
             f.write_text("".join(l + "\n" for l in keep))
@@ -125,6 +145,6 @@ def plot_run(run_dir) -> list[Path]:
     plt.close(fig)
     written.append(run / "training.png")
     if (run / "router.jsonl").exists() and (run / "router.jsonl").stat().st_size:
-        import bandit
-        written.append(bandit.plot_router_heatmap(run / "router.jsonl", run / "router.png"))
+        from extras.plots import plot_router_heatmap
+        written.append(plot_router_heatmap(run / "router.jsonl", run / "router.png"))
     return written

