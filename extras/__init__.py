@@ -2,5 +2,17 @@
 
 The paper's path is the top-level core (``lrpo.py`` → ``rollout.py``, ``calibrate.py``,
 ``bandit.py``, ``loss.py``, ``data.py``). The modules here plug into it through the same
-interfaces; each one's docstring says what it adds and why.
+interfaces; each one's docstring says what it adds and why:
+
+    fast_rollout.py     rollout.sample's CUDA-graph twin (fused, compiled, bucketed); batched generate
+    fast_training.py    bf16 training with float32 master weights and gradients; compiled layers
+    models.py           the one model loader (toy, hub id, local folder, GGUF)
+    encoders.py         sentence encoders behind calibrate.Encoder (offline e5, any HF encoder)
+    pair_stats.py       the offline pair-statistics builder for calibration, and its CLI
+    verifier.py         a numeric-answer reward (GSM8K/mGSM-style data)
+    routers.py          discounted UCB and Thompson sampling (beyond the paper)
+    plots.py            the router heatmap (the paper's Fig. 3a)
+    runlog.py           the run folder: JSONL logs, checkpoints and resume, plots
+    benchmarks.py       what each evaluation benchmark is (evaluate.py runs them)
+    reward_adapters.py  the LRPO reward for TRL's GRPOTrainer and verl
 """

@@ -1,4 +1,4 @@
-"""The fast decode path: the same sampling as `rollout.sample`, several times faster on a GPU.
+"""The fast decode path: the same sampling as `rollout.sample`, built for speed on a GPU.
 
 Nothing here is needed to understand LRPO; `rollout.py` is the readable sampler. This module
 runs the same algorithm (same prompts, KV cache, token rule, random draws, `Rollout`) and adds
@@ -16,10 +16,13 @@ what makes decoding fast on CUDA, measured in BENCHMARKS.md (H100, Qwen2.5-1.5B 
   takes the ~460 kernel launches per step off the CPU's critical path; "every row finished" is
   checked only every ``check_every`` steps (each check syncs the host).
 
+One check (H200, bf16, random Qwen2.5-1.5B shape, batch 64, prompt 128, 128 new tokens): the
+core decodes 52 steps/s, about what transformers.generate does; this path 336 steps/s.
+
 ``sample(fast=False)`` runs the same decode-step function eagerly, so the graph can be compared
 with its eager twin: for one seed they give identical tokens and log-probs. Against the core,
-the tokens are the same too (same noise, same token rule; tested on CPU in float32, greedy and
-sampled), up to float rounding of the logits, which in bf16 can eventually flip a near-tie.
+the tokens are the same too (same noise, same token rule; tested in float32: on CPU greedy and
+sampled, on CUDA greedy), up to float rounding of the logits; in bf16 a near-tie may flip.
 ``sample`` falls back to `rollout.sample` where this path does not apply (not CUDA, or a model
 type its fused forward does not support, e.g. Gemma 3) unless ``fast`` is given explicitly.
 :func:`generate` is the batched text helper for evaluation and reports.

