@@ -21,7 +21,7 @@ Table 4 "w/o uniform init": topic_prior / region_prior, {name: {lang: weight}} g
 "zh": 2}}; "w/o annealing": tau_decay=1, eps_decay=1. Also: Eq. 7 without normalisation is
 group_norm="none"; topic-only routing (no B at all) is regional_topics=(). Table 7 (mean vs
 quantile calibration) is calibrate.py's, not the router's.
-Beyond the paper: make_router("ucb" | "thompson") from extras/routers.py.
+Beyond the paper: UCB and Thompson sampling, extras/routers.py (its own make_router).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ import numpy as np
 
 import data
 
-METHODS = ("lrpo", "grpo", "uniform", "input-dominant", "english-dominant", "ucb", "thompson")
+METHODS = ("lrpo", "grpo", "uniform", "input-dominant", "english-dominant")
 GROUP_NORMS = ("zscore", "center", "none")
 # share of the K rollouts in ℓ_x (None: K_on, the rest uniform over L)
 FIXED_MIXES = {"grpo": 1.0, "input-dominant": 0.75, "english-dominant": 0.25, "uniform": None}
@@ -292,15 +292,12 @@ class FixedRouter(LanguageRouter):
 
 
 def make_router(method: str, languages, **options):
-    """The router of a method (METHODS): "lrpo" is the paper's, ucb/thompson are in extras/routers.py,
-    the rest are FixedRouter mixes. Options are the chosen class's keyword arguments."""
+    """The router of a method (METHODS): "lrpo" is the paper's, the rest are FixedRouter mixes
+    (ucb and thompson: extras/routers.py). Options are the chosen class's keyword arguments."""
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if method in ("ucb", "thompson"):
-        from extras import routers   # beyond the paper, so not imported with the core
-        build = routers.UCBRouter if method == "ucb" else routers.ThompsonRouter
-    else:
-        build = LanguageRouter if method == "lrpo" else lambda langs, **o: FixedRouter(langs, method, **o)
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}"
+                         " (ucb, thompson: extras.routers.make_router)")
+    build = LanguageRouter if method == "lrpo" else lambda langs, **o: FixedRouter(langs, method, **o)
     try:
         return build(languages, **options)
     except TypeError as e:

@@ -27,7 +27,6 @@ Every random draw of step s is seeded from (seed, s), so ``--resume`` repeats an
 import argparse
 import copy
 import math
-import signal
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
@@ -40,6 +39,7 @@ import calibrate
 import data
 import loss
 import rollout
+from extras import runlog
 
 
 # ----------------------------------------------------------------------------------------------
@@ -50,6 +50,7 @@ def opt(default, help, **argparse_kwargs):
 
 
 PROMPT_STYLES = data.PROMPT_STYLES   # (a field of Config is named `data`)
+METHODS = bandit.METHODS + ("ucb", "thompson")   # the last two: extras/routers.py, beyond the paper
 
 
 @dataclass
@@ -62,7 +63,7 @@ class Config:
     langs: str = opt(None, "comma-separated rollout languages L (default: the built-in world's 6, or the paper's 15)", type=str)
     prompt_style: str = opt("tag", "official <|out_lang_xx|> tag, or the paper's Zero system prompt", choices=PROMPT_STYLES)
     # method: the router and the group (Alg. 1)
-    method: str = opt("lrpo", "lrpo = the paper's router; the others are its baselines", choices=bandit.METHODS)
+    method: str = opt("lrpo", "lrpo = the paper's router; the others are its baselines", choices=METHODS)
     group_size: int = opt(8, "K rollouts per question")
     orig_lang_min: int = opt(2, "K_on: rollouts kept in the question's own language (official name lang_policy_orig_lang_min)")
     router_alpha: float = opt(0.1, "EMA rate α of the router tables (Eq. 7)")
@@ -222,8 +223,11 @@ def set_up(cfg: Config) -> Run:
     if cfg.device.startswith("cuda"):
         from extras.fast_rollout import sample   # the same tokens, replayed from CUDA graphs
     options = dict(alpha=cfg.router_alpha, update_every=cfg.router_update_every) if cfg.method == "lrpo" else {}
+    make_router = bandit.make_router
+    if cfg.method not in bandit.METHODS:
+        from extras.routers import make_router
     return Run(cfg, train, test, model, reference, tokenizer, make_scorer(cfg),
-               bandit.make_router(cfg.method, langs, **options), make_optimizer(model, cfg), sample)
+               make_router(cfg.method, langs, **options), make_optimizer(model, cfg), sample)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,7 +291,7 @@ def policy_update(run: Run, roll, advantages: torch.Tensor, step: int) -> dict:
     ids, mask, start = roll.input_ids.cpu(), roll.attention_mask.cpu(), roll.completion_start
     completion_mask = roll.completion_mask.float().cpu()
     n = ids.shape[0]
-    clock = PhaseClock(cfg.device)
+    clock = runlog.PhaseClock(cfg.device)
     ref_logp = frozen_logprobs(run.reference, ids, mask, start, cfg) if run.reference is not None else None
     clock.lap("update_reference")
     mini = cfg.mini_batch or n
@@ -338,26 +342,10 @@ def policy_update(run: Run, roll, advantages: torch.Tensor, step: int) -> dict:
     return {**out, **clock.totals}
 
 
-class PhaseClock:
-    """Wall time per phase; on a GPU it synchronises at each lap, so the time is the GPU's too."""
-
-    def __init__(self, device: str):
-        self.sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
-        self.totals, self.last = {}, None
-        self.lap(None)
-
-    def lap(self, name):
-        self.sync()
-        now = time.perf_counter()
-        if name is not None:
-            self.totals[f"time/{name}"] = self.totals.get(f"time/{name}", 0.0) + now - self.last
-        self.last = now
-
-
 def train_step(run: Run, step: int) -> tuple[dict, list]:
     """Algorithm 2, one iteration. Returns the step's metrics and the samples to log."""
     cfg = run.cfg
-    clock = PhaseClock(cfg.device)
+    clock = runlog.PhaseClock(cfg.device)
     # 1. B questions, and the K languages of each one's rollouts (Alg. 1)
     run.router.begin_step(step)
     questions = [run.train[i] for i in questions_for_step(len(run.train), step, cfg.questions_per_step, cfg.seed)]
@@ -401,7 +389,6 @@ def train_step(run: Run, step: int) -> tuple[dict, list]:
 # The run: evaluate, train, log, checkpoint
 
 def main(argv=None) -> dict:
-    from extras import runlog
     cfg = parse_args(argv)
     if cfg.plot:
         for path in runlog.plot_run(cfg.plot):
@@ -421,23 +408,13 @@ def main(argv=None) -> dict:
           f"languages {','.join(run.router.languages)}, {total} steps of {cfg.questions_per_step}×"
           f"{cfg.group_size} rollouts, {cfg.device} {cfg.dtype}, out {cfg.out}")
 
-    stop = {"requested": False}
-    def request_stop(signum, frame):   # first Ctrl-C: finish the step and save; second: abort
-        if stop["requested"]:
-            raise KeyboardInterrupt
-        stop["requested"] = True
-        print("\n[lrpo] Ctrl-C: finishing this step, then saving a checkpoint (again to abort)")
-    previous_handler = signal.signal(signal.SIGINT, request_stop)
-    try:
+    with runlog.first_ctrl_c_stops() as stop:   # Ctrl-C: finish the step, save, exit
         return train(run, first, total, stop)
-    finally:
-        signal.signal(signal.SIGINT, previous_handler)
 
 
 def train(run: Run, first: int, total: int, stop: dict) -> dict:
     from tqdm import tqdm
     from evaluate import evaluate_split
-    from extras import runlog
     cfg = run.cfg
     held_out = run.test[:cfg.eval_size]   # empty: evaluation is off (--eval-size 0 or no test split)
     evaluate = lambda step: {"step": step, **evaluate_split(run.model, run.tokenizer, held_out, run.scorer, cfg)}

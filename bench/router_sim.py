@@ -41,7 +41,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bandit import make_router  # noqa: E402
+import bandit  # noqa: E402
+from extras import routers  # noqa: E402
+
+
+def make_router(name, languages, **options):
+    build = routers.make_router if name in routers.METHODS else bandit.make_router
+    return build(name, languages, **options)
 from data import ROLLOUT_LANGUAGES, Example  # noqa: E402
 
 LANGS = list(ROLLOUT_LANGUAGES)

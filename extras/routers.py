@@ -179,3 +179,17 @@ class ThompsonRouter(_DiscountedRouter):
         mean, sd = self.posterior(context)
         theta = mean + sd * np.random.default_rng(0).standard_normal((2000, len(self.languages)))
         return np.bincount(theta.argmax(-1), minlength=len(self.languages)) / 2000.0
+
+
+METHODS = ("ucb", "thompson")
+
+
+def make_router(method: str, languages, **options):
+    """UCBRouter or ThompsonRouter by name; the options are the class's keyword arguments."""
+    if method not in METHODS:
+        raise ValueError(f"unknown router {method!r}; extras.routers has {', '.join(METHODS)}")
+    build = UCBRouter if method == "ucb" else ThompsonRouter
+    try:
+        return build(languages, **options)
+    except TypeError as e:
+        raise TypeError(f"router {method!r}: {e} (see its class's options)") from None

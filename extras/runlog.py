@@ -16,11 +16,48 @@ never leaves a broken checkpoint; resuming drops log lines newer than the checkp
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
+import signal
 import sys
+import time
 from pathlib import Path
+
+
+class PhaseClock:
+    """Wall time per phase; on a GPU it synchronises at each lap, so the time is the GPU's too."""
+
+    def __init__(self, device: str):
+        import torch
+        self.sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+        self.totals, self.last = {}, None
+        self.lap(None)
+
+    def lap(self, name):
+        self.sync()
+        now = time.perf_counter()
+        if name is not None:
+            self.totals[f"time/{name}"] = self.totals.get(f"time/{name}", 0.0) + now - self.last
+        self.last = now
+
+
+@contextlib.contextmanager
+def first_ctrl_c_stops():
+    """The first Ctrl-C sets stop["requested"] (the loop finishes its step and saves a
+    checkpoint); a second one aborts at once."""
+    stop = {"requested": False}
+    def request_stop(signum, frame):
+        if stop["requested"]:
+            raise KeyboardInterrupt
+        stop["requested"] = True
+        print("\n[lrpo] Ctrl-C: finishing this step, then saving a checkpoint (again to abort)")
+    previous_handler = signal.signal(signal.SIGINT, request_stop)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
 
 
 def append(cfg, name: str, rows) -> None:

@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 
 import bandit
-from bandit import make_router
+from extras import routers
+
+ALL_METHODS = bandit.METHODS + routers.METHODS
+
+
+def make_router(name, languages, **options):
+    """The core's routers and the two beyond the paper, by name."""
+    build = routers.make_router if name in routers.METHODS else bandit.make_router
+    return build(name, languages, **options)
 from data import Example
 
 LANGS = ["en", "zh", "ja", "fr"]
@@ -130,7 +138,7 @@ def test_annealed_tau_and_eps_drive_the_probabilities_and_no_annealing_keeps_the
 
 # ---- allocation: K_on, fixed topics, ablation mixes ------------------------------------------
 
-@pytest.mark.parametrize("name", bandit.METHODS)
+@pytest.mark.parametrize("name", ALL_METHODS)
 @pytest.mark.parametrize("K,K_on", [(8, 2), (5, 3), (4, 0)])
 def test_group_size_and_own_language_quota(name, K, K_on):
     r = make_router(name, LANGS)
@@ -148,7 +156,7 @@ def test_group_size_and_own_language_quota(name, K, K_on):
             assert langs[n_own:] == ["en"] * (K - n_own)
 
 
-@pytest.mark.parametrize("name", bandit.METHODS)
+@pytest.mark.parametrize("name", ALL_METHODS)
 def test_fixed_language_topics_are_never_routed(name):
     r = make_router(name, LANGS)
     r.begin_step(0)
