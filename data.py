@@ -16,26 +16,29 @@ concrete, and they all live here:
   x, the reference answer z (written in the question's language ℓ_x), an optional numeric answer
   for the verifier reward, the topic t(x) and the region(s) g(x) that the router conditions on.
 
-Loaders read JSONL and Parquet files with a column mapping, hub
-dataset ids through ``datasets`` (imported only when needed), and two named recipes written
-against the public schemas of their datasets:
+The topic is one of the paper's six (App. A.2) and the regions are among the official code's 24
+keys; ``python -m extras.label`` assigns both with the paper's two labelling prompts. Data without
+them still trains (topic "general", no region): :func:`describe_labels` says what the router then
+cannot learn.
 
-* ``helpsteer3`` (the paper's training source, ``nvidia/HelpSteer3``, subset ``preference``):
-  the preferred response is the reference, the row's ``language`` becomes the language and its
-  ``domain`` the topic. **This is the default data of a real ``--model`` run.**
-* ``gsm8k`` (``openai/gsm8k``, subset ``main``): English math word problems with a numeric
-  answer, for the verifier reward; LRPO's routed rollouts supply the other languages.
+Loaders read JSONL, JSON and Parquet files through a column mapping (dotted names reach nested
+fields), detect the official code's own formats (its verl parquet and its source JSON) when no
+mapping is given, load hub dataset ids through ``datasets`` (imported only when needed), and
+convert the raw rows of named datasets with the recipes of ``extras/recipes.py``: ``helpsteer3``
+(the paper's data, **the default of a real ``--model`` run**) and ``gsm8k``.
+:func:`filter_long_prompts` is the official 512-token prompt filter.
 
 Every bad row raises :class:`DataError` naming the file, the row and the field.
 """
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
-import re
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 # ----------------------------------------------------------------------------------------------
 # Languages
@@ -159,26 +162,94 @@ class Example:
         return d
 
 
-# Column mapping: Example field -> column name in the file. Missing optional columns are fine.
+# The paper's label sets (§4.2, App. A.2), spelled as the official code's keys
+# (verl/utils/dataset/multilingual_rl_dataset.py:130-162, and :319 for "Translation").
+# `python -m extras.label` assigns them; unlabelled questions have topic "general", no region.
+TOPICS = ("Regional Knowledge", "General Knowledge", "Chat / Conversational",
+          "Reasoning / Logic", "Safety / Ethics", "Translation")
+REGIONS = ("Russia", "Southeast Asia", "Latin America", "Japan", "South Asia", "North Korea",
+           "Anglosphere", "Europe", "Africa", "China", "Israel", "France", "Turkey", "Germany",
+           "South Korea", "Iran", "Spain", "Poland", "Vietnam", "Polynesia", "India",
+           "Central Asia", "Arab World", "Italy")
+UNLABELLED_TOPIC = "general"
+
+# Column mappings: Example field -> column in the file; a dotted name reaches into nested
+# objects ("reward_model.ground_truth"). Missing optional columns are fine.
 DEFAULT_COLUMNS = {"id": "id", "question": "question", "answer": "answer", "lang": "lang",
                    "topic": "topic", "region": "region", "answer_number": "answer_number",
                    "key": "key"}
 REQUIRED_FIELDS = ("question", "answer", "lang")
+# The official data, read as is (both are detected when no mapping is given):
+# * "verl": the parquet rows that examples/data_preprocess/example.py:40-55 writes, where
+#   prompt = [{"role": "user", "content": query}], ability = topic, the chosen response is
+#   reward_model.ground_truth, and extra_info holds the language name and the region(s);
+# * "source": the JSON that example.py:19-38 reads (query, chosen, topic, language, region).
+SCHEMAS = {
+    "lrpo": DEFAULT_COLUMNS,
+    "verl": {"id": "extra_info.index", "question": "prompt", "answer": "reward_model.ground_truth",
+             "lang": "extra_info.language", "topic": "ability", "region": "extra_info.region"},
+    "source": {"question": "query", "answer": "chosen", "lang": "language", "topic": "topic",
+               "region": "region"},
+}
+
+SCHEMA_NAMES = {"verl": "the official verl parquet rows (prompt, ability, reward_model.ground_truth, "
+                        "extra_info.language, extra_info.region)",
+                "source": "the official source JSON (query, chosen, topic, language, region)",
+                "helpsteer3": "raw nvidia/HelpSteer3 rows (recipe helpsteer3)"}
+
+
+def detect_schema(row) -> str:
+    """Which schema a file's first row is written in: "verl", "source", "helpsteer3" (raw rows
+    of nvidia/HelpSteer3, read with that recipe), or "lrpo" (this project's own columns)."""
+    if isinstance(row, dict):
+        if "prompt" in row and "reward_model" in row:
+            return "verl"
+        if "query" in row and "chosen" in row:
+            return "source"
+        if {"context", "response1", "response2", "overall_preference"} <= row.keys():
+            return "helpsteer3"
+    return "lrpo"
+
+
+def get_column(row: dict, column: str, where: str):
+    """``row[column]``, or for a dotted name the nested value; None where absent."""
+    if column in row:
+        return row[column]
+    value, path = row, []
+    for part in column.split("."):
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise DataError(f"{where}: column '{column}': '{'.'.join(path)}' is a "
+                            f"{type(value).__name__}, not an object")
+        value, path = value.get(part), path + [part]
+    return value
 
 
 def as_regions(value, where: str = "region") -> tuple[str, ...]:
-    """A question's regions as a tuple: None, "" and "none" are no region; a string is one."""
+    """A question's regions as a tuple: None, "", "none" and [] are no region; a string is one
+    region; a list (or a Parquet array) is several, its None entries dropped as the official
+    code does (verl/utils/lang_policy.py:123-128)."""
     if value is None or value == "" or (isinstance(value, str) and value.lower() == "none"):
         return ()
     if isinstance(value, str):
         return (value,)
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    try:  # numpy arrays from Parquet
-        return tuple(str(v) for v in list(value))
-    except TypeError:
-        raise DataError(f"{where}: field 'region' must be a string or a list of strings, "
-                        f"got {type(value).__name__}") from None
+    if hasattr(value, "tolist"):  # numpy arrays
+        value = value.tolist()
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) or v is None for v in value):
+        return tuple(v for v in value if v)
+    raise DataError(f"{where}: field 'region' must be a string or a list of strings, "
+                    f"got {value!r:.60}")
+
+
+def question_text(value, where: str, column: str):
+    """A question column holds the text, or (verl's ``prompt``) a chat of one user turn."""
+    if not isinstance(value, list):
+        return value
+    if len(value) != 1 or not isinstance(value[0], dict) or value[0].get("role") != "user":
+        raise DataError(f"{where}: field 'question' (column '{column}') is a chat of "
+                        f"{len(value)} turns; LRPO's prompt is one user turn")
+    return value[0].get("content")
 
 
 def example_from_row(row: dict, columns: dict | None = None, *, where: str,
@@ -193,7 +264,8 @@ def example_from_row(row: dict, columns: dict | None = None, *, where: str,
                         f"fields are {list(DEFAULT_COLUMNS)}")
 
     def get(name):
-        return row.get(cols[name])
+        value = get_column(row, cols[name], where)
+        return question_text(value, where, cols[name]) if name == "question" else value
 
     for name in REQUIRED_FIELDS:
         value = get(name)
@@ -219,10 +291,13 @@ def example_from_row(row: dict, columns: dict | None = None, *, where: str,
     topic = get("topic")
     return Example(id=str(ex_id), question=get("question"), answer=get("answer"),
                    lang=lang_code(get("lang"), f"{where}: field 'lang'"),
-                   topic=str(topic) if topic not in (None, "") else "general",
+                   topic=str(topic) if topic not in (None, "") else UNLABELLED_TOPIC,
                    region=as_regions(get("region"), where), answer_number=number,
                    key=None if get("key") in (None, "") else str(get("key")))
 
+
+# ----------------------------------------------------------------------------------------------
+# Loading
 
 def read_rows(path: str | Path) -> Iterable[tuple[int, dict]]:
     """Yield (row number, row dict) from a JSONL, JSON-array or Parquet file (1-based rows)."""
@@ -254,128 +329,79 @@ def read_rows(path: str | Path) -> Iterable[tuple[int, dict]]:
         raise DataError(f"{path}: unsupported file type {path.suffix!r} (use .jsonl, .json or .parquet)")
 
 
-# ----------------------------------------------------------------------------------------------
-# Named recipes for real runs
-
-_CALC = re.compile(r"<<[^>]*>>")
-
-
-def helpsteer3_example(row: dict, where: str, row_id: str) -> Example | None:
-    """``nvidia/HelpSteer3`` (subset ``preference``) -> Example, or None for a skipped row.
-
-    Schema: ``domain`` (general / stem / code / multilingual), ``language`` (a natural language
-    name such as "chinese", or a programming language in the code domain), ``context`` (a list of
-    {"role", "content"} turns ending with the user), ``response1``, ``response2`` and
-    ``overall_preference`` in -3..3 (negative: response 1 is better). The preferred response is
-    the reference z. Skipped: programming-language rows, ties, and multi-turn contexts (LRPO's
-    prompt is a single user turn).
-    """
-    for name in ("domain", "language", "context", "response1", "response2", "overall_preference"):
-        if name not in row:
-            raise DataError(f"{where}: missing field '{name}' (helpsteer3 schema)")
-    try:
-        lang = lang_code(row["language"])
-    except DataError:
-        return None  # e.g. "python" in the code domain
-    context = row["context"]
-    if not isinstance(context, list) or not context or not all(isinstance(t, dict) for t in context):
-        raise DataError(f"{where}: field 'context' must be a non-empty list of turns")
-    user_turns = [t for t in context if t.get("role") == "user"]
-    if len(context) != 1 or len(user_turns) != 1:
-        return None
-    pref = row["overall_preference"]
-    if not isinstance(pref, (int, float)):
-        raise DataError(f"{where}: field 'overall_preference' must be a number, got {pref!r}")
-    if pref == 0:
-        return None
-    reference = row["response1"] if pref < 0 else row["response2"]
-    return Example(id=row_id, question=user_turns[0]["content"], answer=reference, lang=lang,
-                   topic=str(row["domain"]))
+class Source(NamedTuple):
+    """The rows of one data source and how each becomes an Example."""
+    origin: str                                   # the file or hub id, for messages
+    rows: Iterator[tuple[int, dict]]              # (row number, raw row)
+    schema: str                                   # "lrpo", "verl", "source", or a recipe name
+    columns: dict                                 # field -> column; where labels live in a row
+    convert: Callable[[dict, int], "Example | str"]   # an Example, or why the row is skipped
 
 
-def gsm8k_example(row: dict, where: str, row_id: str) -> Example:
-    """``openai/gsm8k`` (subset ``main``) -> Example. Schema: ``question``, ``answer`` where the
-    answer is a worked solution with ``<<a*b=c>>`` calculator notes ending in ``#### 72``."""
-    for name in ("question", "answer"):
-        if not isinstance(row.get(name), str):
-            raise DataError(f"{where}: missing or non-string field '{name}' (gsm8k schema)")
-    solution, sep, final = row["answer"].rpartition("####")
-    if not sep:
-        raise DataError(f"{where}: field 'answer' has no '#### <number>' final answer")
-    try:
-        number = float(final.strip().replace(",", ""))
-    except ValueError:
-        raise DataError(f"{where}: field 'answer' ends in a non-number: {final.strip()!r}") from None
-    reference = _CALC.sub("", solution).strip() + f"\nThe answer is {final.strip()}."
-    return Example(id=row_id, question=row["question"], answer=reference, lang="en",
-                   topic="math", answer_number=number)
-
-
-@dataclass(frozen=True)
-class Recipe:
-    hub_id: str
-    config: str | None
-    convert: Callable[[dict, str, str], Example | None]
-    splits: dict = field(default_factory=lambda: {"train": "train", "test": "test"})
-
-
-RECIPES: dict[str, Recipe] = {
-    "helpsteer3": Recipe("nvidia/HelpSteer3", "preference", helpsteer3_example,
-                         {"train": "train", "test": "validation"}),
-    "gsm8k": Recipe("openai/gsm8k", "main", gsm8k_example),
-}
-DEFAULT_REAL_RECIPE = "helpsteer3"
-
-
-# ----------------------------------------------------------------------------------------------
-# Loading
-
-def load_examples(source: str, *, recipe: str | None = None, columns: dict | None = None,
-                  split: str = "train", limit: int | None = None) -> list[Example]:
-    """Load examples from a recipe name, a local file, or a hub dataset id (the built-in world
-    is ``toy.load_split``).
-
-    ``recipe`` converts raw rows of a local file or hub id with a named recipe; otherwise rows
-    go through the column mapping ``columns`` (Example field -> column name).
-    """
+def open_source(source: str, *, recipe: str | None = None, columns: dict | None = None,
+                split: str = "train") -> Source:
+    """Open a local file or hub dataset id, with a recipe (extras/recipes.py), a column
+    mapping, or neither: then the schema is detected from the first row (:func:`detect_schema`).
+    A recipe name alone ("helpsteer3") means that recipe's hub dataset."""
+    from extras.recipes import RECIPES  # lazy: dataset-specific, and keeps this module first
     if source in RECIPES and recipe is None:
         recipe, source = source, RECIPES[source].hub_id
     if recipe is not None and recipe not in RECIPES:
         raise DataError(f"unknown recipe {recipe!r}; recipes: {', '.join(RECIPES)}")
     path = Path(source)
     if path.suffix in (".jsonl", ".json", ".parquet") or path.exists():
-        rows, origin = read_rows(path), str(path)
+        rows, origin = iter(read_rows(path)), str(path)
     else:
-        rows, origin = _hub_rows(source, recipe, split), source
-    convert = RECIPES[recipe].convert if recipe else None
-    examples, skipped = [], 0
-    for i, row in rows:
-        where = f"{origin}: row {i}"
-        if convert:
-            ex = convert(row, where, f"{recipe}-{split}-{i}")
-        else:
-            ex = example_from_row(row, columns, where=where, default_id=f"{path.stem}-{i}")
-        if ex is None:
-            skipped += 1
+        rows, origin = iter(_hub_rows(source, RECIPES.get(recipe), split)), source
+    schema = recipe or "lrpo"
+    if recipe is None and columns is None:
+        first = next(rows, None)
+        rows = itertools.chain([first] if first else [], rows)
+        schema = detect_schema(first[1]) if first else "lrpo"
+        if schema in RECIPES:
+            recipe = schema
+        if schema != "lrpo":
+            print(f"[data] {origin}: read as {SCHEMA_NAMES[schema]}")
+    if recipe is not None:
+        r = RECIPES[recipe]
+        return Source(origin, rows, recipe, dict(r.label_columns),
+                      lambda row, i: r.convert(row, f"{origin}: row {i}", f"{recipe}-{split}-{i}"))
+    mapping = columns if columns is not None else SCHEMAS[schema]
+    return Source(origin, rows, schema, {**DEFAULT_COLUMNS, **mapping},
+                  lambda row, i: example_from_row(row, mapping, where=f"{origin}: row {i}",
+                                                  default_id=f"{path.stem}-{i}"))
+
+
+def load_examples(source: str, *, recipe: str | None = None, columns: dict | None = None,
+                  split: str = "train", limit: int | None = None) -> list[Example]:
+    """Load examples from a recipe name, a local file, or a hub dataset id (the built-in world
+    is ``toy.load_split``); see :func:`open_source`. Rows a recipe skips are counted by reason."""
+    src = open_source(source, recipe=recipe, columns=columns, split=split)
+    examples, skipped = [], Counter()
+    for i, row in src.rows:
+        ex = src.convert(row, i)
+        if isinstance(ex, str):
+            skipped[ex] += 1
             continue
         examples.append(ex)
         if limit is not None and len(examples) >= limit:
             break
     if skipped:
-        print(f"[data] {origin}: kept {len(examples)} rows, skipped {skipped} "
-              f"(see data.{convert.__name__} for which rows are skipped)")
+        reasons = ", ".join(f"{n} {why}" for why, n in skipped.most_common())
+        print(f"[data] {src.origin}: kept {len(examples)} rows, skipped {sum(skipped.values())} "
+              f"({reasons})")
     if not examples:
-        raise DataError(f"{origin}: no usable rows")
+        raise DataError(f"{src.origin}: no usable rows")
     return examples
 
 
-def _hub_rows(hub_id: str, recipe: str | None, split: str):
+def _hub_rows(hub_id: str, recipe, split: str):
     try:
         import datasets  # lazy: heavy, and never needed for the built-in world
     except ImportError:
         raise DataError(f"{hub_id}: loading a hub dataset needs the 'datasets' package") from None
-    config = RECIPES[recipe].config if recipe else None
-    hub_split = RECIPES[recipe].splits.get(split, split) if recipe else split
+    config = recipe.config if recipe else None
+    hub_split = recipe.splits.get(split, split) if recipe else split
     try:
         ds = datasets.load_dataset(hub_id, config, split=hub_split)
     except Exception as e:  # noqa: BLE001 - surface any hub/network failure with the id
@@ -408,3 +434,56 @@ def split_examples(examples: list[Example], test_fraction: float = 0.1,
     train = [e for e in examples if (e.id, e.lang) not in test_keys]
     test = [e for e in examples if (e.id, e.lang) in test_keys]
     return train, test
+
+
+# ----------------------------------------------------------------------------------------------
+# Before training: the prompt-length filter and what the labels let the router learn
+
+def filter_long_prompts(examples: list[Example], tokenizer, max_prompt_tokens: int = 512,
+                        style: str = "tag", langs: Iterable[str] | None = None
+                        ) -> tuple[list[Example], int]:
+    """(kept, number dropped): drop questions whose prompt, in the language giving the longest
+    one, exceeds ``max_prompt_tokens`` tokens (official: data.max_prompt_length=512 and
+    filter_overlong_prompts=True, examples/grpo_trainer/run_lrpo.sh:11,13).
+
+    A prompt is measured as the official filter does
+    (verl/utils/dataset/multilingual_rl_dataset.py:221-262): chat template with generation
+    prompt, tokenized without special tokens, maximum over the languages ``langs`` (default
+    the 15 rollout languages) and the question's own. The official filter wrote the tag without
+    an f-string, measuring the literal ``<|out_lang_{ln}|>`` (spec §8.14); the real tags are
+    measured here.
+    """
+    langs = list(langs or ROLLOUT_LANGUAGES)
+    kept = []
+    for ex in examples:
+        prompts = [build_prompt(tokenizer, ex.question, lang, style)
+                   for lang in dict.fromkeys(langs + [ex.lang])]
+        ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        if max(len(x) for x in ids) <= max_prompt_tokens:
+            kept.append(ex)
+    return kept, len(examples) - len(kept)
+
+
+def describe_labels(examples: list[Example]) -> str:
+    """A one-line note of what the router cannot learn from unlabelled data ("" if nothing).
+
+    The router conditions on the topic (table A of Eq. 1) and, for regional questions, the
+    region(s) (table B); unlabelled questions all share topic "general" and have no region.
+    """
+    n = len(examples)
+    topics = Counter(e.topic for e in examples)
+    notes = []
+    if set(topics) == {UNLABELLED_TOPIC}:
+        notes.append("no topics in the data: the router's topic table (Eq. 1, A) has a single "
+                     "row, so routing cannot depend on what a question is about")
+    elif topics[UNLABELLED_TOPIC]:
+        notes.append(f"{topics[UNLABELLED_TOPIC]} of {n} questions have no topic "
+                     f"(topic '{UNLABELLED_TOPIC}')")
+    if not any(e.region for e in examples):
+        notes.append("no regions in the data: the router's region table (Eq. 1, B) cannot learn")
+    else:
+        bare = sum(1 for e in examples if e.topic.lower() in ("regional knowledge", "regional")
+                   and not e.region)
+        if bare:
+            notes.append(f"{bare} regional questions have no region")
+    return "; ".join(notes) + "; label it with python -m extras.label" if notes else ""

@@ -73,15 +73,23 @@ def transformers_judge(model_name: str, device: str, max_new_tokens: int = 16,
 
 def http_judge(url: str, model: str, max_tokens: int = 16, timeout: float = 120.0,
                api_key_env: str = "OPENAI_API_KEY") -> Callable[[list[str]], list[str]]:
-    """A judge behind an OpenAI-compatible ``/chat/completions`` endpoint (vLLM, SGLang, ...)."""
+    """A judge behind an OpenAI-compatible ``/chat/completions`` endpoint (vLLM, SGLang, ...).
+    The key in ``$api_key_env``, if set, is sent with every request; sending it unencrypted to
+    another machine (plain ``http://``, not localhost) is warned about once."""
     import urllib.error
+    import urllib.parse
     import urllib.request
+    import warnings
     endpoint = url.rstrip("/")
     if not endpoint.endswith("/chat/completions"):
         endpoint += "/chat/completions"
     headers = {"Content-Type": "application/json"}
     if os.environ.get(api_key_env):
         headers["Authorization"] = f"Bearer {os.environ[api_key_env]}"
+        parsed = urllib.parse.urlparse(endpoint)
+        if parsed.scheme == "http" and parsed.hostname not in ("localhost", "127.0.0.1", "::1"):
+            warnings.warn(f"the judge's API key (${api_key_env}) is sent unencrypted to {url}: plain "
+                          f"http to another machine; use https, or unset {api_key_env}", stacklevel=2)
 
     def ask(prompt: str) -> str:
         body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}],
@@ -150,8 +158,10 @@ def evaluate_split(model, tokenizer, examples, scorer, cfg) -> dict:
     """The training loop's held-out check: greedy answers in each question's own language (as
     the official validation), their reward and, where checkable, accuracy, per language and topic.
 
-    Accuracy uses the built-in world's gold values (toy.is_correct) or, for examples with a
-    numeric answer, the verifier; other examples have no accuracy (reward only).
+    An answer is checkable against the built-in world's gold values (toy.is_correct) or, for an
+    example with a numeric answer, by the verifier; accuracy is the mean over the checkable
+    examples only, and ``eval/accuracy_n`` says how many of the ``eval/n`` they are (absent when
+    none is checkable; other examples count in the reward only).
     """
     import numpy as np
     from extras.fast_rollout import generate as batched_generate
@@ -163,24 +173,26 @@ def evaluate_split(model, tokenizer, examples, scorer, cfg) -> dict:
     else:
         references = [ex.answer for ex in examples]
     result = scorer.score(texts, langs, references, langs, list(range(len(examples))))
+    from extras.verifier import verify_number
     if cfg.data == "toy":
         import toy
         correct = [toy.is_correct(ex, text) for ex, text in zip(examples, texts)]
-    elif all(ex.answer_number is not None for ex in examples):
-        from extras.verifier import verify_number
-        correct = [verify_number(text, ex.answer_number, lang=ex.lang) for ex, text in zip(examples, texts)]
-    else:
-        correct = None
-    out = {"eval/reward": float(np.mean(result.reward)), "eval/in_language": float(np.mean(result.gate))}
-    if correct is not None:
-        out["eval/accuracy"] = float(np.mean(correct))
+    else:   # None: not checkable
+        correct = [None if ex.answer_number is None else verify_number(text, ex.answer_number, lang=ex.lang)
+                   for ex, text in zip(examples, texts)]
+    out = {"eval/n": len(examples), "eval/reward": float(np.mean(result.reward)),
+           "eval/in_language": float(np.mean(result.gate))}
+    checked = [i for i, c in enumerate(correct) if c is not None]
+    if checked:
+        out["eval/accuracy"] = float(np.mean([correct[i] for i in checked]))
+        out["eval/accuracy_n"] = len(checked)
     for lang in sorted(set(langs)):
         rows = [i for i, l in enumerate(langs) if l == lang]
         out[f"eval/reward/{lang}"] = float(np.mean(result.reward[rows]))
-        if correct is not None:
-            out[f"eval/accuracy/{lang}"] = float(np.mean([correct[i] for i in rows]))
-            for topic in sorted({examples[i].topic for i in rows}):
-                out[f"eval/accuracy/{topic}/{lang}"] = float(np.mean([correct[i] for i in rows if examples[i].topic == topic]))
+        for topic in [None] + sorted({examples[i].topic for i in rows}):
+            mine = [correct[i] for i in rows if correct[i] is not None and topic in (None, examples[i].topic)]
+            if mine:
+                out[f"eval/accuracy/{lang}" if topic is None else f"eval/accuracy/{topic}/{lang}"] = float(np.mean(mine))
     return out
 
 

@@ -27,7 +27,6 @@ Every random draw of step s is seeded from (seed, s), so ``--resume`` repeats an
 import argparse
 import copy
 import math
-import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
 
@@ -60,7 +59,8 @@ class Config:
     data: str = opt(None, "'toy', a recipe (helpsteer3, gsm8k), a .jsonl/.json/.parquet file or a hub id (preset)", type=str)
     recipe: str = opt(None, "convert the rows of --data with a named recipe", type=str)
     test_fraction: float = opt(0.1, "held-out share per language when --data has no test split")
-    langs: str = opt(None, "comma-separated rollout languages L (default: the built-in world's 6, or the paper's 15)", type=str)
+    langs: str = opt(None, "rollout languages L are the data's (the built-in world's 6; for other data its languages "
+                           "and English, as the paper's 15 are HelpSteer3's 14 and en) plus these, comma-separated", type=str)
     prompt_style: str = opt("tag", "official <|out_lang_xx|> tag, or the paper's Zero system prompt", choices=PROMPT_STYLES)
     # method: the router and the group (Alg. 1)
     method: str = opt("lrpo", "lrpo = the paper's router; the others are its baselines", choices=METHODS)
@@ -70,6 +70,7 @@ class Config:
     router_update_every: int = opt(5, "M: router update period in steps")
     # reward (Eq. 2–5)
     reward: str = opt("similarity", "calibrated similarity to the reference (paper), or a numeric-answer check", choices=("similarity", "verifier"))
+    gate: str = opt("hard", "language gate of either reward (Eq. 4): 1 if LID(y) = ℓ (hard), the LID probability (soft), or none", choices=calibrate.GATES)
     calibration: str = opt("mean", "per-language-pair calibration of the similarity (Eq. 2 / Eq. 3)", choices=calibrate.CALIBRATIONS)
     stats: str = opt(None, "pair-statistics CSV for calibration (default for toy: stats/toy_e5.csv)", type=str)
     encoder: str = opt(None, "sentence encoder: hub id or path (paper: jhu-clsp/mmBERT-small); default offline e5-small", type=str)
@@ -96,9 +97,9 @@ class Config:
     # run
     seed: int = opt(0, "seed of every random draw")
     out: str = opt(None, "run folder (default runs/<method>-<model>-s<seed>)", type=str)
-    resume: bool = opt(False, "continue the run in --out from its checkpoint")
+    resume: bool = opt(False, "continue the run in --out from its newest checkpoint, with its saved configuration")
     eval_every: int = opt(50, "steps between held-out evaluations (0: start and end only)")
-    eval_size: int = opt(None, "held-out questions per evaluation (preset)", type=int)
+    eval_size: int = opt(None, "held-out questions per evaluation (0: no evaluation, as --test-fraction 0) (preset)", type=int)
     save_every: int = opt(50, "steps between checkpoints")
     samples_per_step: int = opt(2, "questions whose completions are logged each step")
     device: str = opt(None, "default: cuda if available, else cpu", type=str)
@@ -116,6 +117,12 @@ REAL = dict(data="helpsteer3", questions_per_step=64, max_new_tokens=1024, lr=1e
             loss_micro_batch=4, eval_size=256, epochs=4.0)
 
 
+# `--resume` restores everything else from <out>/config.json: the run's length and logging, and
+# knobs of memory and speed that leave the computed values unchanged, may change.
+MAY_CHANGE_ON_RESUME = ("steps", "epochs", "eval_every", "save_every", "samples_per_step", "progress", "threads",
+                        "device", "compile", "micro_batch", "logprob_micro_batch", "gradient_checkpointing", "ref_on_cpu")
+
+
 def parse_args(argv=None) -> Config:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     for f in fields(Config):
@@ -128,17 +135,20 @@ def parse_args(argv=None) -> Config:
         else:
             kwargs["type"] = kind
         parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
-    given = vars(parser.parse_args(argv))
-    preset = TOY if given.get("model", "toy") == "toy" else REAL
-    if "steps" in given or "epochs" in given:   # one of them sets the length of the run
-        preset = {k: v for k, v in preset.items() if k not in ("steps", "epochs")}
-    cfg = Config(**{**preset, **given})
-    if cfg.orig_lang_min > cfg.group_size:
-        parser.error(f"--orig-lang-min ({cfg.orig_lang_min}) exceeds --group-size ({cfg.group_size})")
+    given = vars(parser.parse_args(argv))   # only the flags on the command line
+    named = {**asdict(Config()), **given}
+    out = named["out"] or f"runs/{named['method']}-{named['model'].rstrip('/').split('/')[-1]}-s{named['seed']}"
+    if given.get("resume"):
+        cfg = Config(**runlog.resumed_config(given, out, MAY_CHANGE_ON_RESUME, {f.name for f in fields(Config)}))
+    else:
+        preset = TOY if named["model"] == "toy" else REAL
+        if "steps" in given or "epochs" in given:   # one of them sets the length of the run
+            preset = {k: v for k, v in preset.items() if k not in ("steps", "epochs")}
+        cfg = Config(**{**preset, **given, "out": out})
     if cfg.steps is None and cfg.epochs is None:
         parser.error("give --steps or --epochs")
     cfg.logprob_micro_batch = cfg.logprob_micro_batch or 4 * cfg.micro_batch
-    cfg.out = cfg.out or f"runs/{cfg.method}-{cfg.model.rstrip('/').split('/')[-1]}-s{cfg.seed}"
+    runlog.check_flags(cfg)
     return cfg
 
 
@@ -168,17 +178,27 @@ def load_data(cfg: Config) -> tuple[list, list]:
     return data.split_examples(examples, cfg.test_fraction, seed=cfg.seed)
 
 
+def routed_languages(cfg: Config, examples) -> list[str]:
+    """L: the data's languages (the built-in world's in toy.LANGS order; for other data also
+    English, in data.LANGUAGES order), then those --langs adds."""
+    named = [data.lang_code(code, "--langs") for code in cfg.langs.split(",")] if cfg.langs else []
+    if cfg.data == "toy":
+        import toy
+        return list(toy.LANGS) + [l for l in dict.fromkeys(named) if l not in toy.LANGS]
+    return sorted({ex.lang for ex in examples} | {"en"} | set(named), key=list(data.LANGUAGES).index)
+
+
 def make_scorer(cfg: Config):
     if cfg.reward == "verifier":
         from extras.verifier import VerifierScorer
-        return VerifierScorer()
+        return VerifierScorer(gate=cfg.gate)
     stats = cfg.stats
     if stats is None and cfg.data == "toy" and cfg.encoder is None:
         stats = str(calibrate.TOY_STATS)
     if stats is None and cfg.calibration != "none":
         print("[lrpo] warning: no --stats given, so similarities are left uncalibrated; produce "
               "pair statistics with `python -m extras.pair_stats` (see README)")
-    return calibrate.RewardScorer(encoder=cfg.encoder, stats_path=stats,
+    return calibrate.RewardScorer(encoder=cfg.encoder, stats_path=stats, gate=cfg.gate,
                                   calibration=cfg.calibration if stats else "none")
 
 
@@ -201,13 +221,13 @@ def set_up(cfg: Config) -> Run:
         train, test = load_data(cfg)
     except data.DataError as e:
         raise data.DataError(f"--data: {e}") from None
-    if cfg.langs:
-        langs = [data.lang_code(code, "--langs") for code in cfg.langs.split(",")]
-    elif cfg.data == "toy":
-        import toy
-        langs = list(toy.LANGS)
-    else:
-        langs = list(data.ROLLOUT_LANGUAGES)
+    runlog.check_data(cfg, train, test)   # every data/flag mismatch is reported before the model loads
+    options = dict(alpha=cfg.router_alpha, update_every=cfg.router_update_every) if cfg.method == "lrpo" else {}
+    make_router = bandit.make_router
+    if cfg.method not in bandit.METHODS:
+        from extras.routers import make_router
+    router = make_router(cfg.method, routed_languages(cfg, train + test), **options)
+    scorer = make_scorer(cfg)
     model, tokenizer = load_model(cfg.model, cfg.device, getattr(torch, cfg.dtype))
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -222,12 +242,7 @@ def set_up(cfg: Config) -> Run:
     sample = rollout.sample
     if cfg.device.startswith("cuda"):
         from extras.fast_rollout import sample   # the same tokens, replayed from CUDA graphs
-    options = dict(alpha=cfg.router_alpha, update_every=cfg.router_update_every) if cfg.method == "lrpo" else {}
-    make_router = bandit.make_router
-    if cfg.method not in bandit.METHODS:
-        from extras.routers import make_router
-    return Run(cfg, train, test, model, reference, tokenizer, make_scorer(cfg),
-               make_router(cfg.method, langs, **options), make_optimizer(model, cfg), sample)
+    return Run(cfg, train, test, model, reference, tokenizer, scorer, router, make_optimizer(model, cfg), sample)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,13 +263,8 @@ def questions_for_step(n_examples: int, step: int, per_step: int, seed: int) -> 
 
 def score(run: Run, examples, langs, texts, group_ids):
     """Eq. 5 for each rollout: the gated reward against the question's reference answer."""
-    if run.cfg.reward == "verifier":
-        references = [ex.answer_number for ex in examples]
-        if None in references:
-            bad = examples[references.index(None)]
-            raise SystemExit(f"error: --reward verifier needs numeric answers, but example {bad.id!r} has none")
-    else:
-        references = [ex.answer for ex in examples]
+    # (runlog.check_data made sure that every question has a numeric answer for the verifier)
+    references = [ex.answer_number if run.cfg.reward == "verifier" else ex.answer for ex in examples]
     return run.scorer.score(texts, langs, references, [ex.lang for ex in examples], group_ids)
 
 
@@ -403,10 +413,15 @@ def main(argv=None) -> dict:
         raise SystemExit(f"error: {e}") from None
     first = runlog.load_checkpoint(run) if cfg.resume else 0
     total = cfg.steps or math.ceil(cfg.epochs * len(run.train) / cfg.questions_per_step)
+    if first >= total:
+        print(f"[lrpo] {cfg.out} is at step {first} of {total}: nothing to do (--steps N > {first} runs on)")
+        return {}
     runlog.write_config(cfg)
-    print(f"[lrpo] {cfg.method} on {cfg.data}: {len(run.train)} train / {len(run.test)} test questions, "
-          f"languages {','.join(run.router.languages)}, {total} steps of {cfg.questions_per_step}×"
-          f"{cfg.group_size} rollouts, {cfg.device} {cfg.dtype}, out {cfg.out}")
+    held_out = len(run.test[:cfg.eval_size])
+    print(f"[lrpo] {cfg.method} on {cfg.data}: {len(run.train)} train questions, "
+          f"{f'{held_out} held out' if held_out else 'no evaluation'}, {total} steps of {cfg.questions_per_step}×"
+          f"{cfg.group_size} rollouts, {cfg.device} {cfg.dtype}, out {cfg.out}\n"
+          f"[lrpo] routed languages L: {','.join(run.router.languages)}")
 
     with runlog.first_ctrl_c_stops() as stop:   # Ctrl-C: finish the step, save, exit
         return train(run, first, total, stop)
@@ -441,7 +456,7 @@ def train(run: Run, first: int, total: int, stop: dict) -> dict:
     if held_out:
         after = evaluate(total)
         runlog.append(cfg, "eval.jsonl", [after])
-        before = runlog.read(cfg, "eval.jsonl")[0]
+        before = runlog.read(cfg.out, "eval.jsonl")[0]
         print(runlog.before_after_table(before, after))
     for path in runlog.plot_run(cfg.out):
         print(f"[lrpo] wrote {path}")

@@ -18,7 +18,11 @@ and prints tok/s (new tokens / wall time of the whole call, prefill included), d
 (after the prefill), the share of the bandwidth bound, and peak memory; JSON last line.
 
     PYTHONUNBUFFERED=1 python bench/rollout_bench.py --out runs/bench     # GPU
-    python bench/rollout_bench.py --tiny                                   # CPU smoke test
+    python bench/rollout_bench.py --tiny                                   # CPU smoke test (also --smoke)
+    python bench/rollout_bench.py --batches 64 256 512 --only fast core hf_dynamic profile
+
+``--only`` picks the parts to run (default: all): fast, fast_eager, core, no_kv_buckets, unfused,
+check (fast == eager twin), profile (kernel time per decode step), logprobs, hf_dynamic, hf_static.
 """
 from __future__ import annotations
 
@@ -56,6 +60,10 @@ class VocabOnly:
         return ["" for _ in rows]
 
 
+PARTS = ("check", "fast", "fast_eager", "core", "no_kv_buckets", "unfused", "profile", "logprobs",
+         "hf_dynamic", "hf_static")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[16, 64, 256])
@@ -64,7 +72,10 @@ def main():
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--budget-s", type=float, default=480, help="skip baselines after this many seconds")
-    parser.add_argument("--tiny", action="store_true", help="tiny model, CPU allowed (smoke test)")
+    parser.add_argument("--tiny", "--smoke", action="store_true", help="tiny model, CPU allowed (smoke test)")
+    parser.add_argument("--only", nargs="+", default=list(PARTS), choices=PARTS, help="parts to run (default all)")
+    parser.add_argument("--profile-batches", type=int, nargs="*", default=None,
+                        help="batches for the kernel profile (default: all of --batches)")
     parser.add_argument("--out", default=os.environ.get("OUT", "runs/rollout_bench"))
     args = parser.parse_args()
 
@@ -152,7 +163,7 @@ def main():
     ids = prompts(16, seed=1)
     ids[1::2, : args.prompt_len // 2] = -1  # unequal lengths: half the rows get half a prompt
     rows = [[t for t in r if t >= 0] for r in ids.tolist()]
-    for kw in (dict(temperature=1.0), dict(temperature=0.8, top_p=0.95, top_k=50)):
+    for kw in (dict(temperature=1.0), dict(temperature=0.8, top_p=0.95, top_k=50)) if "check" in args.only else ():
         a = fast_rollout.sample(model, tokenizer, rows, 64, seed=5, fast=False, **kw)
         b = fast_rollout.sample(model, tokenizer, rows, 64, seed=5, fast=True, **kw)
         c = fast_rollout.sample(model, tokenizer, rows, 64, seed=6, fast=True, **kw)
@@ -189,6 +200,8 @@ def main():
 
     for batch in args.batches:
         for fast in OURS:
+            if OURS[fast].removeprefix("ours_") not in args.only:
+                continue
             try:
                 ours(batch, fast)
             except Exception as error:  # keep measuring the rest; the error is in the log
@@ -197,7 +210,7 @@ def main():
                 torch.cuda.empty_cache()
     # Ablation: attention over all L cache slots every step (one CUDA graph) instead of buckets.
     bucket = fast_rollout.KV_BUCKET
-    for batch in args.batches[1:]:
+    for batch in args.batches[1:] if "no_kv_buckets" in args.only else ():
         fast_rollout.KV_BUCKET = 1 << 30
         try:
             ours(batch, True, "ours_fast_no_kv_buckets")
@@ -205,7 +218,7 @@ def main():
             record(dict(kind="ours_fast_no_kv_buckets", batch=batch, error=repr(error)[:500]))
         fast_rollout.KV_BUCKET = bucket
     # Ablation: the @_fused helpers run eagerly, i.e. the kernels of the version before fusion.
-    for batch in args.batches[1:]:
+    for batch in args.batches[1:] if "unfused" in args.only else ():
         fast_rollout.FUSE = False
         try:
             ours(batch, True, "ours_fast_unfused")
@@ -241,15 +254,15 @@ def main():
                     kernels_per_step=sum(v[1] for v in step.values()),
                     top=[(k, round(v[0], 1), v[1]) for k, v in top[:14]]))
 
-    if cuda:
-        for batch in args.batches:
+    if cuda and "profile" in args.only:
+        for batch in args.batches if args.profile_batches is None else args.profile_batches:
             try:
                 kernel_profile(batch)
             except Exception as error:
                 record(dict(kind="kernel_time_per_decode_step", batch=batch, error=repr(error)[:500], trace=traceback.format_exc()[-1500:]))
 
     # 4. Training-side log-probs (fwd + bwd), to size the trainer's micro-batches.
-    if cuda:
+    if cuda and "logprobs" in args.only:
         try:
             ids = prompts(16, seed=2)
             ids = torch.cat([ids, ids], 1).to(device)  # 256 tokens
@@ -287,7 +300,8 @@ def main():
 
     hf_prefill = {}
 
-    plan = [(b, "dynamic") for b in args.batches] + ([] if args.tiny else [(b, "static") for b in args.static_batches])
+    plan = ([(b, "dynamic") for b in args.batches] if "hf_dynamic" in args.only else []) + \
+        ([] if args.tiny or "hf_static" not in args.only else [(b, "static") for b in args.static_batches])
     for batch, cache in plan:
         if time.time() - start > args.budget_s:
             record(dict(kind=f"hf_generate_{cache}", batch=batch, error="skipped: time budget"))

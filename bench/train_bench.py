@@ -1,13 +1,19 @@
 """One full LRPO training step on one GPU, timed per phase, and the update's peak memory at the
-paper's shape (issue: "lrpo.py + loss.py", GPU benchmark).
+paper's shape (issues 6 and 13).
 
 Model: a randomly initialised Qwen2.5-1.5B-shaped Qwen2 (speed does not depend on the weights),
-bf16 compute with float32 master weights and float32 AdamW moments (lrpo.MasterWeightAdamW), and
-a frozen bf16 reference for the k3 KL. The step runs lrpo.py's own functions:
+bf16 compute with float32 master weights, float32 gradient accumulation and float32 AdamW moments
+(``lrpo.make_optimizer`` → extras/fast_training.MasterWeightAdamW), and a frozen bf16 reference
+for the k3 KL. The step runs the project's own functions, as ``lrpo.train_step`` does:
 
-    router.allocate → rollout.sample (EOS suppressed: every rollout has --new-tokens tokens)
+    router.allocate → extras.fast_rollout.sample (EOS suppressed: every rollout has --new-tokens)
     → calibrate.RewardScorer (fastText LID + a random-init mmBERT-small-shaped encoder on the GPU)
-    → loss.group_advantages → lrpo.policy_update (reference log-probs + micro-batched fwd/bwd + step)
+    → loss.group_advantages → lrpo.policy_update(run, roll, advantages, step)
+      (reference log-probs, shuffled rows, loss.token_weights, micro-batched fwd/bwd, AdamW step)
+
+The update's configuration is ``lrpo.Config`` with the real-run preset (``lrpo.REAL``) and this
+benchmark's shape: micro-batch 16 rows per forward/backward, 64 per no-grad forward, verl's
+token-mean over ``loss_micro_batch`` rows.
 
 Update-phase MFU = 6 · params · tokens / update time / 989 TFLOP/s (H100 SXM dense bf16), where
 tokens = rollouts × (prompt + new tokens): the usual training-FLOPs convention; the reference
@@ -18,12 +24,15 @@ memory of the update does not depend on how many micro-batches run, so this part
 micro-batches of that shape (with gradient checkpointing, as the official run) plus the optimizer
 step, and reports the peak.
 
-    python bench/train_bench.py [--questions 64] [--new-tokens 256] [--micro-batch 16]
+    python bench/train_bench.py --compile [--questions 64] [--new-tokens 256] [--micro-batch 16]
+    python bench/train_bench.py --smoke        # tiny shapes on the CPU: checks the script
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
 import sys
 import tempfile
 import time
@@ -41,20 +50,17 @@ MMBERT_SMALL = dict(vocab_size=256000, hidden_size=384, intermediate_size=1152, 
                     num_attention_heads=6, max_position_embeddings=8192)
 H100_BF16_DENSE = 989e12
 
-
 # --smoke: a tiny CPU version of the same benchmark, to check the script itself anywhere.
 SMOKE = dict(QWEN25_15B, vocab_size=2048, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=2)
-DEVICE = "cuda"
 
 
-def build_policy(tokenizer, shape):
+def build_policy(tokenizer, shape, device, dtype):
     from transformers import Qwen2Config, Qwen2ForCausalLM
-    config = Qwen2Config(**shape, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
+    config = Qwen2Config(**shape, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
-    with torch.device(DEVICE):
-        model = Qwen2ForCausalLM(config).to(torch.bfloat16 if DEVICE == "cuda" else torch.float32)
+    with torch.device(device):
+        model = Qwen2ForCausalLM(config).to(dtype)
     return model.eval()
 
 
@@ -71,19 +77,51 @@ def random_encoder_dir(tokenizer, smoke: bool) -> str:
     return str(path)
 
 
-def sync_time() -> float:
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter()
+class Timer:
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+
+    def now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def reset_peak(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak_gib(self) -> float:
+        return torch.cuda.max_memory_allocated() / 2**30 if self.cuda else float("nan")
 
 
-def peak_gib() -> float:
-    return torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else float("nan")
+KERNEL_GROUPS = (("gemm", ("gemm", "nvjet", "xmma", "cutlass", "cublas", "splitk", "matmul")),
+                 ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn")),
+                 ("triton (compiled elementwise/norm)", ("triton",)),
+                 ("softmax/logsumexp/reduce", ("softmax", "logsumexp", "reduce")),
+                 ("copy/cat/index", ("copy", "cat", "index", "gather", "scatter", "fill")))
 
 
-def reset_peak() -> None:
-    if DEVICE == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+def kernel_breakdown(fn, cuda: bool = True) -> dict:
+    """CUDA kernel time of one call of ``fn`` grouped by kind of kernel (seconds); on the CPU
+    (--smoke) the same over CPU operators, only to check the code."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+    groups, top = {}, []
+    for e in prof.key_averages():
+        if getattr(e, "device_type", None) != (DeviceType.CUDA if cuda else DeviceType.CPU):
+            continue
+        us = (getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)) if cuda \
+            else e.self_cpu_time_total
+        name = e.key.lower()
+        group = next((g for g, keys in KERNEL_GROUPS if any(k in name for k in keys)), "other elementwise")
+        groups[group] = groups.get(group, 0.0) + us / 1e6
+        top.append((e.key[:80], round(us / 1e3, 2), e.count))
+    top.sort(key=lambda t: -t[1])
+    return {"total_s": sum(groups.values()), "groups_s": groups, "top_ms": top[:12]}
 
 
 def main() -> None:
@@ -94,124 +132,182 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--micro-batch", type=int, default=16)
     p.add_argument("--logprob-micro-batch", type=int, default=64)
+    p.add_argument("--loss-micro-batch", type=int, default=None, help="default: lrpo.REAL's")
+    p.add_argument("--steps", type=int, default=1, help="timed steps after the warm-up step")
+    p.add_argument("--paper-shape", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--paper-micro-batch", type=int, default=8)
     p.add_argument("--paper-micro-batches", type=int, default=3)
-    p.add_argument("--compile", action="store_true", help="lrpo --compile: compiled decoder layers")
+    p.add_argument("--profile", action="store_true", help="kernel-time breakdown of one micro-batch of each update pass")
+    p.add_argument("--compile", action="store_true", help="compiled decoder layers (lrpo --compile)")
     p.add_argument("--smoke", action="store_true", help="tiny model on the CPU: checks the script")
+    p.add_argument("--out", default=os.environ.get("OUT"), help="folder for train_bench.json")
     args = p.parse_args()
-    global DEVICE
+    device = "cpu" if args.smoke else "cuda"
     if args.smoke:
-        DEVICE = "cpu"
-        args.questions, args.new_tokens, args.prompt_tokens = 4, 8, 16
+        args.questions, args.new_tokens, args.prompt_tokens, args.micro_batch = 4, 8, 16, 8
+        args.logprob_micro_batch = 16
+    elif not torch.cuda.is_available():
+        sys.exit("no GPU: run with --smoke for a CPU check of the script")
+
+    import numpy as np
 
     import bandit
     import calibrate
     import loss as L
     import lrpo
-    from extras import fast_rollout as rollout   # the CUDA-graph sampler (rollout.sample's fast twin)
     import toy
+    from extras import fast_rollout   # the CUDA-graph twin of rollout.sample (what lrpo uses on CUDA)
+    from extras.fast_training import compile_layers
 
-    tokenizer = toy.train_tokenizer()   # decodes the random ids into text for the reward phase
+    timer = Timer(device)
+    dtype = torch.float32 if args.smoke else torch.bfloat16
+    tokenizer = toy.train_tokenizer()   # decodes the sampled ids into text for the reward phase
     shape = SMOKE if args.smoke else QWEN25_15B
-    model = build_policy(tokenizer, shape)
-    reference = build_policy(tokenizer, shape)
+    model = build_policy(tokenizer, shape, device, dtype)
+    reference = build_policy(tokenizer, shape, device, dtype)
     reference.load_state_dict(model.state_dict())
     reference.requires_grad_(False)
     if args.compile:
-        lrpo.compile_layers(model)
-        lrpo.compile_layers(reference)
+        compile_layers(model)
+        compile_layers(reference)
     n_params = sum(p.numel() for p in model.parameters())
-    train_args = SimpleNamespace(lr=1e-6, weight_decay=0.01, grad_clip=1.0, kl_coef=0.001,
-                                 loss_agg="token-mean", ppo_epochs=1, mini_batch=None,
-                                 micro_batch=args.micro_batch,
-                                 logprob_micro_batch=args.logprob_micro_batch)
-    optimizer = lrpo.make_optimizer(model, train_args, torch)
-    scorer = calibrate.RewardScorer(encoder=random_encoder_dir(tokenizer, args.smoke), device=DEVICE, calibration="none")
+    cfg = lrpo.Config(**{**lrpo.REAL, "model": "random-qwen2.5-1.5b-shape", "device": device,
+                         "dtype": str(dtype).split(".")[-1], "compile": args.compile,
+                         "questions_per_step": args.questions, "group_size": args.group_size,
+                         "max_new_tokens": args.new_tokens, "micro_batch": args.micro_batch,
+                         "logprob_micro_batch": args.logprob_micro_batch,
+                         **({"loss_micro_batch": args.loss_micro_batch} if args.loss_micro_batch else {})})
+    optimizer = lrpo.make_optimizer(model, cfg)
+    run = SimpleNamespace(cfg=cfg, model=model, reference=reference, optimizer=optimizer)
+    scorer = calibrate.RewardScorer(encoder=random_encoder_dir(tokenizer, args.smoke), device=device,
+                                    calibration="none")
     router = bandit.make_router("lrpo", list(toy.LANGS))
 
     gen = torch.Generator().manual_seed(0)
-    questions = [ex for ex in toy.load_split("train")][:args.questions]
+    questions = toy.load_split("train")[:args.questions]
     prompt = lambda: torch.randint(3, len(tokenizer), (args.prompt_tokens,), generator=gen).tolist()
     K = args.group_size
-    rows = {}
 
-    def one_step(warm: bool):
-        t0 = sync_time()
-        router.begin_step(0)
-        langs = router.allocate(questions, K, 2, __import__("numpy").random.default_rng(0))
+    def one_step(step: int) -> dict:
+        t0 = timer.now()
+        router.begin_step(step)
+        langs = router.allocate(questions, K, cfg.orig_lang_min, np.random.default_rng(step))
         prompts = [prompt() for q in questions for _ in range(K)]
-        roll = rollout.sample(model, tokenizer, prompts, args.new_tokens, temperature=1.0,
-                              seed=0, suppress_eos=True)
-        t1 = sync_time()
-        flat_langs = [l for ls in langs for l in ls]
+        roll = fast_rollout.sample(model, tokenizer, prompts, args.new_tokens, temperature=1.0,
+                                   seed=step, suppress_eos=True)
+        t1 = timer.now()
+        flat_langs = [lang for ls in langs for lang in ls]
         examples = [q for q in questions for _ in range(K)]
+        group_ids = [i // K for i in range(len(examples))]
         result = scorer.score(roll.texts, flat_langs, [e.answer for e in examples],
-                              [e.lang for e in examples], [i // K for i in range(len(examples))])
+                              [e.lang for e in examples], group_ids)
         router.observe([e.topic for e in examples], [e.region for e in examples], flat_langs,
                        result.reward.tolist())
         router.end_step()
         # Random weights give near-identical rewards; random advantages exercise the same work.
         rewards = torch.rand(len(examples), generator=gen)
-        advantages, _ = L.group_advantages(rewards, [i // K for i in range(len(examples))])
-        t2 = sync_time()
-        batch = {"ids": roll.input_ids.cpu(), "mask": roll.attention_mask.cpu(),
-                 "start": roll.completion_start, "completion_mask": roll.completion_mask.float().cpu()}
-        reset_peak()
-        update = lrpo.policy_update(model, reference, optimizer, batch, advantages, train_args, torch)
-        t3 = sync_time()
+        advantages, _ = L.group_advantages(rewards, group_ids)
+        t2 = timer.now()
+        timer.reset_peak()
+        update = lrpo.policy_update(run, roll, advantages, step)
+        t3 = timer.now()
+        n_tokens = int(roll.attention_mask.sum())
         return {"rollout_s": t1 - t0, "reward_s": t2 - t1, "update_s": t3 - t2, "step_s": t3 - t0,
                 "reward_detail": result.timings,
-                "update_detail": {k.split("/")[1]: v for k, v in update.items() if k.startswith("time/")},
-                "update_peak_gib": peak_gib(),
-                "rollouts": len(examples), "tokens": len(examples) * (args.prompt_tokens + args.new_tokens)}
+                "update_detail": {k.split("/", 1)[1]: v for k, v in update.items() if k.startswith("time/")},
+                "update_peak_gib": timer.peak_gib(), "rollouts": len(examples), "tokens": n_tokens,
+                "rollout_new_tok_per_s": len(examples) * args.new_tokens / (t1 - t0),
+                "grad_norm": update.get("train/grad_norm")}
 
-    one_step(warm=True)      # compile / graph capture / allocator warm-up
-    step = one_step(warm=False)
+    t_start = time.perf_counter()
+    warm = one_step(0)       # compile / graph capture / allocator warm-up
+    steps = [one_step(s) for s in range(1, 1 + args.steps)]
+    step = dict(steps[-1])
     step["update_mfu"] = 6 * n_params * step["tokens"] / step["update_s"] / H100_BF16_DENSE
-    rows["step"] = step
+    fb = step["update_detail"].get("update_forward_backward", float("nan"))
+    step["policy_fwd_bwd_mfu"] = 6 * n_params * step["tokens"] / fb / H100_BF16_DENSE
+    ref = step["update_detail"].get("update_reference", float("nan"))
+    step["reference_fwd_mfu"] = 2 * n_params * step["tokens"] / ref / H100_BF16_DENSE
+    rows = {"step": step, "all_timed_steps": steps, "warmup_step_s": warm["step_s"],
+            "config": {k: getattr(cfg, k) for k in ("micro_batch", "logprob_micro_batch", "loss_micro_batch",
+                                                      "loss_agg", "kl_coef", "lr", "max_new_tokens")}}
 
-    # The paper's shape: peak memory of the update with gradient checkpointing.
-    model.gradient_checkpointing_enable()
-    P, T, mb = (512, 1024, args.paper_micro_batch) if not args.smoke else (16, 32, 2)
-    n = mb * args.paper_micro_batches
-    ids = torch.randint(3, len(tokenizer), (n, P + T), generator=gen)
-    batch = {"ids": ids, "mask": torch.ones_like(ids), "start": P,
-             "completion_mask": torch.ones(n, T)}
-    paper_args = SimpleNamespace(**{**vars(train_args), "micro_batch": mb, "mini_batch": None,
-                                    "logprob_micro_batch": 4 * mb})
-    warm = {k: (v[:mb] if torch.is_tensor(v) else v) for k, v in batch.items()}
-    lrpo.policy_update(model, reference, optimizer, warm, torch.randn(mb), paper_args, torch)  # warm-up
-    reset_peak()
-    t0 = sync_time()
-    lrpo.policy_update(model, reference, optimizer, batch, torch.randn(n), paper_args, torch)
-    t1 = sync_time()
-    rows["paper_shape"] = {"micro_batch": mb, "micro_batches_timed": args.paper_micro_batches,
-                           "seq_len": P + T, "gradient_checkpointing": True,
-                           "update_peak_gib": peak_gib(),
-                           "update_s_for_timed": t1 - t0,
-                           "projected_update_s_2048_rollouts": (t1 - t0) * 2048 / n}
+    if args.profile:
+        # One forward/backward micro-batch and one reference micro-batch, as policy_update runs them.
+        ids = torch.randint(3, len(tokenizer), (args.logprob_micro_batch, args.prompt_tokens + args.new_tokens),
+                            generator=gen).to(device)
+        mask = torch.ones_like(ids)
+        def ref_fwd():
+            with torch.no_grad():
+                lrpo.completion_logprobs(reference, ids, mask, args.prompt_tokens, 1.0)
+        def fwd_bwd():
+            model.train()
+            mb = args.micro_batch
+            logp, ent = lrpo.completion_logprobs(model, ids[:mb], mask[:mb], args.prompt_tokens, 1.0, entropy=True)
+            logp.float().mean().backward()
+            optimizer.zero_grad(set_to_none=True)
+            model.eval()
+        ref_fwd(), fwd_bwd()
+        cuda = device == "cuda"
+        rows["profile"] = {"reference_fwd_rows": args.logprob_micro_batch, "reference_fwd": kernel_breakdown(ref_fwd, cuda),
+                           "policy_fwd_bwd_rows": args.micro_batch, "policy_fwd_bwd": kernel_breakdown(fwd_bwd, cuda)}
 
-    device_name = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (smoke)"
-    print(f"\n{device_name}  torch {torch.__version__}  "
-          f"transformers {__import__('transformers').__version__}  params {n_params / 1e9:.3f} B")
+    if args.paper_shape:
+        # The paper's shape: peak memory of the update with gradient checkpointing.
+        model.gradient_checkpointing_enable()
+        P, T, mb = (512, 1024, args.paper_micro_batch) if not args.smoke else (16, 32, 2)
+        n = mb * args.paper_micro_batches
+        ids = torch.randint(3, len(tokenizer), (n, P + T), generator=gen)
+        roll = SimpleNamespace(input_ids=ids, attention_mask=torch.ones_like(ids), completion_start=P,
+                               completion_mask=torch.ones(n, T))
+        run.cfg = lrpo.Config(**{**vars(cfg), "micro_batch": mb, "logprob_micro_batch": 4 * mb, "max_new_tokens": T})
+        part = lambda k: SimpleNamespace(**{a: (v[:k] if torch.is_tensor(v) else v) for a, v in vars(roll).items()})
+        lrpo.policy_update(run, part(mb), torch.randn(mb), 0)  # warm-up
+        timer.reset_peak()
+        t0 = timer.now()
+        lrpo.policy_update(run, roll, torch.randn(n), 1)
+        t1 = timer.now()
+        run.cfg = cfg
+        model.gradient_checkpointing_disable()
+        rows["paper_shape"] = {"micro_batch": mb, "micro_batches_timed": args.paper_micro_batches,
+                               "seq_len": P + T, "gradient_checkpointing": True,
+                               "update_peak_gib": timer.peak_gib(), "update_s_for_timed": t1 - t0,
+                               "projected_update_s_2048_rollouts": (t1 - t0) * 2048 / n}
+
+    import transformers
+    device_name = torch.cuda.get_device_name() if device == "cuda" else "cpu (smoke)"
+    print(f"\n{device_name}  torch {torch.__version__}  transformers {transformers.__version__}  "
+          f"params {n_params / 1e9:.3f} B  {datetime.date.today()}")
     s = rows["step"]
     print(f"\nOne LRPO step: {args.questions} questions × {K} rollouts, prompt {args.prompt_tokens}, "
-          f"{args.new_tokens} new tokens, micro-batch {args.micro_batch}, compiled layers: {args.compile}")
+          f"{args.new_tokens} new tokens, micro-batch {cfg.micro_batch} (no-grad {cfg.logprob_micro_batch}), "
+          f"compiled layers: {args.compile}; warm-up step {warm['step_s']:.1f}s")
     print(f"{'phase':10s}{'seconds':>10s}")
     for ph in ("rollout", "reward", "update", "step"):
         print(f"{ph:10s}{s[ph + '_s']:10.2f}")
     print("reward detail: " + ", ".join(f"{k} {v:.2f}s" for k, v in s["reward_detail"].items()))
     print("update detail: " + ", ".join(f"{k} {v:.2f}s" for k, v in s["update_detail"].items()))
-    print(f"update MFU {100 * s['update_mfu']:.1f}%  (6·N·tokens / time / 989 TFLOP/s), "
-          f"update peak {s['update_peak_gib']:.1f} GiB")
-    ps = rows["paper_shape"]
-    print(f"\nPaper shape (512+1024 tokens), micro-batch {ps['micro_batch']}, checkpointing: "
-          f"update peak {ps['update_peak_gib']:.1f} GiB of 80; "
-          f"{ps['update_s_for_timed']:.1f}s for {ps['micro_batches_timed']} micro-batches "
-          f"(→ {ps['projected_update_s_2048_rollouts']:.0f}s for 2048 rollouts)")
-    rows["device"] = device_name
-    rows["compile"] = args.compile
-    rows["torch"], rows["transformers"] = torch.__version__, __import__("transformers").__version__
+    print(f"update MFU {100 * s['update_mfu']:.1f}% (policy fwd+bwd alone {100 * s['policy_fwd_bwd_mfu']:.1f}%, "
+          f"reference fwd {100 * s['reference_fwd_mfu']:.1f}%; 6·N·tokens / time / 989 TFLOP/s), "
+          f"update peak {s['update_peak_gib']:.1f} GiB; rollout {s['rollout_new_tok_per_s']:,.0f} new tok/s "
+          f"at batch {s['rollouts']}")
+    if "profile" in rows:
+        for name in ("reference_fwd", "policy_fwd_bwd"):
+            b = rows["profile"][name]
+            print(f"kernels, one {name} micro-batch: {b['total_s'] * 1e3:.0f} ms: " +
+                  ", ".join(f"{g} {v * 1e3:.0f}" for g, v in sorted(b["groups_s"].items(), key=lambda kv: -kv[1])))
+    if "paper_shape" in rows:
+        ps = rows["paper_shape"]
+        print(f"\nPaper shape (512+1024 tokens), micro-batch {ps['micro_batch']}, checkpointing: "
+              f"update peak {ps['update_peak_gib']:.1f} GiB; "
+              f"{ps['update_s_for_timed']:.1f}s for {ps['micro_batches_timed']} micro-batches "
+              f"(→ {ps['projected_update_s_2048_rollouts']:.0f}s for 2048 rollouts)")
+    rows.update(bench="train", device=device_name, compile=args.compile, torch=torch.__version__,
+                transformers=transformers.__version__, date=datetime.date.today().isoformat(),
+                n_params=n_params, wall_s=time.perf_counter() - t_start)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "train_bench.json").write_text(json.dumps(rows, indent=1))
     print(json.dumps(rows))
 
 

@@ -97,14 +97,28 @@ def test_file_level_errors(tmp_path):
         data.load_examples(str(tmp_path / "ok.jsonl"), recipe="alpaca")
 
 
-def test_helpsteer3_recipe(capsys):
+def test_helpsteer3_recipe_is_the_multilingual_domain(capsys):
     examples = data.load_examples(str(FIXTURES / "helpsteer3.jsonl"), recipe="helpsteer3")
-    # kept: the Chinese row (response 1 preferred) and the English row (response 2 preferred);
-    # skipped: the code row (python is no language), the multi-turn row and the tie.
-    assert [(e.lang, e.topic, e.answer) for e in examples] == [
-        ("zh", "multilingual", "北京烤鸭很有名。"), ("en", "general", "Red is a primary colour.")]
-    assert examples[0].question == "北京有什么好吃的？" and examples[0].id == "helpsteer3-train-1"
-    assert "skipped 3" in capsys.readouterr().out
+    # kept: the multilingual Chinese row (response 1 preferred, unlabelled) and the French row
+    # (response 2 preferred, labelled by extras.label); skipped: 3 other domains, the multi-turn
+    # row, the tie.
+    zh, fr = examples
+    assert (zh.lang, zh.topic, zh.region, zh.answer) == ("zh", "general", (), "北京烤鸭很有名。")
+    assert zh.question == "北京有什么好吃的？" and zh.id == "helpsteer3-train-1"
+    assert (fr.lang, fr.topic, fr.region) == ("fr", "Regional Knowledge", ("France",))
+    assert fr.answer.startswith("La Chandeleur") and fr.id == "helpsteer3-train-6"
+    out = capsys.readouterr().out
+    assert "skipped 5 (3 not in the multilingual domain, 1 multi-turn, 1 tie)" in out
+    # a raw HelpSteer3 file is recognised without naming the recipe
+    assert data.load_examples(str(FIXTURES / "helpsteer3.jsonl")) == examples
+
+
+def test_helpsteer3_bad_language_names_the_row(tmp_path):
+    row = {"domain": "multilingual", "language": "klingon", "context": [{"role": "user", "content": "Q"}],
+           "response1": "A", "response2": "B", "overall_preference": 1}
+    path = write_jsonl(tmp_path / "hs.jsonl", [row])
+    with pytest.raises(DataError, match=r"hs\.jsonl: row 1: field 'language': unknown language 'klingon'"):
+        data.load_examples(str(path), recipe="helpsteer3")
 
 
 def test_helpsteer3_schema_error(tmp_path):
@@ -133,3 +147,112 @@ def test_split_is_deterministic_stratified_and_order_free():
     assert sorted((e.id, e.lang) for e in test) == sorted((e.id, e.lang) for e in test_reversed)
     _, test_other_seed = data.split_examples(examples, 0.1, seed=7)
     assert {(e.id, e.lang) for e in test} != {(e.id, e.lang) for e in test_other_seed}
+
+
+# ----------------------------------------------------------------------------------------------
+# The official formats (examples/data_preprocess/example.py) and dotted column names
+
+def test_official_verl_parquet_is_detected(capsys):
+    a, b, c, d = data.load_examples(str(FIXTURES / "official_verl.parquet"))
+    assert "official verl parquet" in capsys.readouterr().out
+    assert (a.id, a.lang, a.topic, a.region) == ("0", "zh", "Regional Knowledge", ("China",))
+    assert a.question == "小粉红是什么？" and a.answer.startswith("“小粉红”")
+    assert b.region == ("Japan", "China")                     # a list of regions
+    assert (c.lang, c.topic, c.region) == ("de", "General Knowledge", ())
+    assert (d.lang, d.topic) == ("ar", "Translation")
+
+
+def test_official_verl_jsonl_string_region_and_string_prompt():
+    es, nl = data.load_examples(str(FIXTURES / "official_verl.jsonl"))
+    assert (es.lang, es.region) == ("es", ("Japan",))        # a string region is one region
+    assert (nl.question, nl.lang, nl.topic) == ("Hoe is je dag?", "nl", "Chat / Conversational")
+
+
+def test_official_source_json_is_detected():
+    ja, pl, id_ = data.load_examples(str(FIXTURES / "official_source.json"))
+    assert (ja.lang, ja.topic, ja.region, ja.id) == ("ja", "Regional Knowledge", ("France",), "official_source-1")
+    assert ja.answer.startswith("1789") and pl.region == () and pl.topic == "Reasoning / Logic"
+    assert (id_.lang, id_.region) == ("id", ("Southeast Asia", "Vietnam"))
+
+
+def test_dotted_columns_in_a_mapping(tmp_path):
+    path = write_jsonl(tmp_path / "nested.jsonl", [
+        {"q": {"text": "Was ist 2+2?"}, "reward_model": {"ground_truth": "4"}, "meta": {"lang": "de", "region": None}},
+        {"q": {"text": "東京は？"}, "reward_model.ground_truth": "首都", "meta": {"lang": "ja", "region": ["Japan", None]}},
+    ])
+    cols = {"question": "q.text", "answer": "reward_model.ground_truth", "lang": "meta.lang", "region": "meta.region"}
+    de, ja = data.load_examples(str(path), columns=cols)
+    assert (de.question, de.answer, de.lang, de.region) == ("Was ist 2+2?", "4", "de", ())
+    assert (ja.answer, ja.region) == ("首都", ("Japan",))    # a flat dotted key wins; None entries dropped
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"prompt": [{"role": "user", "content": "Q"}], "reward_model": {}, "extra_info": {"language": "german"}},
+     r"row 1: missing or empty field 'answer' \(column 'reward_model.ground_truth'\)"),
+    ({"prompt": [{"role": "user", "content": "Q"}], "reward_model": "A", "extra_info": {"language": "german"}},
+     r"row 1: column 'reward_model.ground_truth': 'reward_model' is a str, not an object"),
+    ({"prompt": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}], "reward_model": {"ground_truth": "A"},
+      "extra_info": {"language": "german"}}, r"row 1: field 'question' \(column 'prompt'\) is a chat of 2 turns"),
+    ({"prompt": "Q", "reward_model": {"ground_truth": "A"}, "extra_info": {"language": "elvish"}},
+     r"row 1: field 'lang': unknown language 'elvish'"),
+    ({"prompt": "Q", "reward_model": {"ground_truth": "A"}, "extra_info": {"language": "de", "region": {"a": 1}}},
+     r"row 1: field 'region' must be a string or a list of strings"),
+])
+def test_official_schema_errors_name_file_row_and_column(tmp_path, row, message):
+    path = write_jsonl(tmp_path / "verl.jsonl", [row])
+    with pytest.raises(DataError, match=r"verl\.jsonl: " + message):
+        data.load_examples(str(path))
+
+
+def test_source_json_errors_name_the_column(tmp_path):
+    path = tmp_path / "src.json"
+    path.write_text(json.dumps([{"query": "Q", "chosen": "", "topic": "Translation", "language": "french"}]))
+    with pytest.raises(DataError, match=r"src\.json: row 1: missing or empty field 'answer' \(column 'chosen'\)"):
+        data.load_examples(str(path))
+
+
+def test_label_sets_are_the_official_keys():
+    assert len(data.TOPICS) == 6 and len(data.REGIONS) == 24 and len(set(data.REGIONS)) == 24
+    assert {"Regional Knowledge", "Translation", "Chat / Conversational"} <= set(data.TOPICS)
+
+
+# ----------------------------------------------------------------------------------------------
+# The prompt filter and the label note
+
+def test_filter_long_prompts_measures_the_longest_language(toy_tokenizer):
+    def ex(i, question, lang="en"):
+        return Example(id=str(i), question=question, answer="a", lang=lang, topic="t")
+    short, long_ = ex(0, "Hi"), ex(1, "word " * 400)
+    lengths = {code: len(toy_tokenizer(data.build_prompt(toy_tokenizer, "Hi", code), add_special_tokens=False)["input_ids"])
+               for code in data.ROLLOUT_LANGUAGES}
+    kept, dropped = data.filter_long_prompts([short, long_], toy_tokenizer)
+    assert kept == [short] and dropped == 1
+    # the limit is inclusive, and the longest tag decides
+    assert data.filter_long_prompts([short], toy_tokenizer, max(lengths.values())) == ([short], 0)
+    assert data.filter_long_prompts([short], toy_tokenizer, max(lengths.values()) - 1) == ([], 1)
+    # the question's own language counts too, and the Zero style measures its system prompts
+    bn = ex(2, "Hi", "bn")
+    n_bn = len(toy_tokenizer(data.build_prompt(toy_tokenizer, "Hi", "bn", "zero"), add_special_tokens=False)["input_ids"])
+    assert data.filter_long_prompts([bn], toy_tokenizer, n_bn - 1, style="zero", langs=["en"]) == ([], 1)
+    assert data.filter_long_prompts([bn], toy_tokenizer, n_bn, style="zero", langs=["en"])[1] == 0
+
+
+def test_describe_labels():
+    def ex(topic="general", region=()):
+        return Example(id="x", question="q", answer="a", lang="zh", topic=topic, region=region)
+    note = data.describe_labels([ex(), ex()])
+    assert note.startswith("no topics in the data") and "no regions in the data: the router's region table (Eq. 1, B) cannot learn" in note
+    assert note.endswith("label it with python -m extras.label") and "\n" not in note
+    note = data.describe_labels([ex("Regional Knowledge", ("China",)), ex("Regional Knowledge"), ex()])
+    assert note == "1 of 3 questions have no topic (topic 'general'); 1 regional questions have no region; label it with python -m extras.label"
+    assert data.describe_labels([ex("Regional Knowledge", ("China",)), ex("Translation")]) == ""
+    assert data.describe_labels(data.load_examples(str(FIXTURES / "official_verl.parquet"))) == ""
+
+
+def test_data_imports_neither_toy_nor_the_recipes():
+    import subprocess
+    import sys
+    root = str(FIXTURES.parents[2])
+    code = ("import sys; import data; "
+            "assert not {'toy', 'extras.recipes', 'torch', 'pyarrow'} & set(sys.modules), sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], cwd=root, check=True)

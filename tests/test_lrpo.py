@@ -1,4 +1,6 @@
-"""lrpo.py: the training loop end to end on the tiny model: exact resume, errors, NaN skips."""
+"""lrpo.py: the training loop end to end on the tiny model: exact resume (also after a crash
+mid-save, and of a non-toy --model run from its folder alone), flag and data errors before the
+model loads, evaluation off, NaN skips, and one update's gradient against verl's loop."""
 import json
 import subprocess
 import sys
@@ -6,16 +8,21 @@ from pathlib import Path
 
 import pytest
 
+import loss
 import lrpo
 
 ROOT = Path(lrpo.__file__).parent
 SMALL = ["--questions-per-step", "4", "--group-size", "4", "--max-new-tokens", "12",
-         "--eval-size", "8", "--no-progress", "--save-every", "2", "--eval-every", "0"]
+         "--eval-size", "8", "--no-progress", "--save-every", "2", "--eval-every", "0", "--samples-per-step", "4"]
 
 
-def metrics(run_dir):
-    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+def metrics(run_dir, name="metrics.jsonl"):
+    rows = [json.loads(l) for l in (run_dir / name).read_text().splitlines()]
     return [{k: v for k, v in r.items() if not k.startswith("time")} for r in rows]
+
+
+class Crash(Exception):
+    """A simulated kill in the middle of a checkpoint save."""
 
 
 def test_help_is_light():
@@ -28,14 +35,49 @@ def test_help_is_light():
     assert out.stdout.strip() == "[]"
 
 
-def test_resume_continues_exactly(tmp_path, toy_model_and_tokenizer):
+def test_resume_continues_exactly(tmp_path, monkeypatch, toy_model_and_tokenizer):
+    """A run killed between the two renames of its step-2 save, with log lines of an unsaved
+    step 3 and a line cut short, resumed from its folder alone: the same run as one go."""
     one_go, halves = tmp_path / "one_go", tmp_path / "halves"
     lrpo.main(SMALL + ["--steps", "4", "--out", str(one_go)])
-    lrpo.main(SMALL + ["--steps", "2", "--out", str(halves)])
-    lrpo.main(SMALL + ["--steps", "4", "--out", str(halves), "--resume"])
+    assert [e["step"] for e in metrics(one_go, "eval.jsonl")] == [0, 4]   # --eval-every 0: start and end
+    real_rename = Path.rename
+    def crash_after_first_rename(self, target):   # step 2's save: checkpoint -> .old done, .tmp not in place
+        out = real_rename(self, target)
+        if Path(target).name == "checkpoint.old":
+            raise Crash
+        return out
+    monkeypatch.setattr(Path, "rename", crash_after_first_rename)
+    with pytest.raises(Crash):
+        lrpo.main(SMALL + ["--steps", "2", "--save-every", "1", "--out", str(halves)])
+    monkeypatch.undo()
+    assert sorted(p.name for p in halves.glob("checkpoint*")) == ["checkpoint.old", "checkpoint.tmp"]
+    for name in ("metrics.jsonl", "samples.jsonl", "router.jsonl", "eval.jsonl"):   # a step 3 never saved
+        with (halves / name).open("a") as f:
+            f.write(json.dumps({"step": 3, "reward": -1.0, "probs": {}}) + "\n")
+    with (halves / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 3, "rew')   # cut short by the kill
+    with pytest.raises(SystemExit, match=r"already holds a run \(checkpoint at step 2\); continue it with "
+                                         r"`python lrpo.py --out .*halves --resume`"):
+        lrpo.main(SMALL + ["--steps", "4", "--out", str(halves)])
+    lrpo.main(["--out", str(halves), "--resume", "--steps", "4"])
     a, b = metrics(one_go), metrics(halves)
     assert [r["step"] for r in b] == [1, 2, 3, 4]
     assert a == b
+    assert metrics(one_go, "router.jsonl") == metrics(halves, "router.jsonl")   # trimmed too
+    assert [e["step"] for e in metrics(halves, "eval.jsonl")] == [0, 4]
+    assert sorted(p.name for p in halves.glob("checkpoint*")) == ["checkpoint"]
+    saved = json.loads((halves / "config.json").read_text())
+    assert saved["steps"] == 4 and saved["save_every"] == 1 and saved["samples_per_step"] == 4
+    # the share of zero-variance groups, recomputed from the logged rewards of every group
+    samples = [json.loads(l) for l in (one_go / "samples.jsonl").read_text().splitlines()]
+    for row in a:
+        groups = {}
+        for sample in samples:
+            if sample["step"] == row["step"]:
+                groups.setdefault(sample["id"] + sample["question_lang"], []).append(sample["reward"])
+        assert len(groups) == 4 and all(len(g) == 4 for g in groups.values())
+        assert row["adv/zero_std_fraction"] == sum(max(g) == min(g) for g in groups.values()) / 4
     assert (halves / "checkpoint" / "model.safetensors").exists()
     from transformers import AutoModelForCausalLM
     AutoModelForCausalLM.from_pretrained(halves / "checkpoint")   # a plain HF checkpoint
@@ -44,18 +86,109 @@ def test_resume_continues_exactly(tmp_path, toy_model_and_tokenizer):
     assert {"completion", "reward", "target_lang", "predicted_lang", "advantage"} <= set(sample)
 
 
-def test_refuses_to_overwrite_a_run_and_reports_bad_inputs(tmp_path, toy_model_and_tokenizer):
+def test_evaluation_off_and_bad_inputs(tmp_path, toy_model_and_tokenizer, capsys):
     out = tmp_path / "run"
-    lrpo.main(SMALL + ["--steps", "1", "--out", str(out)])
-    with pytest.raises(SystemExit, match="already holds a run"):
+    lrpo.main(SMALL + ["--steps", "1", "--eval-size", "0", "--out", str(out)])
+    assert "no evaluation" in capsys.readouterr().out
+    assert not (out / "eval.jsonl").exists() and (out / "training.png").exists()
+    with pytest.raises(SystemExit, match="already holds a run .* --resume"):
         lrpo.main(SMALL + ["--steps", "1", "--out", str(out)])
     with pytest.raises(SystemExit, match=r"--model '/no/such/model' could not be loaded"):
         lrpo.main(SMALL + ["--model", "/no/such/model", "--data", "toy", "--out", str(tmp_path / "m"), "--steps", "1"])
     (tmp_path / "bad.jsonl").write_text('{"question": "Q", "answer": "A", "lang": "xx"}\n')
     with pytest.raises(SystemExit, match=r"--data: .*bad\.jsonl: row 1: field 'lang': unknown language 'xx'"):
         lrpo.main(SMALL + ["--data", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "d")])
-    with pytest.raises(SystemExit, match="no checkpoint"):
+    with pytest.raises(SystemExit, match="no config.json, no checkpoint"):
         lrpo.main(SMALL + ["--steps", "1", "--out", str(tmp_path / "none"), "--resume"])
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+WORDS = [{"id": f"w{i}", "lang": lang, "question": q, "answer": a} for i, (lang, q, a) in enumerate(
+    [("de", "Wie heißt die Hauptstadt?", "Berlin ist die Hauptstadt."), ("de", "Welche Farbe hat der Himmel?", "Blau."),
+     ("fr", "Quelle est la capitale ?", "Paris est la capitale."), ("fr", "De quelle couleur est le ciel ?", "Bleu.")] * 2)]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--reward", "verifier", "--data", "WORDS", "--questions-per-step", "2"], r"--reward verifier needs a numeric answer for every question, "
+                                                  r"but example 'w\d' \((de|fr)\) .*has none; .*answer_number"),
+    (["--questions-per-step", "7", "--data", "WORDS"], r"--questions-per-step 7 exceeds the 6 training questions of "
+                                                      r"--data .*words.jsonl; pass --questions-per-step 6 or less"),
+    (["--langs", "en,xx"], r"--langs: unknown language 'xx'; known codes: ar, de"),
+    (["--orig-lang-min", "9"], r"--orig-lang-min 9 exceeds --group-size 8: .*lower --orig-lang-min or raise --group-size"),
+    (["--micro-batch", "0"], r"--micro-batch 0: must be at least 1"),
+    (["--save-every", "0"], r"--save-every 0: must be at least 1"),
+    (["--eval-size", "-1"], r"--eval-size -1: must be at least 0"),
+    (["--test-fraction", "1"], r"--test-fraction 1.0: must be in \[0, 1\)"),
+    (["--temperature", "0"], r"--temperature 0.0: must be positive"),
+])
+def test_flag_and_data_mismatches_are_one_line_errors_before_the_model_loads(tmp_path, monkeypatch, flags, message):
+    from extras import models
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    flags = [write_jsonl(tmp_path / "words.jsonl", WORDS) if f == "WORDS" else f for f in flags]
+    with pytest.raises(SystemExit, match=message) as err:
+        lrpo.main(["--out", str(tmp_path / "run"), "--steps", "1"] + flags)
+    assert str(err.value).startswith("error: ") and "\n" not in str(err.value)
+
+
+def test_routed_languages_default_to_the_data(tmp_path):
+    import toy
+    cfg = lrpo.parse_args(["--out", str(tmp_path)])
+    assert lrpo.routed_languages(cfg, []) == list(toy.LANGS)   # the built-in world's order
+    cfg.langs = "ko,Japanese"   # a language outside the data is fine: it is added
+    assert lrpo.routed_languages(cfg, []) == list(toy.LANGS) + ["ko"]
+    import data
+    examples = data.load_examples(write_jsonl(tmp_path / "w.jsonl", WORDS))
+    cfg = lrpo.parse_args(["--model", "x", "--data", str(tmp_path / "w.jsonl"), "--out", str(tmp_path)])
+    assert lrpo.routed_languages(cfg, examples) == ["de", "en", "fr"]   # data.LANGUAGES order, with English
+    cfg.langs = "zh,ko"
+    assert lrpo.routed_languages(cfg, examples) == ["de", "en", "fr", "ko", "zh"]
+
+
+def test_resume_takes_the_saved_configuration_and_refuses_contradictions(tmp_path):
+    from extras import runlog
+    out = str(tmp_path / "run")
+    first = lrpo.parse_args(["--out", out, "--lr", "1e-6", "--langs", "ko", "--no-std-norm", "--group-size", "6"])
+    (tmp_path / "run").mkdir()
+    runlog.write_config(first)
+    resumed = lrpo.parse_args(["--out", out, "--resume", "--steps", "300", "--no-progress", "--eval-every", "7"])
+    assert {**vars(first), "steps": 300, "progress": False, "eval_every": 7, "resume": True} == vars(resumed)
+    again = lrpo.parse_args(["--out", out, "--resume", "--lr", "1e-6", "--langs", "ko", "--group-size", "6"])
+    assert again.lr == 1e-6 and again.group_size == 6   # repeating the original flags is fine
+    with pytest.raises(SystemExit, match=r"^error: --lr 0.001 contradicts the saved run's lr 1e-06 \(.*run/config.json\); "
+                                         r"only --steps, --epochs, .* may change on --resume$"):
+        lrpo.parse_args(["--out", out, "--resume", "--lr", "0.001"])
+    with pytest.raises(SystemExit, match=r"--std-norm True contradicts the saved run's std_norm False"):
+        lrpo.parse_args(["--out", out, "--resume", "--std-norm"])
+    assert lrpo.parse_args(["--out", out, "--resume", "--epochs", "2"]).steps is None   # --epochs sets the length
+
+
+def test_resume_a_real_model_run_from_its_folder_alone(tmp_path, tiny_qwen, capsys):
+    """A non-toy --model run (a saved transformers folder with a chat template) on a small JSONL
+    file (4 rows per language, mixed numeric and non-numeric answers), resumed with only
+    --out DIR --resume --steps N: the model, data, languages, reward and schedule come from the
+    run folder, and the result equals the uninterrupted run."""
+    model, tok = tiny_qwen
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    rows = [{"id": f"n{i}", "lang": "en", "question": f"What is {i} + 2?", "answer": f"{i} + 2 = {i + 2}.",
+             "answer_number": i + 2} for i in range(4)] + WORDS[:2] + WORDS[4:6]
+    flags = ["--model", str(tmp_path / "model"), "--data", write_jsonl(tmp_path / "mixed.jsonl", rows),
+             "--questions-per-step", "2", "--group-size", "4", "--max-new-tokens", "6", "--lr", "1e-2",
+             "--eval-every", "0", "--no-progress", "--calibration", "none", "--gate", "none", "--seed", "3"]
+    one_go, halves = tmp_path / "one_go", tmp_path / "halves"
+    lrpo.main(flags + ["--steps", "3", "--out", str(one_go)])
+    lrpo.main(flags + ["--steps", "2", "--out", str(halves)])
+    result = lrpo.main(["--out", str(halves), "--resume", "--steps", "3"])
+    assert metrics(one_go) == metrics(halves) and len(metrics(halves)) == 3
+    assert result["config"]["model"] == str(tmp_path / "model") and result["config"]["lr"] == 1e-2
+    assert "[lrpo] routed languages L: de,en\n" in capsys.readouterr().out   # the data's, English included
+    after = result["after"]   # held out: one row per language, one of them numeric
+    assert after["eval/n"] == 2 and after["eval/accuracy_n"] == 1
+    assert "eval/accuracy/en" in after and "eval/accuracy/de" not in after and "eval/reward/de" in after
 
 
 def test_non_finite_loss_skips_the_step(tmp_path, monkeypatch, toy_model_and_tokenizer):
@@ -84,15 +217,21 @@ def test_off_policy_updates_move_the_ratio(tmp_path, toy_model_and_tokenizer):
     lrpo.main(SMALL + ["--steps", "1", "--ppo-epochs", "2", "--mini-batch", "8", "--micro-batch", "4",
                        "--lr", "1e-3", "--out", str(tmp_path / "ppo")])
     (row,) = metrics(tmp_path / "ppo")
-    assert row["train/ppo_kl"] != 0.0 and 0.0 <= row["train/pg_clipfrac"] <= 1.0
+    # micro-batch means over 2 epochs × 2 mini-batches × 2 micro-batches: the first mini-batch's two
+    # start at ρ = 1 (no clip, ppo_kl 0); later ones have moved
+    assert row["train/ppo_kl"] != 0.0 and 0.0 < row["train/pg_clipfrac"] < 0.75
     assert row["train/skipped_steps"] == 0
 
 
-def test_policy_update_gradient_equals_verls_micro_batch_loop(tiny_qwen):
-    """One update's gradient against verl 0.5's actor restated plainly: the shuffled rows in
-    micro-batches of `loss_micro_batch`, each a token-mean of (PG + β·k3) from a full forward at
-    the rollout temperature, divided by the number of micro-batches. Our forwards hold a different
-    number of rows (3) than verl's micro-batches (2), which must not change the gradient."""
+@pytest.mark.parametrize("agg,zero_advantages", [(m, False) for m in loss.AGG_MODES] + [("token-mean", True)])
+def test_policy_update_gradient_equals_verls_micro_batch_loop(tiny_qwen, agg, zero_advantages):
+    """One update's gradient against verl 0.5's actor restated plainly, for every --loss-agg: the
+    shuffled rows in micro-batches of `loss_micro_batch`, each aggregating (PG + β·k3) from a full
+    forward at the rollout temperature with loss.agg_loss, divided by the number of micro-batches
+    (batch-token-mean: each divided by the mini-batch's token count instead, DAPO's mean over the
+    whole mini-batch). Our forwards hold a different number of rows (3) than verl's micro-batches
+    (2), which must not change the gradient. With all advantages 0 (a zero-variance group) the
+    backward still runs and the gradient is the KL term's."""
     import copy
     from types import SimpleNamespace
     import torch
@@ -105,8 +244,8 @@ def test_policy_update_gradient_equals_verls_micro_batch_loop(tiny_qwen):
     prompts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
                for q in ["What is the capital of Oberlund?", "2 + 3?", "Wie heißt der Fluss?", "x"] * 2]
     roll = rollout.sample(model, tok, prompts, 6, temperature=1.0, seed=0)
-    advantages = torch.randn(8, generator=torch.Generator().manual_seed(1))
-    cfg = lrpo.Config(**{**lrpo.REAL, "device": "cpu", "micro_batch": 3, "loss_micro_batch": 2,
+    advantages = torch.randn(8, generator=torch.Generator().manual_seed(1)) * (0 if zero_advantages else 1)
+    cfg = lrpo.Config(**{**lrpo.REAL, "device": "cpu", "micro_batch": 3, "loss_micro_batch": 2, "loss_agg": agg,
                          "logprob_micro_batch": 5, "temperature": 0.7, "max_new_tokens": 6, "grad_clip": 1e9})
     params = [p for p in model.parameters()]
     recorded = {}
@@ -136,11 +275,16 @@ def test_policy_update_gradient_equals_verls_micro_batch_loop(tiny_qwen):
     total = 0
     micro = order.split(2)
     for rows in micro:
-        m = cmask[rows]
+        m = cmask[rows].float()
         pg = -advantages[rows, None] * torch.exp(logp[rows] - logp[rows].detach())
         d = (ref[rows] - logp[rows]).clamp(-20, 20)
         k3 = (d.exp() - d - 1).clamp(-10, 10)
-        total = total + ((pg * m).sum() / m.sum() + 0.001 * (k3 * m).sum() / m.sum()) / len(micro)
+        if agg == "batch-token-mean":
+            agg_ = lambda v: loss.agg_loss(v, m, agg, num_tokens_total=cmask.sum())
+        else:
+            agg_ = lambda v: loss.agg_loss(v, m, agg, max_len=6) / len(micro)
+        total = total + agg_(pg) + 0.001 * agg_(k3)
     total.backward()
     for ours, verl in zip(recorded["grads"], [p.grad for p in params]):
         torch.testing.assert_close(ours, verl, rtol=1e-4, atol=1e-7)
+    assert max(float(g.abs().max()) for g in recorded["grads"]) > 1e-6   # not vacuous: a real gradient
