@@ -326,7 +326,8 @@ def sample(model, tokenizer, prompts, max_new_tokens: int, *, temperature: float
 # token_logprobs(): training-time log-probs, chunked
 
 def _chunk_logprobs(hidden, targets, weight, bias, softcap, temperature: float, with_entropy: bool):
-    logits = F.linear(hidden, weight, bias).float()
+    # contiguous: on a strided slice the GEMM re-reads the (V × H) head once per row (8× slower on an H100)
+    logits = F.linear(hidden.contiguous(), weight, bias).float()
     if softcap:  # Gemma's final_logit_softcapping, as its own forward applies it
         logits = softcap * torch.tanh(logits / softcap)
     if temperature != 1.0:

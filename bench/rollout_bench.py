@@ -74,6 +74,7 @@ def main():
     parser.add_argument("--budget-s", type=float, default=480, help="skip baselines after this many seconds")
     parser.add_argument("--tiny", "--smoke", action="store_true", help="tiny model, CPU allowed (smoke test)")
     parser.add_argument("--only", nargs="+", default=list(PARTS), choices=PARTS, help="parts to run (default all)")
+    parser.add_argument("--repeats", type=int, default=1, help="timed calls per setting of ours (noise)")
     parser.add_argument("--profile-batches", type=int, nargs="*", default=None,
                         help="batches for the kernel profile (default: all of --batches)")
     parser.add_argument("--out", default=os.environ.get("OUT", "runs/rollout_bench"))
@@ -193,10 +194,12 @@ def main():
         # Warm-up with the same shapes, as for generate below: cuBLAS handles, cuDNN attention
         # plans (built once per shape), allocator. A trainer's later calls reuse them.
         _, warm_s, _ = timed(lambda: run(T))
-        _, prefill_s, _ = timed(lambda: run(1))
-        result, total_s, peak = timed(lambda: run(T))
-        assert result.completion_ids.shape == (batch, T), result.completion_ids.shape
-        report(name or OURS[fast], batch, total_s, prefill_s, peak, T, dict(first_call_s=warm_s))
+        for repeat in range(args.repeats):   # repeats: the spread of one setting, i.e. the noise
+            _, prefill_s, _ = timed(lambda: run(1))
+            result, total_s, peak = timed(lambda: run(T))
+            assert result.completion_ids.shape == (batch, T), result.completion_ids.shape
+            report(name or OURS[fast], batch, total_s, prefill_s, peak, T,
+                   dict(first_call_s=warm_s, **({"repeat": repeat} if args.repeats > 1 else {})))
 
     for batch in args.batches:
         for fast in OURS:

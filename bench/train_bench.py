@@ -124,6 +124,100 @@ def kernel_breakdown(fn, cuda: bool = True) -> dict:
     return {"total_s": sum(groups.values()), "groups_s": groups, "top_ms": top[:12]}
 
 
+def diagnose(model, reference, optimizer, tokenizer, scorer, questions, args, device, timer) -> dict:
+    """Measurements behind the analysis of issue 13's missed targets (``--diagnose``):
+
+    1. the vocabulary projection of one log-prob chunk as ``rollout.token_logprobs`` runs it (a
+       strided (rows, positions, hidden) slice of the hidden states) against the same product on a
+       contiguous copy of the slice;
+    2. one reference micro-batch (no grad) and one policy micro-batch (forward + backward) through
+       ``lrpo.completion_logprobs``, as is and with ``rollout._chunk_logprobs`` fed contiguous chunks
+       (a monkeypatch here, nothing changes in the core), with the largest difference of the log-probs;
+    3. the reward's parts on 512 texts like the step's: fastText LID, the encoder's tokenizer calls
+       alone (host CPU), and the encoder in float32 (as extras/encoders.HFEncoder loads it) against
+       the same encoder cast to bf16.
+    """
+    import torch.nn.functional as F
+
+    import lrpo
+    import rollout
+
+    def median_s(fn, n=5):
+        fn()
+        times = []
+        for _ in range(n):
+            t0 = timer.now()
+            fn()
+            times.append(timer.now() - t0)
+        return sorted(times)[len(times) // 2]
+
+    out = {}
+    W = reference.get_output_embeddings().weight
+    R, P, T = args.logprob_micro_batch, args.prompt_tokens, args.new_tokens
+    pos = max(1, 2048 // R)   # token_logprobs' positions per chunk at R rows
+    with torch.no_grad():
+        hidden = torch.randn(R, T, W.shape[1], device=device, dtype=W.dtype)
+        out["lm_head_one_chunk_ms"] = {
+            "rows": R, "positions": pos,
+            "strided_slice": 1e3 * median_s(lambda: F.linear(hidden[:, :pos], W)),
+            "contiguous_copy": 1e3 * median_s(lambda: F.linear(hidden[:, :pos].contiguous(), W))}
+        hidden = None
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, len(tokenizer), (R, P + T), generator=gen).to(device)
+    mask = torch.ones_like(ids)
+    mb = args.micro_batch
+
+    def ref_fwd():
+        with torch.no_grad():
+            return lrpo.completion_logprobs(reference, ids, mask, P, 1.0)
+
+    def fwd_bwd():
+        model.train()
+        logp, _ = lrpo.completion_logprobs(model, ids[:mb], mask[:mb], P, 1.0, entropy=True)
+        logp.float().mean().backward()
+        optimizer.zero_grad(set_to_none=True)
+        model.eval()
+
+    original = rollout._chunk_logprobs
+    contiguous = lambda hidden, *rest: original(hidden.contiguous(), *rest)
+    logps = {}
+    for name, chunk_fn in (("as_is", original), ("contiguous_chunks", contiguous)):
+        rollout._chunk_logprobs = chunk_fn
+        try:
+            out[f"reference_micro_batch_s_{name}"] = median_s(ref_fwd)
+            out[f"policy_fwd_bwd_micro_batch_s_{name}"] = median_s(fwd_bwd)
+            logps[name] = ref_fwd().float()
+        finally:
+            rollout._chunk_logprobs = original
+    out["max_abs_logprob_diff_contiguous_vs_as_is"] = float((logps["as_is"] - logps["contiguous_chunks"]).abs().max())
+    out["micro_batch_rows"] = {"reference": R, "policy": mb}
+
+    # 3. The reward's parts on 512 texts of the step's kind (256 random in-vocabulary tokens).
+    texts = tokenizer.batch_decode(torch.randint(3, len(tokenizer), (8 * len(questions), T), generator=gen).tolist(),
+                                   skip_special_tokens=True)
+    texts += [q.answer for q in questions]
+    out["reward_texts"] = len(texts)
+    out["lid_s"] = median_s(lambda: scorer.lid.predict(texts[:8 * len(questions)]), n=2)
+    enc = scorer.encoder
+
+    def tokenize_only():   # the host-side part of HFEncoder.encode: its tokenizer calls, same batches
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), enc.batch_size):
+            enc.tokenizer([texts[i] for i in order[start:start + enc.batch_size]], padding=True, truncation=True,
+                          max_length=enc.max_length, return_tensors="pt")
+    out["encode_tokenize_only_s"] = median_s(tokenize_only, n=3)
+    out["TOKENIZERS_PARALLELISM"] = os.environ.get("TOKENIZERS_PARALLELISM")
+    out["encode_s_float32"] = median_s(lambda: enc.encode(texts), n=3)
+    e32 = enc.encode(texts)
+    enc.model.to(torch.bfloat16)
+    out["encode_s_bfloat16"] = median_s(lambda: enc.encode(texts), n=3)
+    e16 = enc.encode(texts)
+    enc.model.to(torch.float32)
+    out["encode_bf16_max_abs_cos_diff"] = float(abs((e32[:-len(questions)] * e32[-1]).sum(1) -
+                                                    (e16[:-len(questions)] * e16[-1]).sum(1)).max())
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--questions", type=int, default=64)
@@ -138,6 +232,7 @@ def main() -> None:
     p.add_argument("--paper-micro-batch", type=int, default=8)
     p.add_argument("--paper-micro-batches", type=int, default=3)
     p.add_argument("--profile", action="store_true", help="kernel-time breakdown of one micro-batch of each update pass")
+    p.add_argument("--diagnose", action="store_true", help="only the measurements of diagnose() (no step)")
     p.add_argument("--compile", action="store_true", help="compiled decoder layers (lrpo --compile)")
     p.add_argument("--smoke", action="store_true", help="tiny model on the CPU: checks the script")
     p.add_argument("--out", default=os.environ.get("OUT"), help="folder for train_bench.json")
@@ -187,6 +282,16 @@ def main() -> None:
     questions = toy.load_split("train")[:args.questions]
     prompt = lambda: torch.randint(3, len(tokenizer), (args.prompt_tokens,), generator=gen).tolist()
     K = args.group_size
+
+    if args.diagnose:
+        rows = diagnose(model, reference, optimizer, tokenizer, scorer, questions, args, device, timer)
+        rows.update(bench="train_diagnose", device=torch.cuda.get_device_name() if device == "cuda" else "cpu (smoke)",
+                    compile=args.compile, date=datetime.date.today().isoformat())
+        if args.out:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / "train_diagnose.json").write_text(json.dumps(rows, indent=1))
+        print(json.dumps(rows))
+        return
 
     def one_step(step: int) -> dict:
         t0 = timer.now()

