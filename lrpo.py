@@ -22,7 +22,8 @@ and fields marked "preset" take the toy or the real-run value (``TOY``, ``REAL``
 Speed lives outside this file: on CUDA the sampler is the CUDA-graph twin of ``rollout.sample``
 (extras/fast_rollout.py), bf16 weights train with float32 masters and compiled layers
 (extras/fast_training.py). The run folder (logs, checkpoints, plots) is extras/runlog.py.
-Every random draw of step s is seeded from (seed, s), so ``--resume`` repeats an interrupted run.
+Every random draw of step s is seeded from (seed, s), so ``--resume`` repeats an interrupted run;
+it reads the run's configuration back from its folder (only MAY_CHANGE_ON_RESUME may differ).
 """
 import argparse
 import copy
@@ -227,7 +228,10 @@ def set_up(cfg: Config) -> Run:
     if cfg.method not in bandit.METHODS:
         from extras.routers import make_router
     router = make_router(cfg.method, routed_languages(cfg, train + test), **options)
-    scorer = make_scorer(cfg)
+    try:
+        scorer = make_scorer(cfg)
+    except OSError as e:   # transformers' message for a missing hub id or folder
+        raise data.DataError(f"--encoder {cfg.encoder}: could not be loaded: {e}") from None
     model, tokenizer = load_model(cfg.model, cfg.device, getattr(torch, cfg.dtype))
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()

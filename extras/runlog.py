@@ -151,6 +151,10 @@ def check_flags(cfg) -> None:
                            ("router_alpha", 0 < cfg.router_alpha <= 1, "must be in (0, 1]")):
         if not ok:
             fail(f"{flag(name)} {getattr(cfg, name)}: {rule}")
+    if str(cfg.device).startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            fail(f"--device {cfg.device}: torch sees no CUDA GPU here; pass --device cpu")
 
 
 def check_data(cfg, train: list, test: list) -> None:
@@ -271,6 +275,8 @@ def load_checkpoint(run) -> int:
     if found is None:
         fail(f"--resume: no complete checkpoint in {out}")
     path = _put_in_place(found[0])   # after a crash mid-save, the newest complete one goes back in place
+    for name in (TMP, OLD):          # and what is left of the others goes
+        _remove(out / name)
     saved = torch.load(path / "trainer_state.pt", weights_only=True)   # tensors and plain data: runs no code
     model = AutoModelForCausalLM.from_pretrained(path, dtype=next(run.model.parameters()).dtype)
     run.model.load_state_dict(model.state_dict())

@@ -336,3 +336,53 @@ def test_toy_benchmark_end_to_end_with_tiny_model(tmp_path, toy_model_and_tokeni
     assert len(saved) == 24 and all(s["prediction"] for s in saved)
     assert all(0.0 <= v["in_language"] <= 1.0 for v in t["per_language"].values())
     assert sum(s["answer_lang"] == s["lang"] for s in saved) >= 12  # the tag makes it answer in ℓ_x
+
+
+# ----------------------------------------------------------------------------------------------
+# The training loop's held-out check and the judge's key
+
+def test_evaluate_split_reports_accuracy_over_the_checkable_examples(monkeypatch):
+    """A test split mixing numeric and free-text answers: accuracy over the numeric ones, with
+    their count, per language where a language has any; reward over all."""
+    from types import SimpleNamespace
+    import numpy as np
+    from data import Example
+    from extras import fast_rollout
+    examples = [Example("a", "What is 2 + 2?", "4", "en", "math", answer_number=4.0),
+                Example("b", "What is 3 + 3?", "6", "en", "math", answer_number=6.0),
+                Example("c", "Was ist 5 + 5?", "10", "de", "math", answer_number=10.0),
+                Example("d", "Wie heißt der Fluss?", "Der Rhein.", "de", "general"),
+                Example("e", "Quelle est la capitale ?", "Paris.", "fr", "general")]
+    answers = {"What is 2 + 2?": "2 + 2 = 4", "What is 3 + 3?": "It is 7.", "Was ist 5 + 5?": "Die Antwort ist 10.",
+               "Wie heißt der Fluss?": "Der Rhein.", "Quelle est la capitale ?": "Paris."}
+    monkeypatch.setattr(fast_rollout, "generate", lambda model, tok, prompts, *a, **k: [answers[p] for p in prompts])
+    tokenizer = SimpleNamespace(apply_chat_template=lambda messages, **k: messages[0]["content"].split("\n")[0])
+    rewards = np.array([1.0, 0.0, 0.5, 0.25, 0.75])
+    scorer = SimpleNamespace(score=lambda texts, langs, refs, ref_langs, ids: SimpleNamespace(
+        reward=rewards, gate=np.array([1.0, 1.0, 1.0, 0.0, 1.0])))
+    cfg = SimpleNamespace(prompt_style="tag", max_new_tokens=8, seed=0, reward="similarity", data="mixed.jsonl")
+    out = evaluate.evaluate_split(None, tokenizer, examples, scorer, cfg)
+    assert out["eval/n"] == 5 and out["eval/accuracy_n"] == 3
+    assert out["eval/accuracy"] == pytest.approx(2 / 3)             # 4 right, 7 wrong, 10 right
+    assert out["eval/accuracy/en"] == 0.5 and out["eval/accuracy/de"] == 1.0 and "eval/accuracy/fr" not in out
+    assert out["eval/accuracy/math/de"] == 1.0 and "eval/accuracy/general/de" not in out
+    assert out["eval/reward"] == pytest.approx(0.5) and out["eval/reward/fr"] == 0.75
+    assert out["eval/in_language"] == pytest.approx(0.8)
+    examples = examples[3:]   # nothing checkable: no accuracy at all
+    rewards = rewards[3:]
+    out = evaluate.evaluate_split(None, tokenizer, examples, scorer, cfg)
+    assert "eval/accuracy" not in out and "eval/accuracy_n" not in out and out["eval/n"] == 2
+
+
+@pytest.mark.parametrize("url,warns", [("http://judge.example.org:8000/v1", True), ("https://judge.example.org/v1", False),
+                                       ("http://localhost:8000/v1", False), ("http://127.0.0.1:8000/v1", False)])
+def test_http_judge_warns_when_the_key_goes_out_unencrypted(monkeypatch, recwarn, url, warns):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    evaluate.http_judge(url, "judge")
+    messages = [str(w.message) for w in recwarn.list]
+    assert messages == ([f"the judge's API key ($OPENAI_API_KEY) is sent unencrypted to {url}: plain http to "
+                         f"another machine; use https, or unset OPENAI_API_KEY"] if warns else [])
+    monkeypatch.delenv("OPENAI_API_KEY")
+    recwarn.clear()
+    evaluate.http_judge(url, "judge")   # no key, nothing to warn about
+    assert not recwarn.list

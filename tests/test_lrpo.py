@@ -124,6 +124,9 @@ WORDS = [{"id": f"w{i}", "lang": lang, "question": q, "answer": a} for i, (lang,
     (["--eval-size", "-1"], r"--eval-size -1: must be at least 0"),
     (["--test-fraction", "1"], r"--test-fraction 1.0: must be in \[0, 1\)"),
     (["--temperature", "0"], r"--temperature 0.0: must be positive"),
+    (["--encoder", "/no/such/encoder", "--calibration", "none"], r"--encoder /no/such/encoder: could not be loaded"),
+    pytest.param(["--device", "cuda"], r"--device cuda: torch sees no CUDA GPU here; pass --device cpu",
+                 marks=pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is here")),
 ])
 def test_flag_and_data_mismatches_are_one_line_errors_before_the_model_loads(tmp_path, monkeypatch, flags, message):
     from extras import models
@@ -189,6 +192,8 @@ def test_resume_a_real_model_run_from_its_folder_alone(tmp_path, tiny_qwen, caps
     after = result["after"]   # held out: one row per language, one of them numeric
     assert after["eval/n"] == 2 and after["eval/accuracy_n"] == 1
     assert "eval/accuracy/en" in after and "eval/accuracy/de" not in after and "eval/reward/de" in after
+    off = lrpo.main(flags + ["--steps", "1", "--test-fraction", "0", "--out", str(tmp_path / "off")])
+    assert off["after"] is None and not (tmp_path / "off" / "eval.jsonl").exists()   # evaluation off
 
 
 def test_non_finite_loss_skips_the_step(tmp_path, monkeypatch, toy_model_and_tokenizer):
@@ -230,7 +235,8 @@ def test_policy_update_gradient_equals_verls_micro_batch_loop(tiny_qwen, agg, ze
     forward at the rollout temperature with loss.agg_loss, divided by the number of micro-batches
     (batch-token-mean: each divided by the mini-batch's token count instead, DAPO's mean over the
     whole mini-batch). Our forwards hold a different number of rows (3) than verl's micro-batches
-    (2), which must not change the gradient. With all advantages 0 (a zero-variance group) the
+    (2), which must not change the gradient; rollouts of 6 tokens under --max-new-tokens 10 tell
+    Dr. GRPO's constant from the batch's width. With all advantages 0 (a zero-variance group) the
     backward still runs and the gradient is the KL term's."""
     import copy
     from types import SimpleNamespace
@@ -246,7 +252,7 @@ def test_policy_update_gradient_equals_verls_micro_batch_loop(tiny_qwen, agg, ze
     roll = rollout.sample(model, tok, prompts, 6, temperature=1.0, seed=0)
     advantages = torch.randn(8, generator=torch.Generator().manual_seed(1)) * (0 if zero_advantages else 1)
     cfg = lrpo.Config(**{**lrpo.REAL, "device": "cpu", "micro_batch": 3, "loss_micro_batch": 2, "loss_agg": agg,
-                         "logprob_micro_batch": 5, "temperature": 0.7, "max_new_tokens": 6, "grad_clip": 1e9})
+                         "logprob_micro_batch": 5, "temperature": 0.7, "max_new_tokens": 10, "grad_clip": 1e9})
     params = [p for p in model.parameters()]
     recorded = {}
 
@@ -282,7 +288,7 @@ def test_policy_update_gradient_equals_verls_micro_batch_loop(tiny_qwen, agg, ze
         if agg == "batch-token-mean":
             agg_ = lambda v: loss.agg_loss(v, m, agg, num_tokens_total=cmask.sum())
         else:
-            agg_ = lambda v: loss.agg_loss(v, m, agg, max_len=6) / len(micro)
+            agg_ = lambda v: loss.agg_loss(v, m, agg, max_len=10) / len(micro)   # Dr. GRPO: / --max-new-tokens
         total = total + agg_(pg) + 0.001 * agg_(k3)
     total.backward()
     for ours, verl in zip(recorded["grads"], [p.grad for p in params]):

@@ -1,0 +1,105 @@
+"""extras/fast_training.py: MasterWeightAdamW against float32 torch.optim.AdamW, its float32
+gradient accumulation over micro-batches, and its state through torch.load(weights_only=True)."""
+import io
+
+import pytest
+import torch
+
+from extras.fast_training import MasterWeightAdamW
+
+ADAMW = dict(lr=1e-3, betas=(0.9, 0.999), weight_decay=0.01)
+
+
+def params(dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(5, 3, generator=g).to(dtype).requires_grad_(True),
+            torch.randn(7, generator=g).to(dtype).requires_grad_(True)]
+
+
+def grads(step, micro, dtype):
+    """The gradient of micro-batch `micro` of optimizer step `step`: fixed values, representable in dtype."""
+    g = torch.Generator().manual_seed(100 * step + micro)
+    return [torch.randn(5, 3, generator=g).to(dtype), torch.randn(7, generator=g).to(dtype)]
+
+
+def backward(ps, gs):
+    """A backward whose gradient with respect to each parameter is exactly gs (Σ p·g)."""
+    sum((p * g).sum() for p, g in zip(ps, gs)).backward()
+
+
+def train(ps, optimizer, steps, micro_batches=3, dtype=None, first=0):
+    for step in range(first, first + steps):
+        optimizer.zero_grad(set_to_none=True)
+        for micro in range(micro_batches):
+            backward(ps, grads(step, micro, dtype or ps[0].dtype))
+        optimizer.step()
+
+
+def test_float32_params_take_exactly_adamws_steps():
+    ours, theirs = params(torch.float32), params(torch.float32)
+    train(ours, MasterWeightAdamW(ours, **ADAMW), steps=4)
+    train(theirs, torch.optim.AdamW(theirs, **ADAMW), steps=4)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.equal(ours[0], params(torch.float32)[0])
+
+
+def test_bf16_params_follow_float32_masters_that_track_float32_adamw():
+    """bf16 weights with the same bf16 gradients: the float32 masters take float32 AdamW's steps on
+    the same float32 values (the grads summed in float32), and the bf16 weights are the masters
+    rounded. At lr 1e-6 the updates are far below bf16 resolution: plain AdamW on the bf16 weights
+    would not move them at all, the masters do."""
+    lr = dict(ADAMW, lr=1e-6)
+    ours = params(torch.bfloat16)
+    optimizer = MasterWeightAdamW(ours, **lr)
+    reference = [p.detach().float().requires_grad_(True) for p in ours]
+    train(ours, optimizer, steps=3)
+    train(reference, torch.optim.AdamW(reference, **lr), steps=3, dtype=torch.bfloat16)
+    for p, master, ref in zip(ours, optimizer.masters, reference):
+        torch.testing.assert_close(master, ref, rtol=1e-6, atol=1e-9)
+        assert torch.equal(p, master.detach().bfloat16())
+    start = params(torch.bfloat16)
+    assert not torch.equal(optimizer.masters[0], start[0].float())   # the masters moved ...
+    plain = params(torch.bfloat16)
+    train(plain, torch.optim.AdamW(plain, **lr), steps=3)
+    assert torch.equal(plain[0], start[0])                           # ... bf16 AdamW did not
+
+
+def test_gradients_accumulate_in_float32():
+    """Micro-batch gradients 1, 2⁻⁹, 2⁻⁹ (each exact in bf16): their float32 sum is 1 + 2⁻⁸; summed
+    in bf16 (8 bits of mantissa) each 2⁻⁹ rounds away and the sum stays 1."""
+    (p,) = [torch.ones(4, dtype=torch.bfloat16, requires_grad=True)]
+    optimizer = MasterWeightAdamW([p], **ADAMW)
+    for g in (1.0, 2.0 ** -9, 2.0 ** -9):
+        (p * torch.full((4,), g, dtype=torch.bfloat16)).sum().backward()
+    assert p.grad is None   # handed over to the master at once
+    assert optimizer.masters[0].grad.dtype == torch.float32
+    assert torch.equal(optimizer.masters[0].grad, torch.full((4,), 1 + 2.0 ** -8))
+    # clipping sees the float32 gradient too
+    norm = torch.nn.utils.clip_grad_norm_([m for g in optimizer.param_groups for m in g["params"]], 1e9)
+    assert float(norm) == pytest.approx(2 * (1 + 2.0 ** -8), rel=1e-7)
+    optimizer.zero_grad()
+    assert optimizer.masters[0].grad is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_state_round_trips_through_weights_only_load(dtype):
+    """Save after 2 steps, load with weights_only=True into fresh parameters and optimizer, take 2
+    more: the same as 4 steps in one go."""
+    one_go = params(dtype)
+    train(one_go, MasterWeightAdamW(one_go, **ADAMW), steps=4)
+    first = params(dtype)
+    optimizer = MasterWeightAdamW(first, **ADAMW)
+    train(first, optimizer, steps=2)
+    buffer = io.BytesIO()
+    torch.save({"optimizer": optimizer.state_dict()}, buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    resumed = params(dtype, seed=1)   # other values: everything must come from the state
+    optimizer = MasterWeightAdamW(resumed, **ADAMW)
+    optimizer.load_state_dict(state["optimizer"])
+    for p, q in zip(resumed, first):
+        assert torch.equal(p, q)
+    train(resumed, optimizer, steps=2, first=2)
+    for p, q in zip(resumed, one_go):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
