@@ -27,8 +27,10 @@ it reads the run's configuration back from its folder (only MAY_CHANGE_ON_RESUME
 """
 import argparse
 import copy
+import json
 import math
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -69,6 +71,12 @@ class Config:
     orig_lang_min: int = opt(2, "K_on: rollouts kept in the question's own language (official name lang_policy_orig_lang_min)")
     router_alpha: float = opt(0.1, "EMA rate α of the router tables (Eq. 7)")
     router_update_every: int = opt(5, "M: router update period in steps")
+    router_tau_decay: float = opt(0.999, "τ ← max(0.3, τ0 · decay^step) (1: no annealing, Table 4)")
+    router_eps_decay: float = opt(0.995, "ε ← max(0, ε0 · decay^step)")
+    router_norm: str = opt("zscore", "normalise per-language means before the EMA (code: zscore; paper Eq. 7: none)", choices=("zscore", "center", "none"))
+    router_regions: str = opt("regional-topics", "when region rows count: for the Regional Knowledge topic (code), whenever a question has a region (paper), or never (topic-only)", choices=("regional-topics", "any", "none"))
+    router_prior: str = opt(None, "JSON file {\"topic\": {name: {lang: weight}}, \"region\": {...}}: a non-uniform start (Table 4)", type=str)
+    scale_router_schedule: bool = opt(None, "with fewer questions per step than the official 256, scale M and the decays so the router sees what it sees officially (preset)", type=bool)
     # reward (Eq. 2–5)
     reward: str = opt("similarity", "calibrated similarity to the reference (paper), or a numeric-answer check", choices=("similarity", "verifier"))
     gate: str = opt("hard", "language gate of either reward (Eq. 4): 1 if LID(y) = ℓ (hard), the LID probability (soft), or none", choices=calibrate.GATES)
@@ -107,15 +115,19 @@ class Config:
     dtype: str = opt(None, "default: bfloat16 on cuda (float32 masters), float32 on cpu", type=str, choices=("float32", "bfloat16"))
     threads: int = opt(None, "CPU threads for torch", type=int)
     progress: bool = opt(True, "progress bar")
+    max_prompt_tokens: int = opt(512, "drop questions whose prompt with the longest language tag exceeds this (official max_prompt_length, filter_overlong_prompts; 0 keeps all)")
+    check_tags: bool = opt(None, "before training, measure how often the policy answers in the tagged language (preset)", type=bool)
+    rollout_batch: int = opt(None, "rollouts per sampler call (default: as many as fit in free GPU memory; all on CPU)", type=int)
     plot: str = opt(None, "only redraw the plots of this run folder", type=str)
 
 
 # The built-in world trains a 1 M-parameter model on a CPU in minutes; a real run is the official
-# launch script's setting (spec §4) with 64 questions per step (256 fits one 80 GB GPU).
-TOY = dict(data="toy", questions_per_step=16, max_new_tokens=32, lr=1e-4, micro_batch=128,
-           loss_micro_batch=128, eval_size=10_000, steps=150)   # one token-mean over a step's 128 rows
-REAL = dict(data="helpsteer3", questions_per_step=64, max_new_tokens=1024, lr=1e-6, micro_batch=8,
-            loss_micro_batch=4, eval_size=256, epochs=4.0)
+# launch script's setting (spec §4): 256 questions × 8 rollouts per step, verl's micro-batches of 4.
+TOY = dict(data="toy", questions_per_step=16, max_new_tokens=32, lr=1e-4, micro_batch=128, eval_size=10_000,
+           loss_micro_batch=128, steps=150, scale_router_schedule=False, check_tags=False)   # one token-mean per step
+REAL = dict(data="helpsteer3", questions_per_step=256, max_new_tokens=1024, lr=1e-6, micro_batch=8, eval_size=256,
+            loss_micro_batch=4, epochs=4.0, scale_router_schedule=True, check_tags=True)
+OFFICIAL_QUESTIONS_PER_STEP = 256
 
 
 # `--resume` restores everything else from <out>/config.json: the run's length and logging, and
@@ -203,6 +215,24 @@ def make_scorer(cfg: Config):
                                   calibration=cfg.calibration if stats else "none")
 
 
+def router_options(cfg: Config) -> dict:
+    """The paper router's options. With scale_router_schedule, M and the decays follow the rollouts
+    per step, so that at B questions per step the router updates and anneals per rollout seen as
+    the official run does at 256 (e.g. B = 64: M = 20 steps, τ decay 0.999^¼ per step)."""
+    scale = cfg.questions_per_step / OFFICIAL_QUESTIONS_PER_STEP if cfg.scale_router_schedule else 1.0
+    regional = {"regional-topics": ("regional knowledge", "regional"), "any": None, "none": ()}[cfg.router_regions]
+    options = dict(alpha=cfg.router_alpha, update_every=max(1, round(cfg.router_update_every / scale)),
+                   tau_decay=cfg.router_tau_decay ** scale, eps_decay=cfg.router_eps_decay ** scale,
+                   group_norm=cfg.router_norm, regional_topics=regional)
+    if cfg.router_prior:
+        try:
+            prior = json.loads(Path(cfg.router_prior).read_text(encoding="utf-8"))
+            options.update(topic_prior=prior.get("topic"), region_prior=prior.get("region"))
+        except (OSError, ValueError, AttributeError) as e:
+            raise data.DataError(f"--router-prior {cfg.router_prior}: {e}") from None
+    return options
+
+
 def make_optimizer(model, cfg: Config):
     params = [p for p in model.parameters() if p.requires_grad]
     kwargs = dict(lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
@@ -223,7 +253,7 @@ def set_up(cfg: Config) -> Run:
     except data.DataError as e:
         raise data.DataError(f"--data: {e}") from None
     runlog.check_data(cfg, train, test)   # every data/flag mismatch is reported before the model loads
-    options = dict(alpha=cfg.router_alpha, update_every=cfg.router_update_every) if cfg.method == "lrpo" else {}
+    options = router_options(cfg) if cfg.method == "lrpo" else {}
     make_router = bandit.make_router
     if cfg.method not in bandit.METHODS:
         from extras.routers import make_router
@@ -233,6 +263,22 @@ def set_up(cfg: Config) -> Run:
     except OSError as e:   # transformers' message for a missing hub id or folder
         raise data.DataError(f"--encoder {cfg.encoder}: could not be loaded: {e}") from None
     model, tokenizer = load_model(cfg.model, cfg.device, getattr(torch, cfg.dtype))
+    if cfg.max_prompt_tokens:
+        train, n_train = data.filter_long_prompts(train, tokenizer, cfg.max_prompt_tokens, cfg.prompt_style, router.languages)
+        test, n_test = data.filter_long_prompts(test, tokenizer, cfg.max_prompt_tokens, cfg.prompt_style, router.languages)
+        if n_train or n_test:
+            print(f"[data] dropped {n_train} training and {n_test} held-out questions whose prompt exceeds "
+                  f"{cfg.max_prompt_tokens} tokens (official filter_overlong_prompts)")
+            runlog.check_data(cfg, train, test)
+    if data.describe_labels(train):
+        print(f"[data] {data.describe_labels(train)}")
+    if cfg.check_tags:   # routed rollouts are only rewarded when they come in the tagged language
+        from extras.warm_start import tag_following
+        share = tag_following(model, tokenizer, train, router.languages, n=16, style=cfg.prompt_style)
+        print(f"[lrpo] the policy answers in the requested language in {share:.0%} of 16 test prompts")
+        if share < 0.5:
+            print("[lrpo] warning: most routed rollouts will fail the language gate (reward 0). The paper "
+                  "warm-starts the policy first (python -m extras.warm_start), or use --prompt-style zero")
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     reference = None
@@ -244,8 +290,9 @@ def set_up(cfg: Config) -> Run:
             if m is not None:
                 compile_layers(m)
     sample = rollout.sample
-    if cfg.device.startswith("cuda"):
-        from extras.fast_rollout import sample   # the same tokens, replayed from CUDA graphs
+    if cfg.device.startswith("cuda") or cfg.rollout_batch:
+        from extras.fast_rollout import in_chunks, sample   # same tokens, from CUDA graphs, in chunks that fit
+        sample = in_chunks(sample, cfg.rollout_batch)
     return Run(cfg, train, test, model, reference, tokenizer, scorer, router, make_optimizer(model, cfg), sample)
 
 
@@ -320,15 +367,19 @@ def policy_update(run: Run, roll, advantages: torch.Tensor, step: int) -> dict:
             rows = order[m0:m0 + mini]
             weights = loss.token_weights(completion_mask[rows], cfg.loss_agg,
                                          rows_per_micro_batch=cfg.loss_micro_batch, max_len=cfg.max_new_tokens)
+            # Forward passes over rows of similar length pad little; the weights make the loss
+            # independent of how rows are grouped into passes.
+            by_length = mask[rows].sum(1).argsort(stable=True)
             optimizer.zero_grad(set_to_none=True)
             for i in range(0, len(rows), cfg.micro_batch):
-                micro = rows[i:i + cfg.micro_batch]
+                picked = by_length[i:i + cfg.micro_batch]
+                micro = rows[picked]
                 logp, entropy = completion_logprobs(model, ids[micro], mask[micro], start, cfg.temperature, entropy=True)
                 T, dev = logp.shape[1], logp.device
                 pick = lambda x: None if x is None else x[micro][:, :T].to(dev)
                 value, metrics = loss.policy_loss(
                     logp.float(), pick(old_logp), advantages[micro].to(dev), completion_mask[micro][:, :T].to(dev),
-                    ref_logp=pick(ref_logp), kl_coef=cfg.kl_coef, weights=weights[i:i + cfg.micro_batch, :T].to(dev),
+                    ref_logp=pick(ref_logp), kl_coef=cfg.kl_coef, weights=weights[picked][:, :T].to(dev),
                     entropy=entropy.detach())
                 value.backward()
                 for k, v in {**metrics, "loss": value.detach()}.items():

@@ -447,3 +447,54 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, *, tempe
         for i, text in zip(batch, out.texts):
             texts[i] = text
     return texts
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling a step's rollouts in chunks that fit in memory
+
+def rows_that_fit(model, prompt_tokens: int, new_tokens: int, share: float = 0.6) -> int:
+    """How many rows one sampler call can hold in ``share`` of the free GPU memory: each row
+    keeps its KV cache (2 · layers · KV heads · head dim · length values) and a few float32
+    vectors over the vocabulary (logits, log-probs, noise). The paper's step (2,048 rows of up
+    to 512 + 1,024 tokens) needs ~88 GB of cache for Qwen2.5-1.5B, more than one card has."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    element = next(model.parameters()).element_size()
+    kv = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * (prompt_tokens + new_tokens) * element
+    per_row = kv + 4 * 4 * model.get_output_embeddings().weight.shape[0]
+    free, _ = torch.cuda.mem_get_info()
+    return max(1, int(share * free // per_row))
+
+
+def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
+    """One Rollout from several: prompts re-padded on the left (position ids follow the mask, so
+    values do not change), completions on the right."""
+    P = max(r.prompt_ids.shape[1] for r in parts)
+    T = max(r.completion_ids.shape[1] for r in parts)
+    left = lambda x, width, value: F.pad(x, (width - x.shape[1], 0), value=value)
+    right = lambda x, width, value: F.pad(x, (0, width - x.shape[1]), value=value)
+    return Rollout(torch.cat([left(r.prompt_ids, P, pad_id) for r in parts]),
+                   torch.cat([left(r.prompt_mask, P, 0) for r in parts]),
+                   torch.cat([right(r.completion_ids, T, pad_id) for r in parts]),
+                   torch.cat([right(r.completion_mask, T, 0.0) for r in parts]),
+                   torch.cat([right(r.logprobs, T, 0.0) for r in parts]),
+                   torch.cat([r.lengths for r in parts]), [t for r in parts for t in r.texts])
+
+
+def in_chunks(sample_fn, rows_per_call: int | None = None):
+    """``sample_fn`` with the same interface, run over the prompts in chunks (chunk i seeded
+    with seed + i). ``rows_per_call`` None: as many as fit (:func:`rows_that_fit`, on CUDA)."""
+    @functools.wraps(sample_fn)
+    def chunked(model, tokenizer, prompts, max_new_tokens, *, seed=None, **kwargs):
+        rows = rows_per_call
+        if rows is None and next(model.parameters()).is_cuda:
+            longest = max(len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"])
+            rows = rows_that_fit(model, longest, max_new_tokens)
+        if rows is None or rows >= len(prompts):
+            return sample_fn(model, tokenizer, prompts, max_new_tokens, seed=seed, **kwargs)
+        parts = [sample_fn(model, tokenizer, prompts[i:i + rows], max_new_tokens,
+                           seed=None if seed is None else seed + n, **kwargs)
+                 for n, i in enumerate(range(0, len(prompts), rows))]
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return concat_rollouts(parts, pad_id)
+    return chunked

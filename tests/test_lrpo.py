@@ -294,3 +294,22 @@ def test_policy_update_gradient_equals_verls_micro_batch_loop(tiny_qwen, agg, ze
     for ours, verl in zip(recorded["grads"], [p.grad for p in params]):
         torch.testing.assert_close(ours, verl, rtol=1e-4, atol=1e-7)
     assert max(float(g.abs().max()) for g in recorded["grads"]) > 1e-6   # not vacuous: a real gradient
+
+
+def test_router_schedule_follows_the_rollouts_per_step(tmp_path):
+    """At the official 256 questions per step the router gets the launch script's M = 5 and decays;
+    at 64 it updates every 20 steps and anneals a quarter as fast per step, so per rollout seen it
+    is the official schedule; --no-scale-router-schedule keeps the per-step values."""
+    official = lrpo.router_options(lrpo.parse_args(["--model", "m", "--out", str(tmp_path / "a")]))
+    assert (official["update_every"], official["tau_decay"], official["eps_decay"]) == (5, 0.999, 0.995)
+    quarter = lrpo.router_options(lrpo.parse_args(["--model", "m", "--questions-per-step", "64", "--out", str(tmp_path / "b")]))
+    assert quarter["update_every"] == 20
+    assert quarter["tau_decay"] ** 4 == pytest.approx(0.999) and quarter["eps_decay"] ** 4 == pytest.approx(0.995)
+    fixed = lrpo.router_options(lrpo.parse_args(["--model", "m", "--questions-per-step", "64", "--no-scale-router-schedule",
+                                                 "--out", str(tmp_path / "c")]))
+    assert (fixed["update_every"], fixed["tau_decay"]) == (5, 0.999)
+    toy = lrpo.router_options(lrpo.parse_args(["--out", str(tmp_path / "d")]))
+    assert toy["update_every"] == 5   # the built-in world keeps the launch script's per-step values
+    ablation = lrpo.router_options(lrpo.parse_args(["--router-norm", "none", "--router-regions", "none",
+                                                    "--router-tau-decay", "1", "--out", str(tmp_path / "e")]))
+    assert ablation["group_norm"] == "none" and ablation["regional_topics"] == () and ablation["tau_decay"] == 1
