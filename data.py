@@ -21,11 +21,10 @@ keys; ``python -m extras.label`` assigns both with the paper's two labelling pro
 them still trains (topic "general", no region): :func:`describe_labels` says what the router then
 cannot learn.
 
-Loaders read JSONL, JSON and Parquet files through a column mapping (dotted names reach nested
-fields), detect the official code's own formats (its verl parquet and its source JSON) when no
-mapping is given, load hub dataset ids through ``datasets`` (imported only when needed), and
-convert the raw rows of named datasets with the recipes of ``extras/recipes.py``: ``helpsteer3``
-(the paper's data, **the default of a real ``--model`` run**) and ``gsm8k``.
+Rows become Examples through a column mapping (dotted names reach nested fields) or the official
+code's own formats (its verl parquet and its source JSON), detected when no mapping is given.
+Opening files, hub ids and named datasets (``helpsteer3``, the paper's data and the default of a
+real ``--model`` run; ``gsm8k``) is ``extras/recipes.py``'s ``load_examples``.
 :func:`filter_long_prompts` is the official 512-token prompt filter.
 
 Every bad row raises :class:`DataError` naming the file, the row and the field.
@@ -33,12 +32,11 @@ Every bad row raises :class:`DataError` naming the file, the row and the field.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, NamedTuple
+from typing import Iterable
 
 # ----------------------------------------------------------------------------------------------
 # Languages
@@ -327,87 +325,6 @@ def read_rows(path: str | Path) -> Iterable[tuple[int, dict]]:
                     raise DataError(f"{path}: row {i}: not valid JSON ({e.msg})") from None
     else:
         raise DataError(f"{path}: unsupported file type {path.suffix!r} (use .jsonl, .json or .parquet)")
-
-
-class Source(NamedTuple):
-    """The rows of one data source and how each becomes an Example."""
-    origin: str                                   # the file or hub id, for messages
-    rows: Iterator[tuple[int, dict]]              # (row number, raw row)
-    schema: str                                   # "lrpo", "verl", "source", or a recipe name
-    columns: dict                                 # field -> column; where labels live in a row
-    convert: Callable[[dict, int], "Example | str"]   # an Example, or why the row is skipped
-
-
-def open_source(source: str, *, recipe: str | None = None, columns: dict | None = None,
-                split: str = "train") -> Source:
-    """Open a local file or hub dataset id, with a recipe (extras/recipes.py), a column
-    mapping, or neither: then the schema is detected from the first row (:func:`detect_schema`).
-    A recipe name alone ("helpsteer3") means that recipe's hub dataset."""
-    from extras.recipes import RECIPES  # lazy: dataset-specific, and keeps this module first
-    if source in RECIPES and recipe is None:
-        recipe, source = source, RECIPES[source].hub_id
-    if recipe is not None and recipe not in RECIPES:
-        raise DataError(f"unknown recipe {recipe!r}; recipes: {', '.join(RECIPES)}")
-    path = Path(source)
-    if path.suffix in (".jsonl", ".json", ".parquet") or path.exists():
-        rows, origin = iter(read_rows(path)), str(path)
-    else:
-        rows, origin = iter(_hub_rows(source, RECIPES.get(recipe), split)), source
-    schema = recipe or "lrpo"
-    if recipe is None and columns is None:
-        first = next(rows, None)
-        rows = itertools.chain([first] if first else [], rows)
-        schema = detect_schema(first[1]) if first else "lrpo"
-        if schema in RECIPES:
-            recipe = schema
-        if schema != "lrpo":
-            print(f"[data] {origin}: read as {SCHEMA_NAMES[schema]}")
-    if recipe is not None:
-        r = RECIPES[recipe]
-        return Source(origin, rows, recipe, dict(r.label_columns),
-                      lambda row, i: r.convert(row, f"{origin}: row {i}", f"{recipe}-{split}-{i}"))
-    mapping = columns if columns is not None else SCHEMAS[schema]
-    return Source(origin, rows, schema, {**DEFAULT_COLUMNS, **mapping},
-                  lambda row, i: example_from_row(row, mapping, where=f"{origin}: row {i}",
-                                                  default_id=f"{path.stem}-{i}"))
-
-
-def load_examples(source: str, *, recipe: str | None = None, columns: dict | None = None,
-                  split: str = "train", limit: int | None = None) -> list[Example]:
-    """Load examples from a recipe name, a local file, or a hub dataset id (the built-in world
-    is ``toy.load_split``); see :func:`open_source`. Rows a recipe skips are counted by reason."""
-    src = open_source(source, recipe=recipe, columns=columns, split=split)
-    examples, skipped = [], Counter()
-    for i, row in src.rows:
-        ex = src.convert(row, i)
-        if isinstance(ex, str):
-            skipped[ex] += 1
-            continue
-        examples.append(ex)
-        if limit is not None and len(examples) >= limit:
-            break
-    if skipped:
-        reasons = ", ".join(f"{n} {why}" for why, n in skipped.most_common())
-        print(f"[data] {src.origin}: kept {len(examples)} rows, skipped {sum(skipped.values())} "
-              f"({reasons})")
-    if not examples:
-        raise DataError(f"{src.origin}: no usable rows")
-    return examples
-
-
-def _hub_rows(hub_id: str, recipe, split: str):
-    try:
-        import datasets  # lazy: heavy, and never needed for the built-in world
-    except ImportError:
-        raise DataError(f"{hub_id}: loading a hub dataset needs the 'datasets' package") from None
-    config = recipe.config if recipe else None
-    hub_split = recipe.splits.get(split, split) if recipe else split
-    try:
-        ds = datasets.load_dataset(hub_id, config, split=hub_split)
-    except Exception as e:  # noqa: BLE001 - surface any hub/network failure with the id
-        raise DataError(f"{hub_id}: could not load split {hub_split!r} from the hub or the "
-                        f"local cache ({type(e).__name__}: {e})") from None
-    return enumerate(ds, start=1)
 
 
 def split_examples(examples: list[Example], test_fraction: float = 0.1,

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Callable
 
 import data
+from calibrate import in_language   # the reward's gate: same language, or language-neutral (numbers)
 from extras.benchmarks import (BENCHMARKS, LETTERS, MULTIPLE_CHOICE, Item, Record, eval_lang_code,
                         load_benchmark, score_care_pro, score_mgsm, score_multiple_choice, score_toy)
 from data import DataError
@@ -237,7 +238,7 @@ def summarize(bench: str, records: list[Record], train_langs: set[str]) -> dict:
         per_language[lang] = {"accuracy": sum(r.correct for r in rs) / len(rs), "n": len(rs),
                               "unparsed": sum(r.status in ("unparsed", "unparseable") for r in rs)}
         if any(r.answer_lang is not None for r in records):
-            per_language[lang]["in_language"] = sum(r.answer_lang == lang for r in rs) / len(rs)
+            per_language[lang]["in_language"] = sum(in_language(r.answer_lang, lang) for r in rs) / len(rs)
         if bench == "care-pro":
             per_language[lang]["labels"] = {s: sum(r.status == s for r in rs)
                                             for s in sorted({r.status for r in rs})}

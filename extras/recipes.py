@@ -1,6 +1,9 @@
-"""Named datasets: how the raw rows of a public dataset become ``data.Example`` records.
+"""Loading data: local files, hub dataset ids, and named datasets (recipes) into ``data.Example``s.
 
-``data.load_examples("helpsteer3")`` (or ``--data helpsteer3``) loads a recipe's hub dataset;
+``load_examples(source)`` opens a JSONL/JSON/Parquet file or a hub id; rows go through a column
+mapping, a detected official format (data.py), or a recipe.
+
+``load_examples("helpsteer3")`` (or ``--data helpsteer3``) loads a recipe's hub dataset;
 ``recipe="helpsteer3"`` converts a local file holding the same raw rows (a raw HelpSteer3 file is
 also detected without it). A recipe's ``convert(row, where, row_id)`` returns an Example, or a
 short reason why the row is skipped; the loader counts skipped rows by reason. Errors name the
@@ -11,11 +14,16 @@ file, the row and the field (``where``).
 """
 from __future__ import annotations
 
+import itertools
 import re
+from collections import Counter
+from pathlib import Path
+from typing import Iterator, NamedTuple
 from dataclasses import dataclass, field
 from typing import Callable
 
-from data import DataError, Example, UNLABELLED_TOPIC, as_regions, lang_code
+from data import (DEFAULT_COLUMNS, SCHEMA_NAMES, SCHEMAS, DataError, Example, UNLABELLED_TOPIC, as_regions,
+                  detect_schema, example_from_row, lang_code, read_rows)
 
 
 def helpsteer3_example(row: dict, where: str, row_id: str) -> Example | str:
@@ -100,3 +108,86 @@ RECIPES: dict[str, Recipe] = {
                          {"train": "train", "test": "validation"}),
     "gsm8k": Recipe("openai/gsm8k", "main", gsm8k_example),
 }
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading: a local file, a hub dataset id, or a recipe
+
+class Source(NamedTuple):
+    """The rows of one data source and how each becomes an Example."""
+    origin: str                                   # the file or hub id, for messages
+    rows: Iterator[tuple[int, dict]]              # (row number, raw row)
+    schema: str                                   # "lrpo", "verl", "source", or a recipe name
+    columns: dict                                 # field -> column; where labels live in a row
+    convert: Callable[[dict, int], "Example | str"]   # an Example, or why the row is skipped
+
+
+def open_source(source: str, *, recipe: str | None = None, columns: dict | None = None,
+                split: str = "train") -> Source:
+    """Open a local file or hub dataset id, with a recipe (extras/recipes.py), a column
+    mapping, or neither: then the schema is detected from the first row (:func:`detect_schema`).
+    A recipe name alone ("helpsteer3") means that recipe's hub dataset."""
+    if source in RECIPES and recipe is None:
+        recipe, source = source, RECIPES[source].hub_id
+    if recipe is not None and recipe not in RECIPES:
+        raise DataError(f"unknown recipe {recipe!r}; recipes: {', '.join(RECIPES)}")
+    path = Path(source)
+    if path.suffix in (".jsonl", ".json", ".parquet") or path.exists():
+        rows, origin = iter(read_rows(path)), str(path)
+    else:
+        rows, origin = iter(_hub_rows(source, RECIPES.get(recipe), split)), source
+    schema = recipe or "lrpo"
+    if recipe is None and columns is None:
+        first = next(rows, None)
+        rows = itertools.chain([first] if first else [], rows)
+        schema = detect_schema(first[1]) if first else "lrpo"
+        if schema in RECIPES:
+            recipe = schema
+        if schema != "lrpo":
+            print(f"[data] {origin}: read as {SCHEMA_NAMES[schema]}")
+    if recipe is not None:
+        r = RECIPES[recipe]
+        return Source(origin, rows, recipe, dict(r.label_columns),
+                      lambda row, i: r.convert(row, f"{origin}: row {i}", f"{recipe}-{split}-{i}"))
+    mapping = columns if columns is not None else SCHEMAS[schema]
+    return Source(origin, rows, schema, {**DEFAULT_COLUMNS, **mapping},
+                  lambda row, i: example_from_row(row, mapping, where=f"{origin}: row {i}",
+                                                  default_id=f"{path.stem}-{i}"))
+
+
+def load_examples(source: str, *, recipe: str | None = None, columns: dict | None = None,
+                  split: str = "train", limit: int | None = None) -> list[Example]:
+    """Load examples from a recipe name, a local file, or a hub dataset id (the built-in world
+    is ``toy.load_split``); see :func:`open_source`. Rows a recipe skips are counted by reason."""
+    src = open_source(source, recipe=recipe, columns=columns, split=split)
+    examples, skipped = [], Counter()
+    for i, row in src.rows:
+        ex = src.convert(row, i)
+        if isinstance(ex, str):
+            skipped[ex] += 1
+            continue
+        examples.append(ex)
+        if limit is not None and len(examples) >= limit:
+            break
+    if skipped:
+        reasons = ", ".join(f"{n} {why}" for why, n in skipped.most_common())
+        print(f"[data] {src.origin}: kept {len(examples)} rows, skipped {sum(skipped.values())} "
+              f"({reasons})")
+    if not examples:
+        raise DataError(f"{src.origin}: no usable rows")
+    return examples
+
+
+def _hub_rows(hub_id: str, recipe, split: str):
+    try:
+        import datasets  # lazy: heavy, and never needed for the built-in world
+    except ImportError:
+        raise DataError(f"{hub_id}: loading a hub dataset needs the 'datasets' package") from None
+    config = recipe.config if recipe else None
+    hub_split = recipe.splits.get(split, split) if recipe else split
+    try:
+        ds = datasets.load_dataset(hub_id, config, split=hub_split)
+    except Exception as e:  # noqa: BLE001 - surface any hub/network failure with the id
+        raise DataError(f"{hub_id}: could not load split {hub_split!r} from the hub or the "
+                        f"local cache ({type(e).__name__}: {e})") from None
+    return enumerate(ds, start=1)

@@ -30,6 +30,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import data
+from extras import recipes
 
 PAPER_PROMPTS = 420           # prompts sampled from Aya
 LANGS_PER_PROMPT = 2          # target languages per prompt
@@ -132,13 +133,13 @@ def tag_following(model, tokenizer, examples: list[data.Example], langs: list[st
                   max_new_tokens: int = 48, style: str = "tag", seed: int = 0) -> float:
     """Share of greedy answers written in the tagged language, by the reward's own language gate,
     over ``n`` (question, random other language) prompts: what a routed rollout needs."""
-    from calibrate import detect_languages
+    from calibrate import detect_languages, in_language
     from extras.fast_rollout import generate
     rng = random.Random(seed)
     picks = [(ex, rng.choice([l for l in langs if l != ex.lang] or langs)) for ex in rng.sample(examples, min(n, len(examples)))]
     prompts = [data.build_prompt(tokenizer, ex.question, lang, style) for ex, lang in picks]
     found = detect_languages(generate(model, tokenizer, prompts, max_new_tokens))
-    return sum(code == lang for code, (_, lang) in zip(found, picks)) / max(1, len(picks))
+    return sum(in_language(code, lang) for code, (_, lang) in zip(found, picks)) / max(1, len(picks))
 
 
 def main(argv=None) -> None:
@@ -177,7 +178,7 @@ def main(argv=None) -> None:
             p.error("give --teacher PATH or --teacher-url URL")
         ask = (http_teacher(args.teacher_url, args.teacher_name, os.environ.get("OPENAI_API_KEY"))
                if args.teacher_url else local_teacher(args.teacher, device))
-        examples = data.load_examples(args.prompts)
+        examples = recipes.load_examples(args.prompts)
         langs = [data.lang_code(x, "--langs") for x in args.langs.split(",")]
         pairs, dropped = build_pairs(examples, ask, langs, args.n_prompts, seed=args.seed)
         Path(args.out).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in pairs))
@@ -199,7 +200,7 @@ def main(argv=None) -> None:
         from extras.models import load_model
         model, tokenizer = load_model(args.model, device)
         if args.prompts:
-            examples = data.load_examples(args.prompts)
+            examples = recipes.load_examples(args.prompts)
         else:
             import toy
             examples = toy.load_split("test")

@@ -1,6 +1,10 @@
 """Shared fixtures. Everything is built locally: no test downloads anything."""
+import os
 import sys
 from pathlib import Path
+
+# Nothing in the tests may reach a hub: fail at once instead of retrying a lookup for a minute.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 

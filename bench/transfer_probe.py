@@ -1,0 +1,320 @@
+"""Transfer probe (issue 11, item 1): does a fact learnt in language A become known in language B?
+
+LRPO only helps a question's own language if what the policy learns from rollouts in another
+language transfers back. This probe measures that transfer in the built-in world's warm-started
+model (``toy.load_model_and_tokenizer()``), without any router or reward:
+
+* **Facts.** The 48 regional facts are split at random (per seed) into a *trained* and a
+  *control* half. For a training language A, only facts the warm start did **not** teach in A
+  count (``toy.known_in``), so they have headroom in A.
+* **Training.** A fresh copy of the warm-started model is fine-tuned on the trained facts of A:
+  ``--variant direct`` (default, the issue's probe): asked in A, tagged A, answered in A.
+  ``--variant routed`` (what an LRPO routed rollout teaches): asked in every other language X,
+  tagged A, answered in A. SFT is full-batch AdamW (``--steps``, ``--lr``, constant). With
+  ``--rl`` the update is instead ``lrpo.policy_update`` on K rollouts per trained fact, all in A
+  (GRPO restricted to A), rewarded by the paper's calibrated similarity or an oracle.
+* **Measurement.** Before and after, every fact is asked in every language B and answered in B
+  (tag B): greedy correctness (``toy.is_correct``) and log p(gold answer) under the model. For a
+  pair (A, B) only facts not taught in B either count (taught ones are at ceiling).
+* **Transfer ratio** (A, B) = (gain on trained facts in B − gain on control facts in B) /
+  (gain on trained facts in A − gain on control facts in A); 1 = everything learnt in A is
+  learnt in B, 0 = nothing. For ``routed`` the denominator is the gain on the trained inputs
+  themselves (asked in X, answered in A). Pairs are pooled over seeds (mean numerator / mean
+  denominator); the headline is the mean over the 30 off-diagonal pairs.
+
+    python bench/transfer_probe.py                          # direct SFT, 6 A × 3 seeds (~4 min)
+    python bench/transfer_probe.py --variant routed
+    python bench/transfer_probe.py --rl --seeds 0           # the RL variant (slower)
+
+Importable: ``run_probe(...)`` returns the result dictionary that the script prints as its last
+(JSON) line. Always one torch thread (the CPU is shared).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+import toy  # noqa: E402
+from data import Example, build_prompt  # noqa: E402
+
+LANGS = toy.LANGS
+FACTS = [(r, a) for r in toy.REGIONS for a in toy.FACT_TEMPLATES]
+
+
+def fid(region, attribute) -> str:
+    return f"{region.name}-{attribute}"
+
+
+def example(region, attribute, lang) -> Example:
+    q, a, key = toy.fact_qa(region, attribute, lang)
+    return Example(fid(region, attribute), q, a, lang, "regional", (region.name,), key=key)
+
+
+def split_facts(seed: int) -> tuple[set, set]:
+    """A random half of the 48 facts to train, the other half as control (ids)."""
+    ids = [fid(r, a) for r, a in FACTS]
+    random.Random(f"transfer-probe-{seed}").shuffle(ids)
+    return set(ids[:len(ids) // 2]), set(ids[len(ids) // 2:])
+
+
+# ----------------------------------------------------------------------------------------------
+# Measuring: greedy correctness and log p(gold) for (question language, answer language) probes
+
+@torch.no_grad()
+def gold_logprobs(model, tokenizer, prompts: list[str], answers: list[str], batch_size: int = 96) -> list[float]:
+    """log p(answer + EOS | prompt), summed over the answer's tokens (teacher forcing)."""
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        rows = []
+        for p, a in zip(prompts[i:i + batch_size], answers[i:i + batch_size]):
+            pi = tokenizer(p, add_special_tokens=False)["input_ids"]
+            ai = tokenizer(a, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            rows.append((pi, ai))
+        width = max(len(p) + len(a) for p, a in rows)
+        ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+        mask = torch.zeros(len(rows), width)
+        for r, (p, a) in enumerate(rows):
+            ids[r, :len(p) + len(a)] = torch.tensor(p + a)
+            mask[r, len(p):len(p) + len(a)] = 1.0   # positions of answer tokens
+        logp = torch.log_softmax(model(input_ids=ids).logits[:, :-1].float(), -1)
+        tok = logp.gather(-1, ids[:, 1:, None])[..., 0]
+        out += (tok * mask[:, 1:]).sum(1).tolist()
+    return out
+
+
+def measure(model, tokenizer, probes: list[tuple]) -> dict:
+    """probes: (region, attribute, question_lang, answer_lang). Returns {probe key: (correct, logp)}."""
+    examples = [example(r, a, q) for r, a, q, _ in probes]
+    golds = [example(r, a, t) for r, a, _, t in probes]
+    targets = [t for *_, t in probes]
+    answers = toy.greedy_answers(model, tokenizer, examples, targets, batch_size=96)
+    prompts = [build_prompt(tokenizer, e.question, t) for e, t in zip(examples, targets)]
+    logps = gold_logprobs(model, tokenizer, prompts, [g.answer for g in golds])
+    return {(fid(r, a), q, t): (float(toy.is_correct(g, ans)), lp)
+            for (r, a, q, t), g, ans, lp in zip(probes, golds, answers, logps)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Training on language A
+
+def sft(model, tokenizer, triples, steps: int, lr: float, seed: int):
+    """Full-batch SFT on (question, tag language, answer) triples, loss on answer + EOS tokens."""
+    rows = []
+    for q, lang, a in triples:
+        p = tokenizer(build_prompt(tokenizer, q, lang), add_special_tokens=False)["input_ids"]
+        t = tokenizer(a, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append((p + t, [0.0] * len(p) + [1.0] * len(t)))
+    width = max(len(s) for s, _ in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    mask = torch.zeros(len(rows), width)
+    for r, (s, m) in enumerate(rows):
+        ids[r, :len(s)], mask[r, :len(s)] = torch.tensor(s), torch.tensor(m)
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
+    model.train()
+    for _ in range(steps):
+        logits = model(input_ids=ids).logits[:, :-1]
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1),
+                                                reduction="none").view(len(rows), -1)
+        loss = (nll * mask[:, 1:]).sum() / mask[:, 1:].sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    model.eval()
+    return loss.item()
+
+
+class RLTrainer:
+    """GRPO restricted to language A through lrpo.policy_update (the loop's own update)."""
+
+    def __init__(self, reward: str, steps: int, lr: float, group: int):
+        import lrpo
+        self.lrpo, self.reward_kind, self.steps, self.group = lrpo, reward, steps, group
+        self.cfg = lrpo.parse_args(["--method", "grpo", "--lr", str(lr), "--threads", "1", "--no-progress"])
+        self.cfg.device, self.cfg.dtype, self.cfg.compile = "cpu", "float32", False
+        self.cfg.micro_batch = self.cfg.micro_batch or 128
+        self.cfg.logprob_micro_batch = self.cfg.logprob_micro_batch or 4 * self.cfg.micro_batch
+        self.scorer = lrpo.make_scorer(self.cfg) if reward == "similarity" else None
+
+    def train(self, model, tokenizer, examples, seed: int) -> float:
+        import loss
+        import rollout
+        lrpo, cfg = self.lrpo, self.cfg
+        cfg.seed = seed
+        run = lrpo.Run(cfg, [], [], model, copy.deepcopy(model).requires_grad_(False), tokenizer, self.scorer,
+                       None, lrpo.make_optimizer(model, cfg), rollout.sample)
+        rewards = []
+        for step in range(self.steps):
+            exs = [e for e in examples for _ in range(self.group)]
+            gids = [i for i in range(len(examples)) for _ in range(self.group)]
+            prompts = [build_prompt(tokenizer, e.question, e.lang) for e in exs]
+            roll = rollout.sample(model, tokenizer, prompts, cfg.max_new_tokens, temperature=cfg.temperature,
+                                  seed=lrpo.step_seed(seed, step, 2))
+            if self.scorer is not None:
+                r = self.scorer.score(roll.texts, [e.lang for e in exs], [e.answer for e in exs],
+                                      [e.lang for e in exs], gids).reward
+            else:   # oracle: the gold value, in the requested language's script
+                r = [float(toy.is_correct(e, t)) for e, t in zip(exs, roll.texts)]
+            r = torch.tensor(r, dtype=torch.float32)
+            adv, _ = loss.group_advantages(r, gids, norm_by_std=cfg.std_norm)
+            lrpo.policy_update(run, roll, adv, step)
+            rewards.append(float(r.mean()))
+        return statistics.mean(rewards[-3:])
+
+
+# ----------------------------------------------------------------------------------------------
+# The probe
+
+def ratio(num: float, den: float) -> float:
+    return num / den if abs(den) > 1e-9 else math.nan
+
+
+def run_probe(seeds=(0, 1, 2, 3, 4), train_langs=LANGS, variant: str = "direct", steps: int = 60,
+              lr: float = 1e-3, rl: str | None = None, rl_steps: int = 30, rl_lr: float = 1e-4,
+              group: int = 8, log=print) -> dict:
+    torch.set_num_threads(1)
+    t0 = time.time()
+    base, tokenizer = toy.load_model_and_tokenizer(log=log)
+    known = toy.known_in(toy.WorldConfig())
+    own = [(r, a, b, b) for r, a in FACTS for b in LANGS]
+    extra = [(r, a, x, t) for r, a in FACTS for x in LANGS for t in train_langs if x != t] if variant == "routed" else []
+    before = measure(base, tokenizer, own + extra)
+    trainer = RLTrainer(rl, rl_steps, rl_lr, group) if rl else None
+    metrics = ("acc", "logp")
+    # per seed, per (A, B): numerator and denominator for each metric
+    cells: dict = {}
+    fit = []
+    for seed in seeds:
+        trained, control = split_facts(seed)
+        for A in train_langs:
+            t_a = [(r, a) for r, a in FACTS if fid(r, a) in trained and not known[fid(r, a), A]]
+            c_a = [(r, a) for r, a in FACTS if fid(r, a) in control and not known[fid(r, a), A]]
+            model = copy.deepcopy(base)
+            if trainer is not None:
+                fit.append(trainer.train(model, tokenizer, [example(r, a, A) for r, a in t_a], seed))
+            else:
+                if variant == "direct":
+                    triples = [(example(r, a, A).question, A, example(r, a, A).answer) for r, a in t_a]
+                else:
+                    triples = [(example(r, a, x).question, A, example(r, a, A).answer)
+                               for r, a in t_a for x in LANGS if x != A]
+                fit.append(sft(model, tokenizer, triples, steps, lr, seed))
+            probes = own + [p for p in extra if p[3] == A]
+            after = measure(model, tokenizer, probes)
+            gain = {k: tuple(x - y for x, y in zip(after[k], before[k])) for k in after}
+
+            def mean_gain(facts, q, t, m):
+                vals = [gain[fid(r, a), q, t][m] for r, a in facts]
+                return statistics.mean(vals) if vals else math.nan
+
+            for m, name in enumerate(metrics):
+                if variant == "direct":
+                    den = mean_gain(t_a, A, A, m) - mean_gain(c_a, A, A, m)
+                else:
+                    den = statistics.mean(mean_gain(t_a, x, A, m) - mean_gain(c_a, x, A, m) for x in LANGS if x != A)
+                for B in LANGS:
+                    tb = [f for f in t_a if not known[fid(*f), B]]
+                    cb = [f for f in c_a if not known[fid(*f), B]]
+                    num = mean_gain(tb, B, B, m) - mean_gain(cb, B, B, m)
+                    cell = cells.setdefault((name, A, B), {"num": [], "den": [], "n_trained": len(tb),
+                                                           "n_control": len(cb)})
+                    cell["num"].append(num)
+                    cell["den"].append(den)
+                    cell.setdefault("gain_trained", []).append(mean_gain(tb, B, B, m))
+                    cell.setdefault("gain_control", []).append(mean_gain(cb, B, B, m))
+            log(f"[probe] seed {seed} A={A}: {len(t_a)} trained / {len(c_a)} control facts, "
+                f"A-gain acc {cells['acc', A, A]['den'][-1]:+.2f}, "
+                f"mean off-diagonal acc ratio {statistics.mean(ratio(cells['acc', A, B]['num'][-1], cells['acc', A, B]['den'][-1]) for B in LANGS if B != A):+.2f} "
+                f"({time.time() - t0:.0f}s)")
+
+    result = {"variant": variant, "rl": rl, "seeds": list(seeds), "train_langs": list(train_langs),
+              "steps": rl_steps if rl else steps, "lr": rl_lr if rl else lr, "final_train_loss_or_reward": fit,
+              "before_accuracy": {}, "matrix": {}, "pooled": {}, "per_seed_mean_offdiag": {}}
+    for B in LANGS:   # warm-start accuracy in B on facts not taught in B (the probe's B cells)
+        vals = [before[fid(r, a), B, B][0] for r, a in FACTS if not known[fid(r, a), B]]
+        result["before_accuracy"][B] = statistics.mean(vals)
+    for name in metrics:
+        mat = {}
+        for A in train_langs:
+            for B in LANGS:
+                c = cells[name, A, B]
+                num, den = statistics.mean(c["num"]), statistics.mean(c["den"])
+                mat[f"{A}->{B}"] = {"ratio": ratio(num, den), "num": num, "den": den,
+                                    "gain_trained": statistics.mean(c["gain_trained"]),
+                                    "gain_control": statistics.mean(c["gain_control"]),
+                                    "n_trained": c["n_trained"], "n_control": c["n_control"]}
+        off = [v for k, v in mat.items() if k.split("->")[0] != k.split("->")[1]]
+        result["matrix"][name] = mat
+        result["pooled"][name] = {
+            "mean_offdiag_ratio": statistics.mean(v["ratio"] for v in off),
+            "ratio_of_means": statistics.mean(v["num"] for v in off) / statistics.mean(v["den"] for v in off),
+            "mean_A_gain": statistics.mean(mat[f"{A}->{A}"]["num"] for A in train_langs)}
+        per_seed = []
+        for s in range(len(seeds)):
+            rs = [ratio(cells[name, A, B]["num"][s], cells[name, A, B]["den"][s])
+                  for A in train_langs for B in LANGS if A != B]
+            per_seed.append(statistics.mean(rs))
+        result["per_seed_mean_offdiag"][name] = per_seed
+    result["wall_s"] = time.time() - t0
+    return result
+
+
+def format_result(res: dict) -> str:
+    lines = []
+    for name, unit in (("acc", "greedy accuracy"), ("logp", "log p(gold answer)")):
+        mat = res["matrix"][name]
+        lines.append(f"\nTransfer ratio by {unit} (rows: trained language A, columns: measured language B)")
+        lines.append("A \\ B " + "".join(f"{b:>8s}" for b in LANGS) + "   mean off-diag")
+        for A in res["train_langs"]:
+            row = [mat[f"{A}->{B}"]["ratio"] for B in LANGS]
+            off = statistics.mean(r for B, r in zip(LANGS, row) if B != A)
+            lines.append(f"{A:6s}" + "".join(f"{r:8.2f}" for r in row) + f"   {off:8.2f}")
+        gains = [mat[f"{A}->{A}"]["num"] for A in res["train_langs"]]
+        lines.append("gain in A (trained − control): " + " ".join(f"{A}:{g:+.2f}" for A, g in zip(res["train_langs"], gains)))
+        p = res["pooled"][name]
+        seeds = res["per_seed_mean_offdiag"][name]
+        lines.append(f"mean off-diagonal ratio {p['mean_offdiag_ratio']:.3f} (per seed: "
+                     + ", ".join(f"{x:.3f}" for x in seeds) + f"); ratio of mean gains {p['ratio_of_means']:.3f}")
+    lines.append(f"\nwall time {res['wall_s']:.0f} s")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--langs", default=",".join(LANGS), help="training languages A (comma-separated)")
+    p.add_argument("--variant", default="direct", choices=("direct", "routed"))
+    p.add_argument("--steps", type=int, default=60, help="SFT steps")
+    p.add_argument("--lr", type=float, default=1e-3, help="SFT learning rate")
+    p.add_argument("--rl", default=None, choices=("similarity", "oracle"),
+                   help="train with lrpo.policy_update (GRPO in A) and this reward instead of SFT")
+    p.add_argument("--rl-steps", type=int, default=30)
+    p.add_argument("--rl-lr", type=float, default=1e-4)
+    p.add_argument("--group", type=int, default=8, help="RL rollouts per question")
+    p.add_argument("--out", default=None, help="also write the JSON result here")
+    args = p.parse_args()
+    res = run_probe(args.seeds, args.langs.split(","), args.variant, args.steps, args.lr, args.rl,
+                    args.rl_steps, args.rl_lr, args.group)
+    print(format_result(res))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=1))
+    print(json.dumps({"variant": res["variant"], "rl": res["rl"], "wall_s": round(res["wall_s"], 1),
+                      **{f"mean_offdiag_ratio/{k}": round(v["mean_offdiag_ratio"], 4) for k, v in res["pooled"].items()},
+                      **{f"ratio_of_means/{k}": round(v["ratio_of_means"], 4) for k, v in res["pooled"].items()}}))
+
+
+if __name__ == "__main__":
+    main()
