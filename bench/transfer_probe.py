@@ -94,15 +94,21 @@ def gold_logprobs(model, tokenizer, prompts: list[str], answers: list[str], batc
 
 
 def measure(model, tokenizer, probes: list[tuple]) -> dict:
-    """probes: (region, attribute, question_lang, answer_lang). Returns {probe key: (correct, logp)}."""
+    """probes: (region, attribute, question_lang, answer_lang). Returns {probe key: (correct,
+    correct and in the answer language by the reward's language-ID gate, log p(gold))}."""
+    from calibrate import detect_languages, in_language
     examples = [example(r, a, q) for r, a, q, _ in probes]
     golds = [example(r, a, t) for r, a, _, t in probes]
     targets = [t for *_, t in probes]
     answers = toy.greedy_answers(model, tokenizer, examples, targets, batch_size=96)
+    langs = detect_languages(answers)
     prompts = [build_prompt(tokenizer, e.question, t) for e, t in zip(examples, targets)]
     logps = gold_logprobs(model, tokenizer, prompts, [g.answer for g in golds])
-    return {(fid(r, a), q, t): (float(toy.is_correct(g, ans)), lp)
-            for (r, a, q, t), g, ans, lp in zip(probes, golds, answers, logps)}
+    out = {}
+    for (r, a, q, t), g, ans, lang, lp in zip(probes, golds, answers, langs, logps):
+        ok = float(toy.is_correct(g, ans))
+        out[fid(r, a), q, t] = (ok, ok * in_language(lang, t), lp)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -192,7 +198,7 @@ def run_probe(seeds=(0, 1, 2, 3, 4), train_langs=LANGS, variant: str = "direct",
     extra = [(r, a, x, t) for r, a in FACTS for x in LANGS for t in train_langs if x != t] if variant == "routed" else []
     before = measure(base, tokenizer, own + extra)
     trainer = RLTrainer(rl, rl_steps, rl_lr, group) if rl else None
-    metrics = ("acc", "logp")
+    metrics = ("acc", "acc_in_lang", "logp")
     # per seed, per (A, B): numerator and denominator for each metric
     cells: dict = {}
     fit = []
@@ -243,8 +249,8 @@ def run_probe(seeds=(0, 1, 2, 3, 4), train_langs=LANGS, variant: str = "direct",
               "steps": rl_steps if rl else steps, "lr": rl_lr if rl else lr, "final_train_loss_or_reward": fit,
               "before_accuracy": {}, "matrix": {}, "pooled": {}, "per_seed_mean_offdiag": {}}
     for B in LANGS:   # warm-start accuracy in B on facts not taught in B (the probe's B cells)
-        vals = [before[fid(r, a), B, B][0] for r, a in FACTS if not known[fid(r, a), B]]
-        result["before_accuracy"][B] = statistics.mean(vals)
+        vals = [before[fid(r, a), B, B] for r, a in FACTS if not known[fid(r, a), B]]
+        result["before_accuracy"][B] = {name: statistics.mean(v[m] for v in vals) for m, name in enumerate(metrics)}
     for name in metrics:
         mat = {}
         for A in train_langs:
@@ -273,7 +279,8 @@ def run_probe(seeds=(0, 1, 2, 3, 4), train_langs=LANGS, variant: str = "direct",
 
 def format_result(res: dict) -> str:
     lines = []
-    for name, unit in (("acc", "greedy accuracy"), ("logp", "log p(gold answer)")):
+    for name, unit in (("acc", "greedy accuracy"), ("acc_in_lang", "greedy accuracy, answer in B only"),
+                       ("logp", "log p(gold answer)")):
         mat = res["matrix"][name]
         lines.append(f"\nTransfer ratio by {unit} (rows: trained language A, columns: measured language B)")
         lines.append("A \\ B " + "".join(f"{b:>8s}" for b in LANGS) + "   mean off-diag")
@@ -281,14 +288,138 @@ def format_result(res: dict) -> str:
             row = [mat[f"{A}->{B}"]["ratio"] for B in LANGS]
             off = statistics.mean(r for B, r in zip(LANGS, row) if B != A)
             lines.append(f"{A:6s}" + "".join(f"{r:8.2f}" for r in row) + f"   {off:8.2f}")
-        gains = [mat[f"{A}->{A}"]["num"] for A in res["train_langs"]]
-        lines.append("gain in A (trained − control): " + " ".join(f"{A}:{g:+.2f}" for A, g in zip(res["train_langs"], gains)))
+        dens = [mat[f"{A}->{A}"]["den"] for A in res["train_langs"]]
+        lines.append("denominator, gain on the training inputs (trained − control): "
+                     + " ".join(f"{A}:{g:+.2f}" for A, g in zip(res["train_langs"], dens)))
         p = res["pooled"][name]
         seeds = res["per_seed_mean_offdiag"][name]
         lines.append(f"mean off-diagonal ratio {p['mean_offdiag_ratio']:.3f} (per seed: "
                      + ", ".join(f"{x:.3f}" for x in seeds) + f"); ratio of mean gains {p['ratio_of_means']:.3f}")
     lines.append(f"\nwall time {res['wall_s']:.0f} s")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Why ja/zh fell (issue 11, item 4): the reward as the policy's own-language rollouts see it
+
+def diagnose_reward(group: int = 8, seed: int = 0, log=print) -> dict:
+    """Sample ``group`` rollouts (temperature 1, the toy's 32 new tokens) of every question of
+    the world in its own language from the warm start, as GRPO's groups and LRPO's K_on slots
+    are, score them with the reward (stats/toy_e5.csv) and compare right and wrong answers per
+    language and topic: reward, raw similarity, gate, within-group ranking (the share of
+    (right, wrong) pairs of one group in which the right one gets the higher reward, ties ½; what
+    decides the sign of GRPO's advantages), response length and truncation."""
+    import numpy as np
+
+    import calibrate
+    import loss
+    import rollout
+    torch.set_num_threads(1)
+    t0 = time.time()
+    model, tokenizer = toy.load_model_and_tokenizer(log=log)
+    scorer = calibrate.RewardScorer(stats_path=calibrate.TOY_STATS)
+    examples = toy.build_examples()
+    rows = []
+    for i in range(0, len(examples), 64):
+        chunk = examples[i:i + 64]
+        exs = [e for e in chunk for _ in range(group)]
+        gids = [i + j for j in range(len(chunk)) for _ in range(group)]
+        prompts = [build_prompt(tokenizer, e.question, e.lang) for e in exs]
+        roll = rollout.sample(model, tokenizer, prompts, 32, temperature=1.0, seed=seed * 100_003 + i)
+        res = scorer.score(roll.texts, [e.lang for e in exs], [e.answer for e in exs], [e.lang for e in exs], gids)
+        adv, _ = loss.group_advantages(torch.tensor(res.reward, dtype=torch.float32), gids)
+        for k, e in enumerate(exs):
+            ended = bool(roll.completion_ids[k, int(roll.lengths[k]) - 1] == tokenizer.eos_token_id)
+            rows.append(dict(lang=e.lang, topic=e.topic, gid=gids[k], text=roll.texts[k],
+                             correct=bool(toy.is_correct(e, roll.texts[k])), reward=float(res.reward[k]),
+                             raw=float(res.raw_similarity[k]), gate=float(res.gate[k]),
+                             pred=res.predicted_lang[k], adv=float(adv[k]), tokens=int(roll.lengths[k]),
+                             truncated=not ended))
+    out = {}
+    for topic in ("regional", "arithmetic"):
+        for lang in LANGS:
+            mine = [r for r in rows if r["lang"] == lang and r["topic"] == topic]
+            right = [r for r in mine if r["correct"]]
+            wrong = [r for r in mine if not r["correct"]]
+            pairs = wins = 0.0
+            groups = {}
+            for r in mine:
+                groups.setdefault(r["gid"], []).append(r)
+            mixed = 0
+            for g in groups.values():
+                gr = [r["reward"] for r in g if r["correct"]]
+                gw = [r["reward"] for r in g if not r["correct"]]
+                mixed += bool(gr and gw)
+                for a in gr:
+                    for b in gw:
+                        pairs += 1
+                        wins += 1.0 if a > b else 0.5 if a == b else 0.0
+            mean = lambda xs, k: float(np.mean([x[k] for x in xs])) if xs else math.nan  # noqa: E731
+            out[f"{topic}/{lang}"] = {
+                "n": len(mine), "correct": len(right) / len(mine), "gate": mean(mine, "gate"),
+                "reward_right": mean(right, "reward"), "reward_wrong": mean(wrong, "reward"),
+                "raw_right": mean(right, "raw"), "raw_wrong": mean(wrong, "raw"),
+                "reward_wrong_gated_in": mean([r for r in wrong if r["gate"] > 0], "reward"),
+                "gate_right": mean(right, "gate"), "gate_wrong": mean(wrong, "gate"),
+                "examples_right_gated_out": [(r["text"], r["pred"]) for r in right if r["gate"] == 0][:5],
+                "adv_right": mean(right, "adv"), "adv_wrong": mean(wrong, "adv"),
+                "p_right_beats_wrong": wins / pairs if pairs else math.nan, "mixed_groups": mixed / len(groups),
+                "tokens": mean(mine, "tokens"), "truncated": mean(mine, "truncated"),
+                "predicted": dict(sorted({str(p): sum(r["pred"] == p for r in mine) / len(mine)
+                                          for p in {r["pred"] for r in mine}}.items(), key=lambda kv: -kv[1])[:3]),
+                "examples_wrong_top_reward": [r["text"] for r in sorted(wrong, key=lambda r: -r["reward"])[:3]]}
+    table = scorer.table
+    out["calibration"] = {"mu_ref": table.mu_ref, **{
+        lang: {"same_lang_mean": table.get(lang, lang).mean, "same_lang_std": table.get(lang, lang).std,
+               "same_lang_hard_mean": table.get(lang, lang).hard_mean,
+               "same_lang_mismatch_mean": table.get(lang, lang).mismatch_mean,
+               "offset_same_lang": -(table.get(lang, lang).mean - table.mu_ref),
+               "offset_from_en": -(table.get(lang, "en").mean - table.mu_ref)} for lang in LANGS}}
+    out["wall_s"] = time.time() - t0
+    return out
+
+
+def format_diagnosis(d: dict) -> str:
+    lines = [f"{'topic/lang':14s} {'n':>5s} {'right':>6s} {'gate':>5s} {'r|right':>8s} {'r|wrong':>8s} "
+             f"{'s|right':>8s} {'s|wrong':>8s} {'P(r>w)':>7s} {'mixed':>6s} {'adv|R':>6s} {'tok':>5s} {'trunc':>6s} {'g|R':>5s} {'g|W':>5s}  LID"]
+    for k, v in d.items():
+        if "/" not in k:
+            continue
+        lines.append(f"{k:14s} {v['n']:5d} {v['correct']:6.3f} {v['gate']:5.2f} {v['reward_right']:8.3f} "
+                     f"{v['reward_wrong']:8.3f} {v['raw_right']:8.3f} {v['raw_wrong']:8.3f} "
+                     f"{v['p_right_beats_wrong']:7.3f} {v['mixed_groups']:6.2f} {v['adv_right']:6.2f} "
+                     f"{v['tokens']:5.1f} {v['truncated']:6.2f} {v['gate_right']:5.2f} {v['gate_wrong']:5.2f}  {v['predicted']}")
+    c = d["calibration"]
+    lines.append(f"calibration: mu_ref {c['mu_ref']:.4f}")
+    for lang in LANGS:
+        x = c[lang]
+        lines.append(f"  {lang}-{lang}: mean {x['same_lang_mean']:.3f} std {x['same_lang_std']:.3f} "
+                     f"hard {x['same_lang_hard_mean']:.3f} mismatch {x['same_lang_mismatch_mean']:.3f} "
+                     f"offset {x['offset_same_lang']:+.4f} (pair with en: {x['offset_from_en']:+.4f})")
+    return "\n".join(lines)
+
+
+def accuracy_by_group(model, tokenizer) -> dict:
+    """Greedy accuracy on every question of the world (both splits) in its own language, by
+    language and by group: regional facts taught in that language by the warm start (its local
+    language or ``known_in``), regional facts not taught in it, arithmetic. Plus the held-out
+    split alone (what bench/classroom.py reports, 16 per language)."""
+    from calibrate import detect_languages, in_language
+    known = toy.known_in(toy.WorldConfig())
+    examples = toy.build_examples()
+    test = {(e.id, e.lang) for e in toy.load_split("test")}
+    answers = toy.greedy_answers(model, tokenizer, examples, [e.lang for e in examples], batch_size=96)
+    langs = detect_languages(answers)
+    out = {}
+    for e, ans, lang in zip(examples, answers, langs):
+        group = e.topic if e.topic == "arithmetic" else "taught" if known[e.id, e.lang] else "not-taught"
+        for g in (group, "held-out") if (e.id, e.lang) in test else (group,):
+            cell = out.setdefault(e.lang, {}).setdefault(g, [0, 0, 0])
+            cell[0] += toy.is_correct(e, ans)
+            cell[1] += in_language(lang, e.lang)
+            cell[2] += 1
+    return {lang: {g: {"accuracy": c[0] / c[2], "in_language": c[1] / c[2], "n": c[2]} for g, c in groups.items()}
+            for lang, groups in out.items()}
 
 
 def main() -> None:
@@ -304,7 +435,36 @@ def main() -> None:
     p.add_argument("--rl-lr", type=float, default=1e-4)
     p.add_argument("--group", type=int, default=8, help="RL rollouts per question")
     p.add_argument("--out", default=None, help="also write the JSON result here")
+    p.add_argument("--eval-checkpoint", nargs="+", default=None, metavar="DIR",
+                   help="instead of the probe: accuracy by language and group of the warm start and of these "
+                        "trained checkpoints (e.g. runs/X/checkpoint)")
+    p.add_argument("--diagnose-reward", action="store_true",
+                   help="instead of the probe: the reward of right vs wrong own-language rollouts per language")
     args = p.parse_args()
+    if args.eval_checkpoint:
+        from transformers import AutoModelForCausalLM
+        torch.set_num_threads(1)
+        base, tokenizer = toy.load_model_and_tokenizer()
+        res = {"warm start": accuracy_by_group(base, tokenizer)}
+        for path in args.eval_checkpoint:
+            res[path] = accuracy_by_group(AutoModelForCausalLM.from_pretrained(path).eval(), tokenizer)
+        for name, table in res.items():
+            print(f"\n{name}")
+            for g in ("taught", "not-taught", "arithmetic", "held-out"):
+                print(f"  {g:11s} " + " ".join(f"{l}:{table[l][g]['accuracy']:.3f}" for l in LANGS)
+                      + "   in-lang " + " ".join(f"{table[l][g]['in_language']:.2f}" for l in LANGS))
+        if args.out:
+            Path(args.out).write_text(json.dumps(res, indent=1))
+        return
+    if args.diagnose_reward:
+        d = diagnose_reward(args.group, args.seeds[0])
+        print(format_diagnosis(d))
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(d, indent=1, ensure_ascii=False))
+        print(json.dumps({k: {"right": round(v["correct"], 3), "P(r>w)": round(v["p_right_beats_wrong"], 3)}
+                          for k, v in d.items() if "/" in k}))
+        return
     res = run_probe(args.seeds, args.langs.split(","), args.variant, args.steps, args.lr, args.rl,
                     args.rl_steps, args.rl_lr, args.group)
     print(format_result(res))

