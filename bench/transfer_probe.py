@@ -2,7 +2,7 @@
 
 LRPO only helps a question's own language if what the policy learns from rollouts in another
 language transfers back. This probe measures that transfer in the built-in world's warm-started
-model (``toy.load_model_and_tokenizer()``), without any router or reward:
+model (``toy.load_model_and_tokenizer()``), without any router (and, unless ``--rl``, without the reward):
 
 * **Facts.** The 48 regional facts are split at random (per seed) into a *trained* and a
   *control* half. For a training language A, only facts the warm start did **not** teach in A
@@ -10,21 +10,28 @@ model (``toy.load_model_and_tokenizer()``), without any router or reward:
 * **Training.** A fresh copy of the warm-started model is fine-tuned on the trained facts of A:
   ``--variant direct`` (default, the issue's probe): asked in A, tagged A, answered in A.
   ``--variant routed`` (what an LRPO routed rollout teaches): asked in every other language X,
-  tagged A, answered in A. SFT is full-batch AdamW (``--steps``, ``--lr``, constant). With
+  tagged A, answered in A. SFT is full-batch AdamW (``--steps`` 60, ``--lr`` 1e-3, constant:
+  enough for ~100% on the trained facts in A in every language). With
   ``--rl`` the update is instead ``lrpo.policy_update`` on K rollouts per trained fact, all in A
   (GRPO restricted to A), rewarded by the paper's calibrated similarity or an oracle.
 * **Measurement.** Before and after, every fact is asked in every language B and answered in B
-  (tag B): greedy correctness (``toy.is_correct``) and log p(gold answer) under the model. For a
-  pair (A, B) only facts not taught in B either count (taught ones are at ceiling).
+  (tag B): greedy correctness (``toy.is_correct``, the gold name anywhere: "acc"), the same and
+  answered in B by the reward's language-ID gate ("acc_in_lang", the strict one), and log p(gold
+  answer in B) under the model ("logp"). For a pair (A, B) only facts not taught in B either
+  count (taught ones are at ceiling).
 * **Transfer ratio** (A, B) = (gain on trained facts in B − gain on control facts in B) /
   (gain on trained facts in A − gain on control facts in A); 1 = everything learnt in A is
   learnt in B, 0 = nothing. For ``routed`` the denominator is the gain on the trained inputs
   themselves (asked in X, answered in A). Pairs are pooled over seeds (mean numerator / mean
   denominator); the headline is the mean over the 30 off-diagonal pairs.
 
-    python bench/transfer_probe.py                          # direct SFT, 6 A × 3 seeds (~4 min)
-    python bench/transfer_probe.py --variant routed
-    python bench/transfer_probe.py --rl --seeds 0           # the RL variant (slower)
+    python bench/transfer_probe.py                          # direct SFT, 6 A × 5 seeds (~5 min)
+    python bench/transfer_probe.py --variant routed --seeds 0 1 2    # ~11 min
+    python bench/transfer_probe.py --rl similarity --seeds 0 --langs fr,zh   # the RL variant
+    python bench/transfer_probe.py --diagnose-reward        # issue 11 item 4: right vs wrong rewards (~2 min)
+    python bench/transfer_probe.py --eval-checkpoint runs/X/checkpoint   # accuracy by language and group
+
+Results and their reading: bench/results_transfer.md.
 
 Importable: ``run_probe(...)`` returns the result dictionary that the script prints as its last
 (JSON) line. Always one torch thread (the CPU is shared).
@@ -190,6 +197,8 @@ def ratio(num: float, den: float) -> float:
 def run_probe(seeds=(0, 1, 2, 3, 4), train_langs=LANGS, variant: str = "direct", steps: int = 60,
               lr: float = 1e-3, rl: str | None = None, rl_steps: int = 30, rl_lr: float = 1e-4,
               group: int = 8, log=print) -> dict:
+    """The probe (module docstring) over ``seeds`` × ``train_langs``; returns the matrices per
+    metric ("acc", "acc_in_lang", "logp"), pooled ratios, per-seed means and the wall time."""
     torch.set_num_threads(1)
     t0 = time.time()
     base, tokenizer = toy.load_model_and_tokenizer(log=log)
@@ -330,7 +339,7 @@ def diagnose_reward(group: int = 8, seed: int = 0, log=print) -> dict:
         adv, _ = loss.group_advantages(torch.tensor(res.reward, dtype=torch.float32), gids)
         for k, e in enumerate(exs):
             ended = bool(roll.completion_ids[k, int(roll.lengths[k]) - 1] == tokenizer.eos_token_id)
-            rows.append(dict(lang=e.lang, topic=e.topic, gid=gids[k], text=roll.texts[k],
+            rows.append(dict(lang=e.lang, topic=e.topic, gid=gids[k], text=roll.texts[k], region=(e.region or ("",))[0],
                              correct=bool(toy.is_correct(e, roll.texts[k])), reward=float(res.reward[k]),
                              raw=float(res.raw_similarity[k]), gate=float(res.gate[k]),
                              pred=res.predicted_lang[k], adv=float(adv[k]), tokens=int(roll.lengths[k]),
@@ -345,11 +354,16 @@ def diagnose_reward(group: int = 8, seed: int = 0, log=print) -> dict:
             groups = {}
             for r in mine:
                 groups.setdefault(r["gid"], []).append(r)
-            mixed = 0
+            mixed = all_wrong_signal = top_is_other_region = 0
+            names = [r.name for r in toy.REGIONS]
             for g in groups.values():
                 gr = [r["reward"] for r in g if r["correct"]]
                 gw = [r["reward"] for r in g if not r["correct"]]
                 mixed += bool(gr and gw)
+                if not gr and max(gw) - min(gw) > 1e-6:   # all wrong, yet non-zero advantages
+                    all_wrong_signal += 1
+                    top = max(g, key=lambda r: r["reward"])["text"]
+                    top_is_other_region += any(n in top for n in names if n != g[0]["region"])
                 for a in gr:
                     for b in gw:
                         pairs += 1
@@ -364,6 +378,8 @@ def diagnose_reward(group: int = 8, seed: int = 0, log=print) -> dict:
                 "examples_right_gated_out": [(r["text"], r["pred"]) for r in right if r["gate"] == 0][:5],
                 "adv_right": mean(right, "adv"), "adv_wrong": mean(wrong, "adv"),
                 "p_right_beats_wrong": wins / pairs if pairs else math.nan, "mixed_groups": mixed / len(groups),
+                "all_wrong_groups_with_advantages": all_wrong_signal / len(groups),
+                "top_wrong_names_other_region": top_is_other_region / all_wrong_signal if all_wrong_signal else math.nan,
                 "tokens": mean(mine, "tokens"), "truncated": mean(mine, "truncated"),
                 "predicted": dict(sorted({str(p): sum(r["pred"] == p for r in mine) / len(mine)
                                           for p in {r["pred"] for r in mine}}.items(), key=lambda kv: -kv[1])[:3]),
@@ -381,14 +397,15 @@ def diagnose_reward(group: int = 8, seed: int = 0, log=print) -> dict:
 
 def format_diagnosis(d: dict) -> str:
     lines = [f"{'topic/lang':14s} {'n':>5s} {'right':>6s} {'gate':>5s} {'r|right':>8s} {'r|wrong':>8s} "
-             f"{'s|right':>8s} {'s|wrong':>8s} {'P(r>w)':>7s} {'mixed':>6s} {'adv|R':>6s} {'tok':>5s} {'trunc':>6s} {'g|R':>5s} {'g|W':>5s}  LID"]
+             f"{'s|right':>8s} {'s|wrong':>8s} {'P(r>w)':>7s} {'mixed':>6s} {'adv|R':>6s} {'tok':>5s} {'trunc':>6s} {'g|R':>5s} {'g|W':>5s} {'wrongA':>6s} {'other':>6s}  LID"]
     for k, v in d.items():
         if "/" not in k:
             continue
         lines.append(f"{k:14s} {v['n']:5d} {v['correct']:6.3f} {v['gate']:5.2f} {v['reward_right']:8.3f} "
                      f"{v['reward_wrong']:8.3f} {v['raw_right']:8.3f} {v['raw_wrong']:8.3f} "
                      f"{v['p_right_beats_wrong']:7.3f} {v['mixed_groups']:6.2f} {v['adv_right']:6.2f} "
-                     f"{v['tokens']:5.1f} {v['truncated']:6.2f} {v['gate_right']:5.2f} {v['gate_wrong']:5.2f}  {v['predicted']}")
+                     f"{v['tokens']:5.1f} {v['truncated']:6.2f} {v['gate_right']:5.2f} {v['gate_wrong']:5.2f} "
+                     f"{v['all_wrong_groups_with_advantages']:6.2f} {v['top_wrong_names_other_region']:6.2f}  {v['predicted']}")
     c = d["calibration"]
     lines.append(f"calibration: mu_ref {c['mu_ref']:.4f}")
     for lang in LANGS:
