@@ -458,7 +458,7 @@ def set_column(row: dict, column: str, value) -> None:
     row[last] = value
 
 
-def apply_labels(row: dict, rec: dict, source: data.Source) -> None:
+def apply_labels(row: dict, rec: dict, source: recipes.Source) -> None:
     """Write a cache record's labels into a raw row, where its schema keeps them."""
     if rec["topic"] is None:
         return  # unlabelled: the row stays as it was (the loader reads topic "general")
@@ -490,7 +490,7 @@ def write_rows(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def label_file(source: data.Source, out: Path, make_ask: Callable[[], Callable], cache_path: Path,
+def label_file(source: recipes.Source, out: Path, make_ask: Callable[[], Callable], cache_path: Path,
                labeller: str = "", batch_size: int = 32, relabel: bool = False,
                retry_unlabelled: bool = False, temperature: float = 0.0, log=print) -> Counter:
     """Label every question of ``source`` that needs it, append records to the cache batch by
