@@ -30,6 +30,7 @@ model (``toy.load_model_and_tokenizer()``), without any router (and, unless ``--
     python bench/transfer_probe.py --rl similarity --seeds 0 --langs fr,zh   # the RL variant
     python bench/transfer_probe.py --diagnose-reward        # issue 11 item 4: right vs wrong rewards (~2 min)
     python bench/transfer_probe.py --eval-checkpoint runs/X/checkpoint   # accuracy by language and group
+    python bench/transfer_probe.py --world pangu --seeds 0 1 2 --replay 48  # a candidate world (use_world)
 
 Results and their reading: bench/results_transfer.md.
 
@@ -121,25 +122,36 @@ def measure(model, tokenizer, probes: list[tuple]) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Training on language A
 
-def sft(model, tokenizer, triples, steps: int, lr: float, seed: int):
-    """Full-batch SFT on (question, tag language, answer) triples, loss on answer + EOS tokens."""
+def encode(tokenizer, triples) -> list[tuple[list[int], list[float]]]:
+    """Token ids and loss mask (answer + EOS) of (question, tag language, answer) triples."""
     rows = []
     for q, lang, a in triples:
         p = tokenizer(build_prompt(tokenizer, q, lang), add_special_tokens=False)["input_ids"]
         t = tokenizer(a, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         rows.append((p + t, [0.0] * len(p) + [1.0] * len(t)))
-    width = max(len(s) for s, _ in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
-    mask = torch.zeros(len(rows), width)
-    for r, (s, m) in enumerate(rows):
-        ids[r, :len(s)], mask[r, :len(s)] = torch.tensor(s), torch.tensor(m)
+    return rows
+
+
+def sft(model, tokenizer, triples, steps: int, lr: float, seed: int, replay: list | None = None,
+        n_replay: int = 0):
+    """Full-batch SFT on (question, tag language, answer) triples, loss on answer + EOS tokens.
+    With ``n_replay``, each step adds that many rows drawn from ``replay`` (encoded warm-start
+    rows), as pretraining data keeps flowing while a model learns new facts."""
+    rows = encode(tokenizer, triples)
+    gen = random.Random(f"replay-{seed}")
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
     model.train()
     for _ in range(steps):
+        batch = rows + (gen.sample(replay, n_replay) if n_replay else [])
+        width = max(len(s) for s, _ in batch)
+        ids = torch.full((len(batch), width), tokenizer.pad_token_id)
+        mask = torch.zeros(len(batch), width)
+        for r, (s, m) in enumerate(batch):
+            ids[r, :len(s)], mask[r, :len(s)] = torch.tensor(s), torch.tensor(m)
         logits = model(input_ids=ids).logits[:, :-1]
         nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1),
-                                                reduction="none").view(len(rows), -1)
+                                                reduction="none").view(len(batch), -1)
         loss = (nll * mask[:, 1:]).sum() / mask[:, 1:].sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -188,6 +200,50 @@ class RLTrainer:
 
 
 # ----------------------------------------------------------------------------------------------
+# Candidate worlds (issue 11, item 2), as patches of toy.py for the probe only
+
+def use_world(variant: str) -> None:
+    """Patch ``toy`` in this process to a candidate world and give it its own warm-start cache
+    (``$LRPO_CACHE/probe-<variant>``); "v2" is the current world. Candidates:
+
+    * ``pangu``: zh/ja templates with a space between CJK and Latin letters or digits ("Hoshima
+      的首都是 Kaderu 。"), so that a name has the same token ids in all 6 languages (0/36 in v2);
+    * ``pangu+xtag``: also every fact asked in every language X and tagged with each non-local
+      language Y it is taught in, answered in Y (the warm start already does this for the local
+      language only), so that the answer language follows the tag, not the region.
+    """
+    import os
+    import re
+    if variant == "v2":
+        return
+    if variant not in ("pangu", "pangu+xtag"):
+        raise ValueError(f"unknown world variant {variant!r}")
+    os.environ["LRPO_CACHE"] = str(toy.cache_dir() / f"probe-{variant}")
+    cjk = r"[\u3040-\u30ff\u3400-\u9fff\u3002\uff1f]"
+
+    def pangu(text):
+        text = re.sub(rf"({cjk})([A-Za-z0-9{{])", r"\1 \2", text)
+        return re.sub(rf"([A-Za-z0-9}}])({cjk})", r"\1 \2", text)
+
+    for table in (toy.FACT_TEMPLATES, toy.ARITHMETIC_TEMPLATES):
+        for per_lang in table.values():
+            for lang in ("zh", "ja"):
+                per_lang[lang] = tuple(pangu(x) for x in per_lang[lang])
+    if variant == "pangu+xtag":
+        base_pairs = toy.sft_pairs
+
+        def sft_pairs(cfg=toy.WorldConfig()):
+            known = toy.known_in(cfg)
+            extra = [(toy.fact_qa(r, a, x)[0], y, toy.fact_qa(r, a, y)[1])
+                     for r in toy.REGIONS for a in toy.FACT_TEMPLATES for y in LANGS
+                     if y != r.local and known[f"{r.name}-{a}", y] for x in LANGS if x != y]
+            pairs = base_pairs(cfg) + extra
+            random.Random("xtag").shuffle(pairs)
+            return pairs
+        toy.sft_pairs = sft_pairs
+
+
+# ----------------------------------------------------------------------------------------------
 # The probe
 
 def ratio(num: float, den: float) -> float:
@@ -196,7 +252,7 @@ def ratio(num: float, den: float) -> float:
 
 def run_probe(seeds=(0, 1, 2, 3, 4), train_langs=LANGS, variant: str = "direct", steps: int = 60,
               lr: float = 1e-3, rl: str | None = None, rl_steps: int = 30, rl_lr: float = 1e-4,
-              group: int = 8, log=print) -> dict:
+              group: int = 8, replay: int = 0, log=print) -> dict:
     """The probe (module docstring) over ``seeds`` × ``train_langs``; returns the matrices per
     metric ("acc", "acc_in_lang", "logp"), pooled ratios, per-seed means and the wall time."""
     torch.set_num_threads(1)
@@ -207,6 +263,7 @@ def run_probe(seeds=(0, 1, 2, 3, 4), train_langs=LANGS, variant: str = "direct",
     extra = [(r, a, x, t) for r, a in FACTS for x in LANGS for t in train_langs if x != t] if variant == "routed" else []
     before = measure(base, tokenizer, own + extra)
     trainer = RLTrainer(rl, rl_steps, rl_lr, group) if rl else None
+    replay_rows = encode(tokenizer, toy.sft_pairs(toy.WorldConfig())) if replay else None
     metrics = ("acc", "acc_in_lang", "logp")
     # per seed, per (A, B): numerator and denominator for each metric
     cells: dict = {}
@@ -225,7 +282,7 @@ def run_probe(seeds=(0, 1, 2, 3, 4), train_langs=LANGS, variant: str = "direct",
                 else:
                     triples = [(example(r, a, x).question, A, example(r, a, A).answer)
                                for r, a in t_a for x in LANGS if x != A]
-                fit.append(sft(model, tokenizer, triples, steps, lr, seed))
+                fit.append(sft(model, tokenizer, triples, steps, lr, seed, replay_rows, replay))
             probes = own + [p for p in extra if p[3] == A]
             after = measure(model, tokenizer, probes)
             gain = {k: tuple(x - y for x, y in zip(after[k], before[k])) for k in after}
@@ -254,7 +311,7 @@ def run_probe(seeds=(0, 1, 2, 3, 4), train_langs=LANGS, variant: str = "direct",
                 f"mean off-diagonal acc ratio {statistics.mean(ratio(cells['acc', A, B]['num'][-1], cells['acc', A, B]['den'][-1]) for B in LANGS if B != A):+.2f} "
                 f"({time.time() - t0:.0f}s)")
 
-    result = {"variant": variant, "rl": rl, "seeds": list(seeds), "train_langs": list(train_langs),
+    result = {"world_cache": str(toy.cache_dir()), "variant": variant, "rl": rl, "replay": replay, "seeds": list(seeds), "train_langs": list(train_langs),
               "steps": rl_steps if rl else steps, "lr": rl_lr if rl else lr, "final_train_loss_or_reward": fit,
               "before_accuracy": {}, "matrix": {}, "pooled": {}, "per_seed_mean_offdiag": {}}
     for B in LANGS:   # warm-start accuracy in B on facts not taught in B (the probe's B cells)
@@ -446,6 +503,10 @@ def main() -> None:
     p.add_argument("--variant", default="direct", choices=("direct", "routed"))
     p.add_argument("--steps", type=int, default=60, help="SFT steps")
     p.add_argument("--lr", type=float, default=1e-3, help="SFT learning rate")
+    p.add_argument("--world", default="v2", choices=("v2", "pangu", "pangu+xtag"),
+                   help="the current world (v2) or a candidate world patched in for the probe (use_world)")
+    p.add_argument("--replay", type=int, default=0,
+                   help="warm-start rows added to every SFT step (0: none): less forgetting of the control facts")
     p.add_argument("--rl", default=None, choices=("similarity", "oracle"),
                    help="train with lrpo.policy_update (GRPO in A) and this reward instead of SFT")
     p.add_argument("--rl-steps", type=int, default=30)
@@ -458,6 +519,7 @@ def main() -> None:
     p.add_argument("--diagnose-reward", action="store_true",
                    help="instead of the probe: the reward of right vs wrong own-language rollouts per language")
     args = p.parse_args()
+    use_world(args.world)
     if args.eval_checkpoint:
         from transformers import AutoModelForCausalLM
         torch.set_num_threads(1)
@@ -483,12 +545,12 @@ def main() -> None:
                           for k, v in d.items() if "/" in k}))
         return
     res = run_probe(args.seeds, args.langs.split(","), args.variant, args.steps, args.lr, args.rl,
-                    args.rl_steps, args.rl_lr, args.group)
+                    args.rl_steps, args.rl_lr, args.group, args.replay)
     print(format_result(res))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(res, indent=1))
-    print(json.dumps({"variant": res["variant"], "rl": res["rl"], "wall_s": round(res["wall_s"], 1),
+    print(json.dumps({"variant": res["variant"], "rl": res["rl"], "replay": res["replay"], "wall_s": round(res["wall_s"], 1),
                       **{f"mean_offdiag_ratio/{k}": round(v["mean_offdiag_ratio"], 4) for k, v in res["pooled"].items()},
                       **{f"ratio_of_means/{k}": round(v["ratio_of_means"], 4) for k, v in res["pooled"].items()}}))
 
