@@ -379,7 +379,7 @@ def build_model(tokenizer, mcfg: ModelConfig = ModelConfig(), seed: int = 0):
     return model
 
 
-def _encode_sft(tokenizer, pairs):
+def encode_sft(tokenizer, pairs):
     """Token ids and a loss mask (answer + EOS only) for each (question, lang, answer)."""
     rows = []
     for question, lang, answer in pairs:
@@ -395,7 +395,7 @@ def warm_start(model, tokenizer, wcfg: WarmStartConfig, cfg: WorldConfig, log=pr
     import torch
     import torch.nn.functional as F
 
-    rows = _encode_sft(tokenizer, sft_pairs(cfg))
+    rows = encode_sft(tokenizer, sft_pairs(cfg))
     gen = torch.Generator().manual_seed(wcfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=wcfg.lr, weight_decay=wcfg.weight_decay,
                             betas=(0.9, 0.98))

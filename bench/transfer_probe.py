@@ -122,22 +122,12 @@ def measure(model, tokenizer, probes: list[tuple]) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Training on language A
 
-def encode(tokenizer, triples) -> list[tuple[list[int], list[float]]]:
-    """Token ids and loss mask (answer + EOS) of (question, tag language, answer) triples."""
-    rows = []
-    for q, lang, a in triples:
-        p = tokenizer(build_prompt(tokenizer, q, lang), add_special_tokens=False)["input_ids"]
-        t = tokenizer(a, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        rows.append((p + t, [0.0] * len(p) + [1.0] * len(t)))
-    return rows
-
-
 def sft(model, tokenizer, triples, steps: int, lr: float, seed: int, replay: list | None = None,
         n_replay: int = 0):
     """Full-batch SFT on (question, tag language, answer) triples, loss on answer + EOS tokens.
     With ``n_replay``, each step adds that many rows drawn from ``replay`` (encoded warm-start
     rows), as pretraining data keeps flowing while a model learns new facts."""
-    rows = encode(tokenizer, triples)
+    rows = toy.encode_sft(tokenizer, triples)   # the warm start's own encoding (loss on answer + EOS)
     gen = random.Random(f"replay-{seed}")
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
@@ -263,7 +253,7 @@ def run_probe(seeds=(0, 1, 2, 3, 4), train_langs=LANGS, variant: str = "direct",
     extra = [(r, a, x, t) for r, a in FACTS for x in LANGS for t in train_langs if x != t] if variant == "routed" else []
     before = measure(base, tokenizer, own + extra)
     trainer = RLTrainer(rl, rl_steps, rl_lr, group) if rl else None
-    replay_rows = encode(tokenizer, toy.sft_pairs(toy.WorldConfig())) if replay else None
+    replay_rows = toy.encode_sft(tokenizer, toy.sft_pairs(toy.WorldConfig())) if replay else None
     metrics = ("acc", "acc_in_lang", "logp")
     # per seed, per (A, B): numerator and denominator for each metric
     cells: dict = {}
