@@ -32,23 +32,57 @@ no per-rollout language routing. So the K rollouts of one TRL group share one ``
 mix languages inside a group, as LRPO does, the router must live in the trainer (LRPO's verl fork).
 The prompt (with its reference) keys each group, so a reference is encoded once per call.
 
-**verl** (``custom_reward_function.path=reward_adapters.py``, ``.name=compute_score`` or
+**verl.** Two eras, both read in the source (not run end-to-end with verl):
+
+*verl <= 0.7 and LRPO's fork* (``custom_reward_function.path/.name``, ``compute_score`` or
 ``compute_score_batch``). Checked against volcengine/verl ``verl/workers/reward_manager/naive.py``
 and ``batch.py`` (stored commits 10a6180e and abddec4c, the registry-era managers of the 0.5 line
-that LRPO's fork pins, 0.5.0.dev), ``verl/trainer/ppo/reward.py`` (``get_custom_reward_fn``), and
-Guochry/LRPO's fork of ``batch.py``:
+that LRPO's fork pins, 0.5.0.dev; the 0.5.0 and 0.7.0 wheels), ``verl/trainer/ppo/reward.py``
+(``get_custom_reward_fn``), and Guochry/LRPO's fork of ``batch.py``:
 
 * NaiveRewardManager: ``compute_score(data_source=, solution_str=, ground_truth=, extra_info=)``,
   returns a float or a dict with ``"score"`` (other keys are logged as ``reward_extra_info``);
 * BatchRewardManager: ``compute_score(data_sources=, solution_strs=, ground_truths=,
-  extra_infos=, **reward_model.reward_kwargs)`` returns a list of floats or of such dicts;
-* ``custom_reward_function.reward_kwargs`` are added to every call: that is how our
-  configuration (``encoder``, ``stats_path``, ``calibration``, ``lam``, ``gate``, ``reward``,
-  ``device``, ``output``) arrives; environment variables ``LRPO_<KEY>`` (e.g. ``LRPO_STATS_PATH``)
-  fill what the kwargs leave out, handy for Ray workers. One scorer is cached per configuration.
+  extra_infos=, **reward_model.reward_kwargs)`` returns a list of floats or of such dicts.
+  In 0.7 the default ``reward_model.use_reward_loop=True`` computes rewards in the reward loop
+  below, whose registry has no ``batch``: the batch route there needs ``use_reward_loop=False``.
+
+*verl >= 0.8* (checked in the 0.8.0 and 0.9.1 wheels; the files named are identical in both
+unless a line is given for each). The reward runs in ``RewardLoopWorker`` Ray actors
+(``reward.num_workers``, default 8) through the reward-loop managers of
+``verl/experimental/reward_loop/reward_manager/``: ``naive`` (default), ``dapo``, ``gdpo``,
+``rate_limited``, ``remote``; there is **no batch manager**, so only ``compute_score`` applies.
+Keys live under ``reward.`` (``trainer/config/reward/reward.yaml:8-19``):
+``reward.custom_reward_function.path`` / ``.name`` (default name ``compute_score``),
+``reward.reward_manager.name``. ``get_custom_reward_fn`` (``trainer/ppo/reward.py:50-86``) loads
+the function and merges ``reward.custom_reward_function.reward_kwargs`` into every call, the
+configured kwargs winning (``reward.py:32-38``); that key is not in the yaml, so it takes ``+``.
+``NaiveRewardManager.run_single`` (``reward_loop/reward_manager/naive.py:34-99``) calls, once per
+response, ``compute_score(data_source=, solution_str=, ground_truth=, extra_info=)``, a sync
+function through ``loop.run_in_executor(None, ...)`` (so from a thread pool, :74-84) and an
+``async def`` one awaited directly (:66-73); ``extra_info`` is the row's ``extra_info`` column plus
+``num_turns``, ``rollout_reward_scores`` and any tool extra fields (:44-52), no other columns;
+with a reward-model router it also passes ``reward_router_address=`` and
+``reward_model_tokenizer=`` (:58-65; accepted and ignored here). A dict result must have
+``"score"``; all its keys go to ``reward_extra_info`` (:86-95), a float is logged as ``acc``.
+The legacy top-level keys (``custom_reward_function.*``, ``reward_model.reward_manager``) are
+still in the yaml (``trainer/config/legacy_reward_impl.yaml``) but are only moved under
+``reward.`` by ``migrate_legacy_reward_impl`` (``experimental/reward_loop/reward_loop.py:39-90``),
+which 0.8.0's ``main_ppo`` calls (``trainer/main_ppo.py:47``) and 0.9.1's ``main_ppo`` does not:
+there they are silently ignored. Use the ``reward.*`` keys.
+
+Fields and configuration, both eras:
+
+* ``reward_kwargs`` are added to every call: that is how our configuration (``encoder``,
+  ``stats_path``, ``calibration``, ``lam``, ``gate``, ``reward``, ``device``, ``output``)
+  arrives; environment variables ``LRPO_<KEY>`` (e.g. ``LRPO_STATS_PATH``) fill what the kwargs
+  leave out, handy for Ray workers. One scorer is cached per configuration (per process: each
+  verl >= 0.8 reward worker loads its own encoder).
 * LRPO's fork overwrites ``data_source`` with the rollout's target language (``lang``), puts the
   question language *name* in ``extra_info["language"]`` and the reference z in ``ground_truth``;
   we read the same fields (``extra_info["target_lang"]``, if present, overrides data_source).
+  Upstream verl passes the dataset's own ``data_source``, so there put the target language in
+  ``extra_info["target_lang"]`` (or make data_source a language code).
   The fork's BatchRewardManager unpacks a 3-tuple ``(scores, embed_scores, consistency_scores)``
   from ``compute_score_batch``: ``output="lrpo_fork"`` returns exactly that. Upstream verl wants
   ``output="dict"`` (default): ``{"score", "embedding_score", "consistency_score"}``, the names
@@ -56,8 +90,11 @@ Guochry/LRPO's fork of ``batch.py``:
   ``output="float"`` is for older managers that accept only numbers (verl's first
   BatchRewardManager silently turned anything else into 0.0).
 
-verl imports the file by path as module ``custom_module``, so the repository is not necessarily on
-``sys.path``; we add the repository root before importing ``calibrate`` or ``extras.verifier``.
+verl imports the file by path (as module ``custom_module`` in 0.5; from 0.7 as
+``custom_module_<hash>``, not put in ``sys.modules``: ``verl/utils/import_utils.py`` ``load_module``,
+0.8.0 :95-133, 0.9.1 :151-189), so the repository is not necessarily on ``sys.path``; we add the
+repository root before importing ``calibrate`` or ``extras.verifier``. A relative ``path`` is
+resolved against the reward worker's working directory: give an absolute one.
 
 Threads: verl may call the reward from several threads at once. One scorer per configuration is
 built under a lock (so an encoder is loaded once), and ``RewardScorer`` locks its embedding cache.
@@ -82,6 +119,9 @@ DEFAULTS: dict[str, Any] = {"reward": "similarity", "encoder": None, "stats_path
 REWARDS = ("similarity", "verifier")
 OUTPUTS = ("dict", "float", "lrpo_fork")
 ENV_PREFIX = "LRPO_"
+# Keywords verl >= 0.8's reward-loop managers pass when a reward-model router is running
+# (verl/experimental/reward_loop/reward_manager/naive.py:58-65): accepted, not used, no warning.
+TRAINER_KEYWORDS = ("reward_router_address", "reward_model_tokenizer")
 
 TRL_REFERENCE_COLUMNS = ("reference", "answer")
 TRL_GOLD_COLUMNS = ("answer_number", "reference", "answer")
@@ -109,6 +149,8 @@ def reward_config(**overrides) -> dict[str, Any]:
         if value not in (None, ""):
             config[key] = value
     for key, value in overrides.items():
+        if key in TRAINER_KEYWORDS:
+            continue
         if key not in DEFAULTS:
             if key not in _warned_keys:
                 _warned_keys.add(key)
@@ -133,8 +175,9 @@ def _build_scorer(config: dict[str, Any]):
     if config["calibration"] != "none" and config["stats_path"] is None:
         raise ValueError(
             "reward_adapters: calibration=%r needs stats_path (a CSV from 'python -m "
-            "extras.pair_stats'): pass stats_path=... (TRL: make_trl_reward(stats_path=...); verl: "
-            "custom_reward_function.reward_kwargs.stats_path) or set LRPO_STATS_PATH; "
+            "extras.pair_stats'): pass stats_path=... (TRL: make_trl_reward(stats_path=...); verl >= 0.8: "
+            "+reward.custom_reward_function.reward_kwargs.stats_path, verl <= 0.7: "
+            "+custom_reward_function.reward_kwargs.stats_path) or set LRPO_STATS_PATH; "
             "calibration='none' scores raw similarity" % config["calibration"])
     # The encoder named by config["encoder"] is loaded by calibrate.load_encoder.
     return _project("calibrate").RewardScorer(
@@ -263,9 +306,9 @@ def _verl_languages(data_source, extra_info, i: int) -> tuple[str, str]:
 
 
 def compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos=None, **kwargs):
-    """verl BatchRewardManager entry point: one reward per response (see the module docstring
-    for the fields read and ``output``). Configuration comes from ``kwargs`` (verl's
-    ``reward_kwargs``) and ``LRPO_*`` environment variables."""
+    """verl <= 0.7 BatchRewardManager entry point (verl >= 0.8 has no batch manager): one reward
+    per response (see the module docstring for the fields read and ``output``). Configuration
+    comes from ``kwargs`` (verl's ``reward_kwargs``) and ``LRPO_*`` environment variables."""
     config = reward_config(**kwargs)
     scorer = get_scorer(config)
     n = len(solution_strs)
@@ -297,8 +340,10 @@ def compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos=
 
 
 def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
-    """verl NaiveRewardManager entry point: the reward of one response, a dict with ``"score"``
-    (``output="dict"``, default) or a float (``output="float"``)."""
+    """verl NaiveRewardManager entry point (all versions; the only one verl >= 0.8's reward loop
+    calls): the reward of one response, a dict with ``"score"`` (``output="dict"``, default) or
+    a float (``output="float"``). Synchronous on purpose: verl >= 0.8 runs it in a thread pool,
+    and the scorer is thread-safe."""
     if reward_config(**kwargs)["output"] == "lrpo_fork":
         raise ValueError("output='lrpo_fork' is for compute_score_batch (the fork's batch manager)")
     return compute_score_batch([data_source], [solution_str], [ground_truth], [extra_info], **kwargs)[0]

@@ -4,6 +4,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -238,3 +239,159 @@ def test_one_scorer_per_configuration_when_threads_ask_at_once(monkeypatch):
     with ThreadPoolExecutor(max_workers=8) as pool:
         scorers = list(pool.map(get, range(8)))
     assert len(built) == 1 and all(s is scorers[0] for s in scorers)
+
+
+# ----------------------------------------------------------------------------------------------
+# verl >= 0.8: the reward loop. The calls below restate verl's code (0.8.0 and 0.9.1 wheels; the
+# files cited are identical in both unless two lines are given); verl itself is not imported.
+
+
+def _load_like_verl(path):
+    """verl/utils/import_utils.py load_module (0.8.0 :124-133, 0.9.1 :180-189): a file path is
+    executed as a fresh module named custom_module_<hash>, not put in sys.modules."""
+    import importlib.util
+    import os
+    spec = importlib.util.spec_from_file_location(f"custom_module_{hash(os.path.abspath(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _get_custom_reward_fn_like_verl(raw_fn, reward_kwargs):
+    """verl/trainer/ppo/reward.py:32-47 and :82-86: reward_kwargs merged over call kwargs."""
+    import inspect
+    from functools import partial
+
+    def _call_with_kwargs(raw_fn, extra_kwargs, *args, **kwargs):          # reward.py:32-38
+        merged_kwargs = {**kwargs, **extra_kwargs}
+        return raw_fn(*args, **merged_kwargs)
+    assert not inspect.iscoroutinefunction(raw_fn)                          # reward.py:83-84
+    return partial(_call_with_kwargs, raw_fn, dict(reward_kwargs))
+
+
+async def _run_single_like_verl(loop, compute_score, row, response_str, reward_router_address=None):
+    """NaiveRewardManager.run_single, verl/experimental/reward_loop/reward_manager/naive.py:42-99
+    (the sync branch; tokenizer decoding replaced by the decoded string)."""
+    data_source = row["data_source"]                                        # naive.py:42-52
+    ground_truth = row["reward_model"]["ground_truth"]
+    extra_info = row.get("extra_info", {})
+    tool_extra_fields = row.get("tool_extra_fields", None)
+    if tool_extra_fields is not None:
+        extra_info.update(tool_extra_fields.items())
+    extra_info["num_turns"] = row.get("__num_turns__", None)
+    extra_info["rollout_reward_scores"] = row.get("reward_scores", {})
+    extra_reward_kwargs = ({"reward_router_address": reward_router_address,  # naive.py:58-65
+                            "reward_model_tokenizer": object()}
+                           if reward_router_address is not None else {})
+    result = await loop.run_in_executor(None, lambda: compute_score(       # naive.py:75-84
+        data_source=data_source, solution_str=response_str, ground_truth=ground_truth,
+        extra_info=extra_info, **extra_reward_kwargs))
+    reward_extra_info = {}                                                  # naive.py:86-99
+    if isinstance(result, dict):
+        score = result["score"]
+        for key, value in result.items():
+            reward_extra_info[key] = value
+    else:
+        score = result
+        reward_extra_info["acc"] = score
+    return {"reward_score": score, "reward_extra_info": reward_extra_info}
+
+
+def _verl08_rows(world):
+    """Rows as the reward loop sees them: one dataset row per response (experimental/agent_loop/
+    agent_loop.py, 0.8.0 :886, 0.9.1 :1014, wraps the row's fields in numpy arrays), data_source a
+    numpy string, extra_info the row's own dict."""
+    data_sources, solutions, refs, extras = _verl_rows(world)
+    rows = [{"data_source": np.array([data_sources[i]])[0], "reward_model": {"ground_truth": refs[i]},
+             "extra_info": dict(extras[i]), "__num_turns__": 2, "tool_extra_fields": {}}
+            for i in range(len(solutions))]
+    return rows, solutions
+
+
+def _reward_loop(compute_score, rows, solutions, reward_router_address=None):
+    """RewardLoopWorker.compute_score_batch, experimental/reward_loop/reward_loop.py:138-143: one
+    task per row, gathered, so the sync function runs from the loop's thread pool concurrently
+    (the agent loop's streaming path calls RewardLoopWorker.compute_score, one row, the same way)."""
+    import asyncio
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        return await asyncio.gather(*(_run_single_like_verl(loop, compute_score, row, s,
+                                                            reward_router_address)
+                                      for row, s in zip(rows, solutions)))
+    return asyncio.run(main())
+
+
+def test_verl08_reward_loop_calls_compute_score(world):
+    data_sources, solutions, refs, extras = _verl_rows(world)
+    batch = ra.compute_score_batch(data_sources, solutions, refs, extras, stats_path=STATS)
+    module = _load_like_verl(str(ROOT / "extras" / "reward_adapters.py"))
+    # +reward.custom_reward_function.reward_kwargs.stats_path=... (a string from Hydra)
+    fn = _get_custom_reward_fn_like_verl(module.compute_score, {"stats_path": STATS})
+    rows, texts = _verl08_rows(world)
+    out = _reward_loop(fn, rows, texts)
+    assert [o["reward_score"] for o in out] == pytest.approx([d["score"] for d in batch], abs=1e-6)
+    assert all(set(o["reward_extra_info"]) == {"score", "embedding_score", "consistency_score"}
+               for o in out)
+    assert [o["reward_extra_info"]["consistency_score"] for o in out] == [1.0, 1.0, 0.0, 1.0]
+
+    # output="float": verl logs the number as "acc".
+    fn = _get_custom_reward_fn_like_verl(module.compute_score, {"stats_path": STATS, "output": "float"})
+    out = _reward_loop(fn, *_verl08_rows(world))
+    assert all(set(o["reward_extra_info"]) == {"acc"} for o in out)
+    assert [o["reward_score"] for o in out] == pytest.approx([d["score"] for d in batch], abs=1e-6)
+
+
+def test_verl08_router_keywords_are_accepted_quietly(world):
+    """With a reward-model router verl adds reward_router_address / reward_model_tokenizer."""
+    data_sources, solutions, refs, extras = _verl_rows(world)
+    expected = ra.compute_score_batch(data_sources, solutions, refs, extras, stats_path=STATS,
+                                      output="float")
+    fn = _get_custom_reward_fn_like_verl(ra.compute_score, {"stats_path": STATS, "output": "float"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = _reward_loop(fn, *_verl08_rows(world), reward_router_address="127.0.0.1:8000")
+    assert [o["reward_score"] for o in out] == pytest.approx(expected, abs=1e-6)
+    with pytest.warns(UserWarning, match="not_a_key"):     # other unknown keywords still warn
+        ra.reward_config(not_a_key=1)
+
+
+def test_verl08_plain_dataset_needs_target_lang_in_extra_info(world):
+    """Upstream verl passes the dataset's data_source (not a language): target_lang goes in
+    extra_info, and the extra keys verl adds (num_turns, rollout_reward_scores) are ignored."""
+    rows, texts = _verl08_rows(world)
+    for row in rows:
+        row["data_source"] = np.array(["lrpo/helpsteer3"])[0]
+    fn = _get_custom_reward_fn_like_verl(ra.compute_score, {"stats_path": STATS})
+    with pytest.raises(DataError, match="target_lang"):
+        _reward_loop(fn, rows[:1], texts[:1])
+    rows, texts = _verl08_rows(world)
+    for row, target in zip(rows, ["de", "de", "de", "fr"]):
+        row["data_source"] = np.array(["lrpo/helpsteer3"])[0]
+        row["extra_info"]["target_lang"] = target
+    out = _reward_loop(fn, rows, texts)
+    assert [o["reward_extra_info"]["consistency_score"] for o in out] == [1.0, 1.0, 0.0, 1.0]
+
+
+def test_verl08_file_loads_outside_the_repository(world, tmp_path):
+    """verl's load_module from another working directory, repository not on sys.path."""
+    data_sources, solutions, refs, extras = _verl_rows(world)
+    expected = ra.compute_score(data_sources[0], solutions[0], refs[0], dict(extras[0]),
+                                stats_path=STATS, output="float")
+    code = f"""
+import importlib.util, json, os, sys
+sys.path = [p for p in sys.path if os.path.abspath(p or '.') != {str(ROOT)!r}]
+assert importlib.util.find_spec('calibrate') is None      # the repository is not importable
+path = {str(ROOT / 'extras' / 'reward_adapters.py')!r}
+spec = importlib.util.spec_from_file_location(f"custom_module_{{hash(os.path.abspath(path))}}", path)
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+args = json.loads(sys.argv[1])
+print(json.dumps(module.compute_score(**args, stats_path={STATS!r}, output="float")))
+"""
+    args = {"data_source": str(data_sources[0]), "solution_str": solutions[0],
+            "ground_truth": refs[0], "extra_info": dict(extras[0], num_turns=2)}
+    import json
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(args)], cwd=tmp_path, check=True,
+                          capture_output=True, text=True, timeout=120)
+    assert float(done.stdout.strip().splitlines()[-1]) == pytest.approx(expected, abs=1e-6)
