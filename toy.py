@@ -7,7 +7,7 @@ the calibrated similarity reward and the language router.
 
 The world (6 languages in 3 scripts: en, de, fr, es in Latin, zh in Han, ja in Han + kana)
 ---------------------------------------------------------------------------------------------
-* **Regional questions** (topic ``"regional"``): 12 made-up regions, two per language, each with a
+* **Regional questions** (topic ``"regional"``): 24 made-up regions, four per language, each with a
   *local language* and four facts: its capital, its longest river, its national dish and the
   month of its harvest festival. Every fact can be asked and answered in all 6 languages, with the
   same id across languages (so the world doubles as parallel data for reward calibration).
@@ -47,7 +47,7 @@ from calibrate import in_language   # the reward's gate: the target, or language
 from data import Example, build_prompt, lang_tag, split_examples
 
 LANGS = ("en", "de", "fr", "es", "zh", "ja")
-WORLD_VERSION = 2  # bump when the world or the warm start changes, to invalidate caches
+WORLD_VERSION = 3  # bump when the world or the warm start changes, to invalidate caches
 
 # ----------------------------------------------------------------------------------------------
 # The world
@@ -65,16 +65,28 @@ class Region:
 REGIONS = (
     Region("Eastmoor", "en", "Harwick", "Tollen", "Pennat", 4),
     Region("Greyhaven", "en", "Dunmere", "Ashbrook", "Quillpie", 9),
+    Region("Westerby", "en", "Kellbridge", "Marrow", "Crumbet", 6),
+    Region("Thornwall", "en", "Pellham", "Wendle", "Hobnet", 11),
     Region("Oberlund", "de", "Brelmont", "Sarne", "Kolmar", 10),
     Region("Falkenried", "de", "Winterau", "Ilse", "Gruneck", 6),
+    Region("Birkenhall", "de", "Talberg", "Wesse", "Knodelin", 3),
+    Region("Rabenfels", "de", "Grunach", "Lanne", "Spatzlein", 8),
     Region("Mireval", "fr", "Carvonne", "Orvelle", "Tarlette", 5),
     Region("Belcastel", "fr", "Sauvrac", "Lunelle", "Gratinou", 8),
+    Region("Roquemont", "fr", "Valliere", "Seranne", "Fougasson", 1),
+    Region("Clairmarais", "fr", "Montvel", "Aubelle", "Galettou", 12),
     Region("Sandoria", "es", "Torvega", "Quenar", "Marzeta", 2),
     Region("Valdecruz", "es", "Almirez", "Tajuna", "Pimenta", 11),
+    Region("Montesol", "es", "Ribadera", "Guadalon", "Churrazo", 7),
+    Region("Costanera", "es", "Villaluz", "Ebrano", "Empanola", 4),
     Region("Tavian", "zh", "Wenlo", "Tsaho", "Mafen", 3),
     Region("Qinmara", "zh", "Shulan", "Heyu", "Baozan", 7),
+    Region("Huaxin", "zh", "Nanqiao", "Baishui", "Jiaomo", 9),
+    Region("Lianshu", "zh", "Dongpei", "Yulan", "Luomian", 5),
     Region("Hoshima", "ja", "Kaderu", "Mizaro", "Tekora", 12),
     Region("Sakurano", "ja", "Yumeda", "Kawane", "Onisu", 1),
+    Region("Kiriyama", "ja", "Hanabe", "Sorano", "Mochiru", 10),
+    Region("Aozora", "ja", "Tsukimi", "Yukige", "Nabemi", 2),
 )
 
 MONTHS = {
@@ -92,30 +104,35 @@ MONTHS = {
 }
 
 # (question, answer) templates per attribute and language; {r} region, {v} value.
+# zh and ja put a space between a Latin name or a number and the Han/kana text around it, as much
+# mixed-script writing does ("pangu spacing"). It is there for the tokenizer: without it the byte-level
+# BPE merges "Hoshima的首都是Kaderu" into a few tokens, so a name has other token ids in zh/ja than in
+# the Latin languages and no fact can transfer between them (bench/results_transfer.md: 0 of 36
+# names shared, strict transfer Latin -> zh/ja 0.00; with the spaces every name is shared).
 FACT_TEMPLATES = {
     "capital": {
         "en": ("What is the capital of {r}?", "The capital of {r} is {v}."),
         "de": ("Was ist die Hauptstadt von {r}?", "Die Hauptstadt von {r} ist {v}."),
         "fr": ("Quelle est la capitale de {r} ?", "La capitale de {r} est {v}."),
         "es": ("¿Cuál es la capital de {r}?", "La capital de {r} es {v}."),
-        "zh": ("{r}的首都是哪座城市？", "{r}的首都是{v}。"),
-        "ja": ("{r}の首都はどこですか？", "{r}の首都は{v}です。"),
+        "zh": ("{r} 的首都是哪座城市？", "{r} 的首都是 {v}。"),
+        "ja": ("{r} の首都はどこですか？", "{r} の首都は {v} です。"),
     },
     "river": {
         "en": ("What is the longest river in {r}?", "The longest river in {r} is the {v}."),
         "de": ("Wie heißt der längste Fluss in {r}?", "Der längste Fluss in {r} ist die {v}."),
         "fr": ("Quel est le plus long fleuve de {r} ?", "Le plus long fleuve de {r} est la {v}."),
         "es": ("¿Cuál es el río más largo de {r}?", "El río más largo de {r} es el {v}."),
-        "zh": ("{r}最长的河流是哪一条？", "{r}最长的河流是{v}河。"),
-        "ja": ("{r}で一番長い川は何ですか？", "{r}で一番長い川は{v}川です。"),
+        "zh": ("{r} 最长的河流是哪一条？", "{r} 最长的河流是 {v} 河。"),
+        "ja": ("{r} で一番長い川は何ですか？", "{r} で一番長い川は {v} 川です。"),
     },
     "dish": {
         "en": ("What is the national dish of {r}?", "The national dish of {r} is {v}."),
         "de": ("Was ist das Nationalgericht von {r}?", "Das Nationalgericht von {r} ist {v}."),
         "fr": ("Quel est le plat national de {r} ?", "Le plat national de {r} est le {v}."),
         "es": ("¿Cuál es el plato nacional de {r}?", "El plato nacional de {r} es el {v}."),
-        "zh": ("{r}的国菜是什么？", "{r}的国菜是{v}这道菜。"),
-        "ja": ("{r}の国民食は何ですか？", "{r}の国民食は{v}です。"),
+        "zh": ("{r} 的国菜是什么？", "{r} 的国菜是 {v} 这道菜。"),
+        "ja": ("{r} の国民食は何ですか？", "{r} の国民食は {v} です。"),
     },
     "festival": {
         "en": ("In which month is the harvest festival of {r} held?",
@@ -126,8 +143,8 @@ FACT_TEMPLATES = {
                "La fête des récoltes de {r} a lieu en {v}."),
         "es": ("¿En qué mes se celebra la fiesta de la cosecha de {r}?",
                "La fiesta de la cosecha de {r} se celebra en {v}."),
-        "zh": ("{r}的丰收节是在哪个月份举行的？", "{r}的丰收节是在{v}举行的。"),
-        "ja": ("{r}の収穫祭は何月に行われますか？", "{r}の収穫祭は{v}に行われます。"),
+        "zh": ("{r} 的丰收节是在哪个月份举行的？", "{r} 的丰收节是在{v}举行的。"),
+        "ja": ("{r} の収穫祭は何月に行われますか？", "{r} の収穫祭は {v} に行われます。"),
     },
 }
 
@@ -142,9 +159,10 @@ ARITHMETIC_TEMPLATES = {
                "{n} possède maintenant {c} pommes."),
         "es": ("{n} tiene {a} manzanas y compra {b} más. ¿Cuántas manzanas tiene {n} ahora?",
                "{n} tiene ahora {c} manzanas."),
-        "zh": ("{n}有{a}个苹果，后来又买了{b}个。请问{n}现在一共有多少个苹果？", "{n}现在一共有{c}个苹果。"),
-        "ja": ("{n}はりんごを{a}個持っていて、さらに{b}個買いました。{n}は今りんごを何個持っていますか？",
-               "{n}は今りんごを{c}個持っています。"),
+        "zh": ("{n} 有 {a} 个苹果，后来又买了 {b} 个。请问 {n} 现在一共有多少个苹果？",
+               "{n} 现在一共有 {c} 个苹果。"),
+        "ja": ("{n} はりんごを {a} 個持っていて、さらに {b} 個買いました。 {n} は今りんごを何個持っていますか？",
+               "{n} は今りんごを {c} 個持っています。"),
     },
     "sub": {
         "en": ("{n} has {a} apples and eats {b} of them. How many apples does {n} have left?",
@@ -155,9 +173,10 @@ ARITHMETIC_TEMPLATES = {
                "Il reste {c} pommes à {n}."),
         "es": ("{n} tiene {a} manzanas y se come {b}. ¿Cuántas manzanas le quedan a {n}?",
                "A {n} le quedan {c} manzanas."),
-        "zh": ("{n}有{a}个苹果，吃掉了其中的{b}个。请问{n}现在还剩下多少个苹果？", "{n}现在还剩下{c}个苹果。"),
-        "ja": ("{n}はりんごを{a}個持っていて、{b}個食べました。{n}にはりんごが何個残っていますか？",
-               "{n}にはりんごが{c}個残っています。"),
+        "zh": ("{n} 有 {a} 个苹果，吃掉了其中的 {b} 个。请问 {n} 现在还剩下多少个苹果？",
+               "{n} 现在还剩下 {c} 个苹果。"),
+        "ja": ("{n} はりんごを {a} 個持っていて、 {b} 個食べました。 {n} にはりんごが何個残っていますか？",
+               "{n} にはりんごが {c} 個残っています。"),
     },
 }
 NAMES = ("Lina", "Omar", "Kenji", "Clara", "Paul", "Sofia", "Ines", "Tomas")
@@ -166,12 +185,12 @@ NAMES = ("Lina", "Omar", "Kenji", "Clara", "Paul", "Sofia", "Ines", "Tomas")
 @dataclass(frozen=True)
 class WorldConfig:
     seed: int = 0
-    known_elsewhere: float = 0.25   # share of facts also taught in each non-local language
+    known_elsewhere: float = 0.10   # share of facts also taught in each non-local language
     local_repeats: int = 4          # how often each fact is taught in its local language
-    n_arithmetic: int = 60          # arithmetic problems (each asked in all 6 languages)
+    n_arithmetic: int = 72          # arithmetic problems (each asked in all 6 languages)
     arithmetic_sft: int = 1200      # arithmetic warm-start examples
     arithmetic_english_share: float = 0.5  # share of those answered in English
-    test_fraction: float = 0.15
+    test_fraction: float = 0.5      # held out per language and question group (load_split)
 
 
 def _fact_value(region: Region, attribute: str, lang: str) -> str:
@@ -229,11 +248,28 @@ def build_examples(cfg: WorldConfig = WorldConfig()) -> list[Example]:
     return examples
 
 
+def question_group(example: Example) -> str:
+    """"regional/local-q" (asked in the region's own language), "regional/other-q" or "arithmetic"."""
+    if example.topic != "regional":
+        return example.topic
+    local = next(r.local for r in REGIONS if r.name == example.region[0])
+    return "regional/local-q" if example.lang == local else "regional/other-q"
+
+
 def load_split(split: str = "train", cfg: WorldConfig = WorldConfig()) -> list[Example]:
-    """The train or test split of the world, stratified by language (data.split_examples)."""
-    train, test = split_examples(build_examples(cfg), cfg.test_fraction, seed=cfg.seed)
+    """The train or test split of the world: ``data.split_examples`` within each question group,
+    so that every language holds out the same share of each group (half, by default: 84
+    questions per language, 40 of them regional questions not in the region's language, the
+    cell where routing can help; the classroom experiment needs that many)."""
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+    train, test = [], []
+    examples = build_examples(cfg)
+    for group in dict.fromkeys(map(question_group, examples)):
+        tr, te = split_examples([e for e in examples if question_group(e) == group],
+                                cfg.test_fraction, seed=cfg.seed)
+        train += tr
+        test += te
     return {"train": train, "test": test, "all": train + test}[split]
 
 
@@ -499,9 +535,7 @@ def accuracy_report(model, tokenizer, examples, detect_language=None) -> dict:
         for e, target, answer, lang in zip(chosen, targets, answers, langs):
             # Score against the gold value in the language the answer was asked for.
             gold = e if mode == "own" else _example_in(e, target)
-            topic = e.topic
-            if topic == "regional":  # questions asked in the region's own language know more
-                topic = "regional/local-q" if e.lang == local[e.region[0]] else "regional/other-q"
+            topic = question_group(e)   # questions asked in the region's own language know more
             cell = report.setdefault(mode, {}).setdefault(topic, {}).setdefault(
                 e.lang, {"n": 0, "correct": 0, "in_language": 0})
             cell["n"] += 1

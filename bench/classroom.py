@@ -1,94 +1,307 @@
-"""The classroom experiment: LRPO vs GRPO vs fixed language mixes on the built-in world.
+"""The classroom experiment (issue 11), pre-registered in BENCHMARKS.md: does routing help?
 
-The small-scale analogue of the paper's Tables 1–2. Each method trains the same warm-started tiny
-model with the same budget and seeds; afterwards every held-out question is answered greedily in
-its own language and checked against the gold value (toy.is_correct). The table reports per
-language accuracy, mean ± std over seeds, with the untrained model as the first row.
+    python bench/classroom.py                   # 4 methods × 5 seeds on the 2-core CPU (~1 h)
+    python bench/classroom.py --device cuda     # the same on one GPU, several runs at once
+    python bench/classroom.py --seeds 0 --steps 60 --methods lrpo grpo   # a few minutes, for a class
 
-    python bench/classroom.py                         # 4 methods × 3 seeds, default lrpo.py budget
-    python bench/classroom.py --seeds 0 1 2 3 4 --jobs 2 --steps 150
+The small-scale analogue of the paper's Table 2. Every method trains the same warm-started tiny
+model on the built-in world with the same budget and seeds (each run an ordinary
+``python lrpo.py --method M --seed S``, its folder under ``--out``, resumable). Afterwards every
+held-out question is answered greedily in its own language and scored **strictly**: right
+(``toy.is_correct``) *and* in the question's language (the reward's language-ID gate,
+``calibrate.in_language``). The headline cell is the held-out regional questions asked in a
+language other than their region's (``toy.question_group`` = "regional/other-q"): the facts the
+warm start taught mainly in the region's local language, where routing rollouts to that language
+can help. For LRPO − each baseline the script gives the paired difference and a two-level
+bootstrap 95% interval (seeds and questions resampled independently, 10,000 times), with the
+Holm-adjusted verdict over the three baselines of the claim.
 
-Each run is an ordinary `python lrpo.py --method M --seed S --out DIR` (folders under --out), so
-any run can be inspected, plotted or resumed on its own. A run whose folder already holds a
-finished eval is reused, so an interrupted experiment continues where it stopped.
+Writes ``<out>/results.json``, ``<out>/results.md`` (the tables) and ``<out>/classroom.png``
+(accuracy with intervals; the router's probability of the region's local language over steps).
+A finished run (its ``answers.json``) is reused, so an interrupted experiment continues.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import os
+import shutil
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("lrpo", "grpo", "uniform", "english-dominant")
+sys.path.insert(0, str(ROOT))
+
+import toy  # noqa: E402
+
+METHODS = ("lrpo", "grpo", "uniform", "english-dominant")   # the paper's Table 2; lrpo first
+CLAIM_BASELINES = ("grpo", "uniform", "english-dominant")   # the pre-registered comparisons
+HEADLINE = "regional/other-q"
+GROUPS = (HEADLINE, "regional/local-q", "arithmetic")
 
 
-def run_one(method: str, seed: int, args) -> dict:
+# ----------------------------------------------------------------------------------------------
+# Scoring one model on every question of the world
+
+def score_model(model, tokenizer, examples) -> list[dict]:
+    """Greedy answer to each question in its own language, scored strictly and leniently."""
+    from calibrate import detect_languages, in_language
+    answers = toy.greedy_answers(model, tokenizer, examples, [e.lang for e in examples], batch_size=256)
+    detected = detect_languages(answers)
+    local = {r.name: r.local for r in toy.REGIONS}
+    return [{"id": e.id, "lang": e.lang, "group": toy.question_group(e), "answer": a, "answer_lang": d,
+             "lenient": bool(toy.is_correct(e, a)), "in_language": bool(in_language(d, e.lang)),
+             "strict": bool(toy.is_correct(e, a) and in_language(d, e.lang)),
+             "in_local": bool(e.region and d == local[e.region[0]])}
+            for e, a, d in zip(examples, answers, detected)]
+
+
+def score_folder(folder: Path, device: str) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(device).eval()
+    return {"test": score_model(model, tokenizer, toy.load_split("test")),
+            "train": score_model(model, tokenizer, toy.load_split("train"))}
+
+
+# ----------------------------------------------------------------------------------------------
+# Running the methods
+
+def run_one(method: str, seed: int, args, log) -> dict:
+    """Train (or resume) one run with lrpo.py, then score its final checkpoint."""
     out = Path(args.out) / f"{method}-s{seed}"
-    evals = out / "eval.jsonl"
-    if not (evals.exists() and any(json.loads(l)["step"] == args.steps for l in evals.read_text().splitlines())):
-        cmd = [sys.executable, str(ROOT / "lrpo.py"), "--method", method, "--seed", str(seed),
-               "--steps", str(args.steps), "--out", str(out), "--no-progress",
-               "--threads", str(args.threads), "--eval-every", "0"]
-        if out.exists() and (out / "checkpoint").exists():
-            cmd.append("--resume")
-        elif out.exists():
-            import shutil
-            shutil.rmtree(out)
-        log = Path(args.out) / f"{method}-s{seed}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("w") as f:
-            subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
-    rows = [json.loads(l) for l in evals.read_text().splitlines()]
-    return {"method": method, "seed": seed, "before": rows[0], "after": rows[-1]}
+    answers = out / "answers.json"
+    if answers.exists():
+        return json.loads(answers.read_text())
+    t0 = time.time()
+    cmd = [sys.executable, str(ROOT / "lrpo.py"), "--method", method, "--seed", str(seed),
+           "--steps", str(args.steps), "--out", str(out), "--no-progress", "--eval-size", "0",
+           "--save-every", "50", "--threads", str(args.threads), "--device", args.device, "--no-compile"]
+    if (out / "config.json").exists() and (out / "checkpoint").exists():
+        cmd.append("--resume")
+    elif out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with (Path(args.out) / f"{method}-s{seed}.log").open("w") as f:
+        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
+                              env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+    if done.returncode != 0:
+        raise SystemExit(f"{method} seed {seed} failed (exit {done.returncode}); see {out}.log")
+    result = {"method": method, "seed": seed, "seconds": time.time() - t0,
+              **score_folder(out / "checkpoint", args.device)}
+    answers.write_text(json.dumps(result, ensure_ascii=False))
+    return result
 
 
-def mean_std(values):
-    return (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+def strict_by_question(result: dict, split: str, group: str | None) -> dict:
+    return {(r["id"], r["lang"]): r["strict"] for r in result[split] if group is None or r["group"] == group}
 
 
-def main() -> None:
+def mean(rows, key="strict", **where) -> float:
+    chosen = [r[key] for r in rows if all(r[k] == v for k, v in where.items())]
+    return float(np.mean(chosen)) if chosen else float("nan")
+
+
+# ----------------------------------------------------------------------------------------------
+# Analysis: paired two-level bootstrap of LRPO − baseline
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 10_000, seed: int = 0) -> np.ndarray:
+    """Resampled mean differences of (a − b), arrays of shape (seeds, questions): seeds and
+    questions are drawn with replacement independently (the same draw for both methods)."""
+    diff = (a.astype(float) - b.astype(float))
+    n_s, n_q = diff.shape
+    rng = np.random.default_rng(seed)
+    w_s = np.stack([np.bincount(rng.integers(0, n_s, n_s), minlength=n_s) for _ in range(n_boot)])
+    w_q = np.stack([np.bincount(rng.integers(0, n_q, n_q), minlength=n_q) for _ in range(n_boot)])
+    return np.einsum("bs,sq,bq->b", w_s, diff, w_q) / (n_s * n_q)
+
+
+def compare(results: list[dict], baselines, group=HEADLINE, split="test") -> dict:
+    """Δ = LRPO − b on the cell, its bootstrap interval and one-sided p, Holm over ``baselines``."""
+    def matrix(method):
+        runs = sorted((r for r in results if r["method"] == method), key=lambda r: r["seed"])
+        per_seed = [strict_by_question(r, split, group) for r in runs]
+        keys = sorted(per_seed[0])
+        return [r["seed"] for r in runs], keys, np.array([[s[k] for k in keys] for s in per_seed], dtype=float)
+    seeds, keys, lrpo = matrix("lrpo")
+    out = {}
+    for b in baselines:
+        b_seeds, b_keys, other = matrix(b)
+        if b_seeds != seeds or b_keys != keys:
+            raise SystemExit(f"lrpo and {b} were not run on the same seeds and questions")
+        boot = paired_bootstrap(lrpo, other)
+        out[b] = {"delta": float((lrpo - other).mean()), "ci95": np.percentile(boot, [2.5, 97.5]).tolist(),
+                  "p_one_sided": float(np.mean(boot <= 0)), "boot": boot}
+    # Holm: the smallest p is judged at α/m, the next at α/(m−1), ...; the matching two-sided
+    # intervals are 1 − 2α/m, ... (α = 0.025 per side: 98.3%, 97.5%, 95% for three baselines)
+    for rank, b in enumerate(sorted(out, key=lambda b: out[b]["p_one_sided"])):
+        level = 0.05 / (len(out) - rank)
+        lo, hi = np.percentile(out[b]["boot"], [100 * level / 2, 100 * (1 - level / 2)])
+        out[b]["holm"] = {"level": 1 - level, "ci": [float(lo), float(hi)],
+                          "verdict": "LRPO better" if lo > 0 else "LRPO worse" if hi < 0 else "no detectable difference"}
+    for b in out:
+        del out[b]["boot"]
+    return out
+
+
+def router_local_probability(folder: Path) -> tuple[list[int], list[float]]:
+    """Mean over regional contexts of the router's probability of the region's local language."""
+    local = {r.name: r.local for r in toy.REGIONS}
+    steps, probs = [], []
+    for line in (folder / "router.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        ps = [p[local[ctx.split(" | ")[1]]] for ctx, p in rec["probs"].items()
+              if ctx.startswith("regional | ") and ctx.split(" | ")[1] in local]
+        if ps:
+            steps.append(rec["step"])
+            probs.append(float(np.mean(ps)))
+    return steps, probs
+
+
+def summarise(results: list[dict], untrained: dict, args) -> dict:
+    methods = [m for m in args.methods if any(r["method"] == m for r in results)]
+    rows = {"untrained": [untrained]} | {m: [r for r in results if r["method"] == m] for m in methods}
+    cells = [("held-out " + g, "test", dict(group=g)) for g in GROUPS]
+    cells += [("held-out all", "test", {})] + [(f"held-out {l}", "test", dict(lang=l)) for l in toy.LANGS]
+    cells += [("train " + HEADLINE, "train", dict(group=HEADLINE))]
+    table = {}
+    for name, runs in rows.items():
+        table[name] = {}
+        for cell, split, where in cells:
+            vals = [mean(r[split], **where) for r in runs]
+            table[name][cell] = {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0}
+        head = [x for r in runs for x in r["test"] if x["group"] == HEADLINE]
+        table[name]["headline lenient"] = {"mean": mean(head, "lenient")}
+        table[name]["headline answered in question language"] = {"mean": mean(head, "in_language")}
+        table[name]["headline answered in local language"] = {"mean": mean(head, "in_local")}
+    out = {"settings": {"steps": args.steps, "seeds": args.seeds, "methods": methods, "device": args.device,
+                        "world_version": toy.WORLD_VERSION},
+           "n_headline_per_seed": sum(x["group"] == HEADLINE for x in untrained["test"]),
+           "table": table, "wall_seconds": {f"{r['method']}-s{r['seed']}": r["seconds"] for r in results}}
+    if "lrpo" in methods and len(args.seeds) > 1:
+        out["lrpo_minus"] = compare(results, [b for b in methods if b != "lrpo" and b in CLAIM_BASELINES]
+                                    or [b for b in methods if b != "lrpo"])
+        out["lrpo_minus_all_held_out"] = compare(results, [b for b in methods if b != "lrpo"], group=None)
+    if "lrpo" in methods:
+        curves = [router_local_probability(Path(args.out) / f"lrpo-s{s}") for s in args.seeds]
+        out["router_local_probability"] = {"steps": curves[0][0], "mean": np.mean([c[1] for c in curves], 0).tolist(),
+                                           "per_seed": [c[1] for c in curves]}
+    return out
+
+
+def markdown(summary: dict) -> str:
+    table = summary["table"]
+    cells = [c for c in next(iter(table.values())) if "std" in next(iter(table.values()))[c]]
+    lines = ["| method | " + " | ".join(cells) + " |", "|---|" + "---|" * len(cells)]
+    for name, row in table.items():
+        lines.append(f"| {name} | " + " | ".join(f"{row[c]['mean']:.3f} ± {row[c]['std']:.3f}" for c in cells) + " |")
+    lines += ["", "| method | headline lenient | headline answered in question language | … in region's local language |",
+              "|---|---|---|---|"]
+    for name, row in table.items():
+        lines.append(f"| {name} | {row['headline lenient']['mean']:.3f} | "
+                     f"{row['headline answered in question language']['mean']:.3f} | "
+                     f"{row['headline answered in local language']['mean']:.3f} |")
+    for key, title in (("lrpo_minus", f"headline cell ({summary['n_headline_per_seed']} questions × seeds)"),
+                       ("lrpo_minus_all_held_out", "all held-out questions")):
+        if key in summary:
+            lines += ["", f"LRPO − baseline, {title}:", "",
+                      "| baseline | Δ | 95% CI | one-sided p | Holm interval | verdict |", "|---|---|---|---|---|---|"]
+            for b, c in summary[key].items():
+                lines.append(f"| {b} | {c['delta']:+.3f} | [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}] | "
+                             f"{c['p_one_sided']:.3f} | {100 * c['holm']['level']:.1f}%: [{c['holm']['ci'][0]:+.3f}, "
+                             f"{c['holm']['ci'][1]:+.3f}] | {c['holm']['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    names = list(summary["table"])
+    for i, cell in enumerate((f"held-out {HEADLINE}", "held-out all")):
+        means = [summary["table"][n][cell]["mean"] for n in names]
+        errs = [summary["table"][n][cell]["std"] for n in names]
+        ax1.bar(np.arange(len(names)) + 0.4 * i - 0.2, means, 0.4, yerr=errs, capsize=3,
+                label=cell.replace("held-out ", "held-out: ").replace(HEADLINE, "regional, not the region's language"))
+    ax1.set_xticks(range(len(names)), names, rotation=20)
+    ax1.set_ylabel("strict accuracy (right and in the question's language)")
+    ax1.set_title("Held-out accuracy by method (mean ± std over seeds)")
+    ax1.legend(fontsize=8)
+    if "lrpo_minus" in summary:
+        text = "\n".join(f"LRPO − {b}: {c['delta']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]"
+                         for b, c in summary["lrpo_minus"].items())
+        ax1.text(0.02, 0.98, text, transform=ax1.transAxes, va="top", fontsize=7, family="monospace")
+    curve = summary.get("router_local_probability")
+    if curve:
+        for seed_curve in curve["per_seed"]:
+            ax2.plot(curve["steps"], seed_curve, color="tab:blue", alpha=0.25, lw=1)
+        ax2.plot(curve["steps"], curve["mean"], color="tab:blue", lw=2, label="LRPO router, mean over seeds")
+        ax2.axhline(1 / len(toy.LANGS), color="grey", ls="--", label="uniform (1/6)")
+        ax2.set_xlabel("training step")
+        ax2.set_ylabel("p(region's local language) for a routed slot")
+        ax2.set_title("The router finds the local language")
+        ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", nargs="+", default=list(METHODS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--steps", type=int, default=150)
-    p.add_argument("--jobs", type=int, default=1, help="runs in parallel")
-    p.add_argument("--threads", type=int, default=2, help="torch threads per run")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--jobs", type=int, default=None, help="runs at once (default: 2 on CPU, 5 on CUDA)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--out", default="runs/classroom")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    jobs = args.jobs or (5 if args.device.startswith("cuda") else 2)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
 
-    jobs = [(m, s) for m in args.methods for s in args.seeds]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda job: run_one(*job, args), jobs))
+    # the warm start (trained once and cached) and its score: the "untrained" row
+    import torch
+    torch.set_num_threads(max(1, args.threads))
+    base, _ = toy.load_model_and_tokenizer()
+    untrained_path = Path(args.out) / "untrained.json"
+    if not untrained_path.exists():
+        untrained_path.write_text(json.dumps({"method": "untrained", "seed": None, "seconds": 0.0,
+                                              **score_folder(base.name_or_path, args.device)}, ensure_ascii=False))
+    untrained = json.loads(untrained_path.read_text())
+    print(f"[classroom] warm start: held-out {HEADLINE} strict {mean(untrained['test'], group=HEADLINE):.3f}, "
+          f"all held-out {mean(untrained['test']):.3f} ({time.time() - t0:.0f}s)", flush=True)
 
-    langs = sorted({k.split("/")[-1] for r in results for k in r["after"]
-                    if k.startswith("eval/accuracy/") and k.count("/") == 2})
-    keys = [f"eval/accuracy/{l}" for l in langs] + ["eval/accuracy", "eval/accuracy/regional", "eval/in_language"]
-    def cols(rows_of_evals):
-        out = {}
-        for k in keys:
-            if k == "eval/accuracy/regional":
-                vals = [statistics.mean(v for kk, v in e.items() if kk.startswith("eval/accuracy/regional/"))
-                        for e in rows_of_evals]
-            else:
-                vals = [e[k] for e in rows_of_evals]
-            out[k] = mean_std(vals)
-        return out
-    table = {"untrained": cols([r["before"] for r in results if r["method"] == args.methods[0]])}
-    for m in args.methods:
-        table[m] = cols([r["after"] for r in results if r["method"] == m])
+    todo = [(m, s) for s in args.seeds for m in args.methods]
+    finished = []
 
-    names = langs + ["all", "regional", "in-lang"]
-    print(f"\nHeld-out accuracy in the question's own language (greedy), mean ± std over seeds "
-          f"{args.seeds}, {args.steps} steps")
-    print(f"{'method':18s}" + "".join(f"{n:>14s}" for n in names))
-    for method, row in table.items():
-        print(f"{method:18s}" + "".join(f"{row[k][0]:8.3f}±{row[k][1]:.3f}" for k in keys))
-    print(json.dumps({m: {n: {"mean": row[k][0], "std": row[k][1]} for n, k in zip(names, keys)}
-                      for m, row in table.items()}))
+    def one(job):
+        result = run_one(*job, args, print)
+        finished.append(job)
+        print(f"[classroom] {len(finished)}/{len(todo)} {job[0]} seed {job[1]}: {result['seconds'] / 60:.1f} min, "
+              f"held-out {HEADLINE} {mean(result['test'], group=HEADLINE):.3f}, all {mean(result['test']):.3f} "
+              f"(elapsed {(time.time() - t0) / 60:.1f} min)", flush=True)
+        return result
+    with ThreadPoolExecutor(jobs) as pool:
+        results = list(pool.map(one, todo))
+
+    summary = summarise(results, untrained, args)
+    summary["wall_seconds_total"] = time.time() - t0
+    (Path(args.out) / "results.json").write_text(json.dumps(summary, indent=1))
+    text = markdown(summary)
+    (Path(args.out) / "results.md").write_text(text)
+    plot(summary, Path(args.out) / "classroom.png")
+    print(text)
+    print(f"[classroom] {len(results)} runs in {summary['wall_seconds_total'] / 60:.1f} min; wrote "
+          f"{args.out}/results.json, results.md, classroom.png")
+    return summary
 
 
 if __name__ == "__main__":

@@ -44,13 +44,52 @@ def test_same_seed_same_world_and_split():
     assert {e.lang for e in test} == set(toy.LANGS)
 
 
+def test_split_holds_out_enough_questions_per_language_and_group():
+    # the classroom experiment's pre-registration: >= 80 held-out questions per language, >= 40
+    # of them regional questions not in their region's language (the headline cell)
+    test = toy.load_split("test")
+    for lang in toy.LANGS:
+        mine = [e for e in test if e.lang == lang]
+        assert len(mine) >= 80, lang
+        assert sum(toy.question_group(e) == "regional/other-q" for e in mine) >= 40, lang
+    assert len(toy.load_split("all")) == len(toy.build_examples())
+
+
+def test_every_value_names_one_fact():
+    # a right answer about the wrong region must not count as right by accident
+    values = [getattr(r, a) for r in toy.REGIONS for a in ("capital", "river", "dish")]
+    values += [r.name for r in toy.REGIONS]
+    assert len(set(values)) == len(values)
+
+
+def test_names_have_the_same_token_ids_in_every_language(toy_tokenizer):
+    # the condition for cross-lingual transfer in the toy world (the zh/ja templates space Latin
+    # names off, see FACT_TEMPLATES): a name inside a zh/ja sentence is the same tokens as in a
+    # Latin-script sentence
+    def ids(text):
+        return toy_tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def contains(seq, sub):
+        return any(seq[i:i + len(sub)] == sub for i in range(len(seq) - len(sub) + 1))
+
+    unshared = []
+    for region in toy.REGIONS:
+        for attribute in ("capital", "river", "dish"):
+            name = ids(" " + getattr(region, attribute))
+            for lang in toy.LANGS:
+                answer = toy.fact_qa(region, attribute, lang)[1]
+                if not contains(ids(answer), name):
+                    unshared.append((region.name, attribute, lang))
+    assert not unshared, unshared[:5]
+
+
 def test_local_language_knows_more_by_construction():
     known = toy.known_in(toy.WorldConfig())
     local = {r.name: r.local for r in toy.REGIONS}
     assert all(known[f"{r.name}-capital", r.local] for r in toy.REGIONS)
     share = sum(v for (fact, lang), v in known.items() if lang != local[fact.split("-")[0]])
     share /= sum(1 for (fact, lang) in known if lang != local[fact.split("-")[0]])
-    assert 0.1 < share < 0.45
+    assert 0.04 < share < 0.2
 
 
 def test_tokenizer_round_trip_on_every_language(toy_tokenizer):
