@@ -475,8 +475,12 @@ def cache_dir() -> Path:
 
 
 def _cache_key(cfg, mcfg, wcfg) -> str:
+    # The world's own text is part of the key, so an edited region, fact or template (a classroom
+    # exercise) trains a new warm start instead of reusing one that taught the old world.
+    world = hashlib.sha256(json.dumps([sft_pairs(cfg), [asdict(e) for e in build_examples(cfg)]],
+                                      ensure_ascii=False).encode()).hexdigest()
     blob = json.dumps({"version": WORLD_VERSION, "world": asdict(cfg), "model": asdict(mcfg),
-                       "warm": asdict(wcfg)}, sort_keys=True)
+                       "warm": asdict(wcfg), "text": world}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

@@ -3,6 +3,7 @@
     python bench/classroom.py                   # 4 methods × 5 seeds on the 2-core CPU (~1 h)
     python bench/classroom.py --device cuda     # the same on one GPU, several runs at once
     python bench/classroom.py --seeds 0 --steps 60 --methods lrpo grpo   # a few minutes, for a class
+    python bench/classroom.py --lrpo-args "--calibration none" --out runs/no-calibration   # exercises
 
 The small-scale analogue of the paper's Table 2. Every method trains the same warm-started tiny
 model on the built-in world with the same budget and seeds (each run an ordinary
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -82,7 +84,8 @@ def run_one(method: str, seed: int, args, log) -> dict:
     t0 = time.time()
     cmd = [sys.executable, str(ROOT / "lrpo.py"), "--method", method, "--seed", str(seed),
            "--steps", str(args.steps), "--out", str(out), "--no-progress", "--eval-size", "0",
-           "--save-every", "50", "--threads", str(args.threads), "--device", args.device, "--no-compile"]
+           "--save-every", "50", "--threads", str(args.threads), "--device", args.device, "--no-compile",
+           "--dtype", "float32", *shlex.split(args.lrpo_args)]
     if (out / "config.json").exists() and (out / "checkpoint").exists():
         cmd.append("--resume")
     elif out.exists():
@@ -181,7 +184,7 @@ def summarise(results: list[dict], untrained: dict, args) -> dict:
         table[name]["headline answered in question language"] = {"mean": mean(head, "in_language")}
         table[name]["headline answered in local language"] = {"mean": mean(head, "in_local")}
     out = {"settings": {"steps": args.steps, "seeds": args.seeds, "methods": methods, "device": args.device,
-                        "world_version": toy.WORLD_VERSION},
+                        "lrpo_args": args.lrpo_args, "world_version": toy.WORLD_VERSION},
            "n_headline_per_seed": sum(x["group"] == HEADLINE for x in untrained["test"]),
            "table": table, "wall_seconds": {f"{r['method']}-s{r['seed']}": r["seconds"] for r in results}}
     if "lrpo" in methods and len(args.seeds) > 1:
@@ -262,6 +265,7 @@ def main(argv=None) -> dict:
     p.add_argument("--jobs", type=int, default=None, help="runs at once (default: 2 on CPU, 5 on CUDA)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--out", default="runs/classroom")
+    p.add_argument("--lrpo-args", default="", help='more lrpo.py flags for every run, e.g. "--calibration none"')
     args = p.parse_args(argv)
     jobs = args.jobs or (5 if args.device.startswith("cuda") else 2)
     Path(args.out).mkdir(parents=True, exist_ok=True)
