@@ -30,6 +30,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -44,6 +45,7 @@ import toy  # noqa: E402
 METHODS = ("lrpo", "grpo", "uniform", "english-dominant")   # the paper's Table 2; lrpo first
 CLAIM_BASELINES = ("grpo", "uniform", "english-dominant")   # the pre-registered comparisons
 HEADLINE = "regional/other-q"
+SCORING = threading.Lock()
 GROUPS = (HEADLINE, "regional/local-q", "arithmetic")
 
 
@@ -96,8 +98,9 @@ def run_one(method: str, seed: int, args, log) -> dict:
                               env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
     if done.returncode != 0:
         raise SystemExit(f"{method} seed {seed} failed (exit {done.returncode}); see {out}.log")
-    result = {"method": method, "seed": seed, "seconds": time.time() - t0,
-              **score_folder(out / "checkpoint", args.device)}
+    with SCORING:   # one at a time: a CUDA-graph capture fails if another thread launches kernels
+        scores = score_folder(out / "checkpoint", args.device)
+    result = {"method": method, "seed": seed, "seconds": time.time() - t0, **scores}
     answers.write_text(json.dumps(result, ensure_ascii=False))
     return result
 
