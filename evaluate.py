@@ -169,10 +169,10 @@ def evaluate_split(model, tokenizer, examples, scorer, cfg) -> dict:
     langs = [ex.lang for ex in examples]
     prompts = [data.build_prompt(tokenizer, ex.question, ex.lang, cfg.prompt_style) for ex in examples]
     texts = batched_generate(model, tokenizer, prompts, cfg.max_new_tokens, seed=cfg.seed)
+    references = [ex.answer for ex in examples]
     if cfg.reward == "verifier":
-        references = [ex.answer_number for ex in examples]
-    else:
-        references = [ex.answer for ex in examples]
+        from extras.verifier import Key
+        references = [Key(ex.key) if ex.answer_number is None else ex.answer_number for ex in examples]
     result = scorer.score(texts, langs, references, langs, list(range(len(examples))))
     from extras.verifier import verify_number
     if cfg.data == "toy":

@@ -79,7 +79,7 @@ class Config:
     router_prior: str = opt(None, "JSON file {\"topic\": {name: {lang: weight}}, \"region\": {...}}: a non-uniform start (Table 4)", type=str)
     scale_router_schedule: bool = opt(None, "with fewer questions per step than the official 256, scale M and the decays so the router sees what it sees officially (preset)", type=bool)
     # reward (Eq. 2–5)
-    reward: str = opt("similarity", "calibrated similarity to the reference (paper), or a numeric-answer check", choices=("similarity", "verifier"))
+    reward: str = opt("similarity", "calibrated similarity to the reference (paper), or a check of the numeric answer or gold key (extras/verifier.py)", choices=("similarity", "verifier"))
     gate: str = opt("hard", "language gate of either reward (Eq. 4): 1 if LID(y) = ℓ (hard), the LID probability (soft), or none", choices=calibrate.GATES)
     calibration: str = opt("mean", "per-language-pair calibration of the similarity (Eq. 2 / Eq. 3)", choices=calibrate.CALIBRATIONS)
     stats: str = opt(None, "pair-statistics CSV of --encoder for calibration (real: the official mmBERT-small table) (preset)", type=str)
@@ -311,8 +311,10 @@ def questions_for_step(n_examples: int, step: int, per_step: int, seed: int) -> 
 
 def score(run: Run, examples, langs, texts, group_ids):
     """Eq. 5 for each rollout: the gated reward against the question's reference answer."""
-    # (runlog.check_data made sure that every question has a numeric answer for the verifier)
-    references = [ex.answer_number if run.cfg.reward == "verifier" else ex.answer for ex in examples]
+    references = [ex.answer for ex in examples]
+    if run.cfg.reward == "verifier":   # runlog.check_data made sure that each has a number or a key
+        from extras.verifier import Key
+        references = [Key(ex.key) if ex.answer_number is None else ex.answer_number for ex in examples]
     return run.scorer.score(texts, langs, references, [ex.lang for ex in examples], group_ids)
 
 

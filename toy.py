@@ -45,6 +45,7 @@ from pathlib import Path
 
 from calibrate import in_language   # the reward's gate: the target, or language-neutral
 from data import Example, build_prompt, lang_tag, split_examples
+from extras.verifier import contains_key   # a gold name or month as a word
 
 LANGS = ("en", "de", "fr", "es", "zh", "ja")
 WORLD_VERSION = 3  # bump when the world or the warm start changes, to invalidate caches
@@ -324,11 +325,6 @@ def sft_pairs(cfg: WorldConfig = WorldConfig()) -> list[tuple[str, str, str]]:
 # ----------------------------------------------------------------------------------------------
 # Scoring a response
 
-def _contains_key(text: str, key: str) -> bool:
-    # Not inside a longer word or number: "二月" must not match inside "十二月", "1月" not in "11月".
-    return re.search(r"(?<![0-9A-Za-z十])" + re.escape(key) + r"(?![0-9A-Za-z])", text) is not None
-
-
 def is_correct(example: Example, response: str) -> bool:
     """Regional: the gold value (in the example's language) appears as a word. Arithmetic: the
     last number in the response equals the answer. The response language is checked separately
@@ -336,7 +332,7 @@ def is_correct(example: Example, response: str) -> bool:
     if example.topic == "arithmetic":
         numbers = re.findall(r"\d+", response)
         return bool(numbers) and float(numbers[-1]) == example.answer_number
-    return _contains_key(response, example.key)
+    return contains_key(response, example.key)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -163,11 +163,11 @@ def check_data(cfg, train: list, test: list) -> None:
         fail(f"--questions-per-step {cfg.questions_per_step} exceeds the {len(train)} training questions of "
              f"--data {cfg.data}; pass --questions-per-step {max(1, len(train))} or less, or more data")
     if cfg.reward == "verifier":
-        bad = next((ex for ex in train + test[:cfg.eval_size] if ex.answer_number is None), None)
+        bad = next((ex for ex in train + test[:cfg.eval_size] if ex.answer_number is None and not ex.key), None)
         if bad is not None:
-            fail(f"--reward verifier needs a numeric answer for every question, but example {bad.id!r} "
-                 f"({bad.lang}) of --data {cfg.data} has none; give the data an 'answer_number' column or "
-                 f"use --reward similarity")
+            fail(f"--reward verifier needs a numeric answer or a gold key for every question, but example "
+                 f"{bad.id!r} ({bad.lang}) of --data {cfg.data} has neither; give the data an 'answer_number' "
+                 f"or 'key' column, or use --reward similarity")
 
 
 def check_out_dir(cfg) -> None:

@@ -6,7 +6,12 @@ GSM8K/mGSM-style data (``lrpo.py --reward verifier``) and the answer check that 
 
     extract_number(text, lang=None) -> float | None    the final answer in free text
     verify_number(text, gold, lang=None) -> bool        equal to the gold number up to a tolerance
-    VerifierScorer(gate="hard").score(responses, target_langs, gold_numbers) -> VerifierResult
+    contains_key(text, key) -> bool                     a short gold string (a name, a month) as a word
+    VerifierScorer(gate="hard").score(responses, target_langs, golds) -> VerifierResult
+
+A gold is a number (checked by ``verify_number``) or a :class:`Key` (checked by ``contains_key``:
+data whose examples carry ``key``, such as the built-in world's names and months, get a
+correctness reward too; its classroom exercise compares that with the paper's similarity).
 
 Numbers are read in any script the training and mGSM languages write digits in, with thousands
 separators (1,234 / 1.234 / 1 234 / 1,23,456), decimal comma or point (``lang`` decides
@@ -148,10 +153,20 @@ class VerifierResult:
                 "gate": float(self.gate[i])}
 
 
+class Key(str):
+    """A gold string that must appear in the response as a word (see :func:`contains_key`)."""
+
+
+def contains_key(text: str, key: str) -> bool:
+    """``key`` occurs in ``text`` and not inside a longer word or number: "二月" must not match
+    inside "十二月", "1月" not inside "11月", "Ilse" not inside "Ilsen"."""
+    return re.search(r"(?<![0-9A-Za-z十])" + re.escape(key) + r"(?![0-9A-Za-z])", text) is not None
+
+
 class VerifierScorer:
-    """Reward 1/0 for a correct final number, times the language gate. Same call as
-    ``calibrate.RewardScorer.score``: ``references`` are the gold numbers (numbers or text);
-    ``reference_langs`` and ``group_ids`` are accepted and unused."""
+    """Reward 1/0 for a correct final number or gold :class:`Key`, times the language gate. Same
+    call as ``calibrate.RewardScorer.score``: ``references`` are the golds (numbers, numbers as
+    text, or Keys); ``reference_langs`` and ``group_ids`` are accepted and unused."""
 
     def __init__(self, gate: str = "hard", rel_tol: float = 1e-6, abs_tol: float = 1e-6,
                  lid: LanguageID | None = None):
@@ -172,7 +187,8 @@ class VerifierScorer:
         preds = self.lid.predict(responses) if self.gate_mode != "none" else [(None, 0.0)] * len(targets)
         gate = language_gate(preds, targets, self.gate_mode)
         t1 = time.perf_counter()
-        correct = np.array([float(verify_number(r, g, self.rel_tol, self.abs_tol, lang))
+        correct = np.array([float(contains_key(r, g) if isinstance(g, Key) else
+                                  verify_number(r, g, self.rel_tol, self.abs_tol, lang))
                             for r, g, lang in zip(responses, references, targets)])
         return VerifierResult(gate * correct, correct, gate, [c for c, _ in preds],
                               np.array([p for _, p in preds]),

@@ -115,8 +115,8 @@ WORDS = [{"id": f"w{i}", "lang": lang, "question": q, "answer": a} for i, (lang,
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--reward", "verifier", "--data", "WORDS", "--questions-per-step", "2"], r"--reward verifier needs a numeric answer for every question, "
-                                                  r"but example 'w\d' \((de|fr)\) .*has none; .*answer_number"),
+    (["--reward", "verifier", "--data", "WORDS", "--questions-per-step", "2"], r"--reward verifier needs a numeric answer or a gold key for every "
+                                                  r"question, but example 'w\d' \((de|fr)\) .*has neither; .*answer_number"),
     (["--questions-per-step", "7", "--data", "WORDS"], r"--questions-per-step 7 exceeds the 6 training questions of "
                                                       r"--data .*words.jsonl; pass --questions-per-step 6 or less"),
     (["--langs", "en,xx"], r"--langs: unknown language 'xx'; known codes: ar, de"),

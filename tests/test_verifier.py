@@ -105,3 +105,17 @@ def test_verifier_gate_is_a_constructor_option():
         VerifierScorer(gate="strict")
     with pytest.raises(ValueError, match="one entry per response"):
         VerifierScorer().score(responses, ["de"], [12, 12])
+
+
+def test_verifier_checks_a_gold_key_as_a_word_and_gates_it():
+    from extras.verifier import Key, contains_key
+    assert contains_key("Hoshima の首都は Kaderu です。", "Kaderu")
+    assert not contains_key("The capital is Kaderus.", "Kaderu")            # inside a longer word
+    assert not contains_key("Sandoria 的丰收节是在十二月举行的。", "二月")       # 二月 inside 十二月
+    assert not contains_key("収穫祭は 11月 に", "1月") and contains_key("収穫祭は 1月 に", "1月")
+    s = VerifierScorer(gate="hard")
+    out = s.score(["The capital of Hoshima is Kaderu.", "The capital of Hoshima is Yumeda.",
+                   "Hoshima の首都は Kaderu です。", "There are 12 apples."],
+                  ["en", "en", "en", "en"], [Key("Kaderu"), Key("Kaderu"), Key("Kaderu"), 12])
+    # right key in English; wrong key; right key but in Japanese (gate 0); a number still checks
+    assert out.correct.tolist() == [1, 0, 1, 1] and out.reward.tolist() == [1, 0, 0, 1]
