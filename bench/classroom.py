@@ -226,36 +226,47 @@ def markdown(summary: dict) -> str:
 
 
 def plot(summary: dict, path: Path) -> None:
+    """Three panels: strict accuracy by method, LRPO − baseline with 95% intervals, and the
+    router's probability of each region's local language over training (LRPO)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.2), gridspec_kw={"width_ratios": [1.3, 1, 1.1]})
     names = list(summary["table"])
-    for i, cell in enumerate((f"held-out {HEADLINE}", "held-out all")):
+    for i, (cell, label) in enumerate(((f"held-out {HEADLINE}", "regional, not in the region's language"),
+                                       ("held-out all", "all held-out questions"))):
         means = [summary["table"][n][cell]["mean"] for n in names]
         errs = [summary["table"][n][cell]["std"] for n in names]
-        ax1.bar(np.arange(len(names)) + 0.4 * i - 0.2, means, 0.4, yerr=errs, capsize=3,
-                label=cell.replace("held-out ", "held-out: ").replace(HEADLINE, "regional, not the region's language"))
+        ax1.bar(np.arange(len(names)) + 0.4 * i - 0.2, means, 0.4, yerr=errs, capsize=3, label=label)
     ax1.set_xticks(range(len(names)), names, rotation=20)
-    ax1.set_ylabel("strict accuracy (right and in the question's language)")
-    ax1.set_title("Held-out accuracy by method (mean ± std over seeds)")
-    ax1.legend(fontsize=8)
-    if "lrpo_minus" in summary:
-        text = "\n".join(f"LRPO − {b}: {c['delta']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]"
-                         for b, c in summary["lrpo_minus"].items())
-        ax1.text(0.02, 0.98, text, transform=ax1.transAxes, va="top", fontsize=7, family="monospace")
+    ax1.set_ylabel("strict accuracy (right, in the question's language)")
+    ax1.set_title(f"Held-out accuracy, mean ± std over {len(summary['settings']['seeds'])} seeds")
+    ax1.legend(fontsize=8, loc="lower right")
+    for key, offset, label in (("lrpo_minus", -0.1, "headline cell"), ("lrpo_minus_all_held_out", 0.1, "all held-out")):
+        if key in summary:
+            comps = summary[key]
+            y = np.arange(len(comps)) + offset
+            deltas = [c["delta"] for c in comps.values()]
+            lo = [c["delta"] - c["ci95"][0] for c in comps.values()]
+            hi = [c["ci95"][1] - c["delta"] for c in comps.values()]
+            ax2.errorbar(deltas, y, xerr=[lo, hi], fmt="o", capsize=3, label=label)
+            ax2.set_yticks(np.arange(len(comps)), [f"LRPO − {b}" for b in comps])
+    ax2.axvline(0, color="grey", ls="--")
+    ax2.set_xlabel("difference in strict accuracy (paired bootstrap 95% CI)")
+    ax2.set_title("LRPO minus each baseline")
+    ax2.legend(fontsize=8, loc="best")
     curve = summary.get("router_local_probability")
     if curve:
         for seed_curve in curve["per_seed"]:
-            ax2.plot(curve["steps"], seed_curve, color="tab:blue", alpha=0.25, lw=1)
-        ax2.plot(curve["steps"], curve["mean"], color="tab:blue", lw=2, label="LRPO router, mean over seeds")
-        ax2.axhline(1 / len(toy.LANGS), color="grey", ls="--", label="uniform (1/6)")
-        ax2.set_xlabel("training step")
-        ax2.set_ylabel("p(region's local language) for a routed slot")
-        ax2.set_title("The router finds the local language")
-        ax2.legend(fontsize=8)
+            ax3.plot(curve["steps"], seed_curve, color="tab:blue", alpha=0.25, lw=1)
+        ax3.plot(curve["steps"], curve["mean"], color="tab:blue", lw=2, label="LRPO router, mean over seeds")
+        ax3.axhline(1 / len(toy.LANGS), color="grey", ls="--", label="uniform routing (1/6)")
+        ax3.set_xlabel("training step")
+        ax3.set_ylabel("p(region's local language), routed slot")
+        ax3.set_title("The router finds the local language")
+        ax3.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
