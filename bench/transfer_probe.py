@@ -4,7 +4,7 @@ LRPO only helps a question's own language if what the policy learns from rollout
 language transfers back. This probe measures that transfer in the built-in world's warm-started
 model (``toy.load_model_and_tokenizer()``), without any router (and, unless ``--rl``, without the reward):
 
-* **Facts.** The 48 regional facts are split at random (per seed) into a *trained* and a
+* **Facts.** The 96 regional facts are split at random (per seed) into a *trained* and a
   *control* half. For a training language A, only facts the warm start did **not** teach in A
   count (``toy.known_in``), so they have headroom in A.
 * **Training.** A fresh copy of the warm-started model is fine-tuned on the trained facts of A:
@@ -30,7 +30,7 @@ model (``toy.load_model_and_tokenizer()``), without any router (and, unless ``--
     python bench/transfer_probe.py --rl similarity --seeds 0 --langs fr,zh   # the RL variant
     python bench/transfer_probe.py --diagnose-reward        # issue 11 item 4: right vs wrong rewards (~2 min)
     python bench/transfer_probe.py --eval-checkpoint runs/X/checkpoint   # accuracy by language and group
-    python bench/transfer_probe.py --world pangu --seeds 0 1 2 --replay 48  # a candidate world (use_world)
+    python bench/transfer_probe.py --world famous --seeds 0 1 2 --replay 48  # a candidate world (use_world)
 
 Results and their reading: bench/results_transfer.md.
 
@@ -194,43 +194,45 @@ class RLTrainer:
 
 def use_world(variant: str) -> None:
     """Patch ``toy`` in this process to a candidate world and give it its own warm-start cache
-    (``$LRPO_CACHE/probe-<variant>``); "v2" is the current world. Candidates:
+    (``$LRPO_CACHE/probe-<variant>``); "current" is toy.py as it is (world version 3). The
+    version-2 candidates measured in results_transfer.md §3 ("pangu": spaces around Latin names in
+    zh/ja, now part of version 3; "pangu+xtag") were patches of version 2 and are gone with it.
+    Candidates for the next version:
 
-    * ``pangu``: zh/ja templates with a space between CJK and Latin letters or digits ("Hoshima
-      的首都是 Kaderu 。"), so that a name has the same token ids in all 6 languages (0/36 in v2);
-    * ``pangu+xtag``: also every fact asked in every language X and tagged with each non-local
-      language Y it is taught in, answered in Y (the warm start already does this for the local
-      language only), so that the answer language follows the tag, not the region.
+    * ``famous``: 12 more regions (two per language) whose facts the warm start teaches in *every*
+      language, the way pretraining knows famous places in every language. They are not asked in
+      RL or in the probe (the probe's facts stay toy.REGIONS'); they add parallel data that ties
+      the six languages' templates together, which is what cross-lingual transfer needs.
     """
     import os
-    import re
-    if variant == "v2":
+    if variant == "current":
         return
-    if variant not in ("pangu", "pangu+xtag"):
+    if variant != "famous":
         raise ValueError(f"unknown world variant {variant!r}")
     os.environ["LRPO_CACHE"] = str(toy.cache_dir() / f"probe-{variant}")
-    cjk = r"[\u3040-\u30ff\u3400-\u9fff\u3002\uff1f]"
+    rng = random.Random("famous-names")
+    syllables = ["ka", "lo", "ver", "min", "tas", "ro", "bel", "dun", "sa", "ri", "mo", "tel", "van", "cor"]
 
-    def pangu(text):
-        text = re.sub(rf"({cjk})([A-Za-z0-9{{])", r"\1 \2", text)
-        return re.sub(rf"([A-Za-z0-9}}])({cjk})", r"\1 \2", text)
+    def name():
+        return "".join(rng.choice(syllables) for _ in range(rng.choice((2, 3)))).capitalize()
+    famous = [toy.Region(name(), lang, name(), name(), name(), rng.randint(1, 12))
+              for lang in LANGS for _ in range(2)]
+    base_pairs = toy.sft_pairs
 
-    for table in (toy.FACT_TEMPLATES, toy.ARITHMETIC_TEMPLATES):
-        for per_lang in table.values():
-            for lang in ("zh", "ja"):
-                per_lang[lang] = tuple(pangu(x) for x in per_lang[lang])
-    if variant == "pangu+xtag":
-        base_pairs = toy.sft_pairs
-
-        def sft_pairs(cfg=toy.WorldConfig()):
-            known = toy.known_in(cfg)
-            extra = [(toy.fact_qa(r, a, x)[0], y, toy.fact_qa(r, a, y)[1])
-                     for r in toy.REGIONS for a in toy.FACT_TEMPLATES for y in LANGS
-                     if y != r.local and known[f"{r.name}-{a}", y] for x in LANGS if x != y]
-            pairs = base_pairs(cfg) + extra
-            random.Random("xtag").shuffle(pairs)
-            return pairs
-        toy.sft_pairs = sft_pairs
+    def sft_pairs(cfg=toy.WorldConfig()):
+        extra = []
+        for region in famous:
+            for attribute in toy.FACT_TEMPLATES:
+                q_local, a_local, _ = toy.fact_qa(region, attribute, region.local)
+                extra += [(q_local, region.local, a_local)] * cfg.local_repeats
+                for lang in LANGS:
+                    q, a, _ = toy.fact_qa(region, attribute, lang)
+                    if lang != region.local:
+                        extra += [(q, lang, a), (q, region.local, a_local)]
+        pairs = base_pairs(cfg) + extra
+        random.Random("famous").shuffle(pairs)
+        return pairs
+    toy.sft_pairs = sft_pairs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -493,8 +495,8 @@ def main() -> None:
     p.add_argument("--variant", default="direct", choices=("direct", "routed"))
     p.add_argument("--steps", type=int, default=60, help="SFT steps")
     p.add_argument("--lr", type=float, default=1e-3, help="SFT learning rate")
-    p.add_argument("--world", default="v2", choices=("v2", "pangu", "pangu+xtag"),
-                   help="the current world (v2) or a candidate world patched in for the probe (use_world)")
+    p.add_argument("--world", default="current", choices=("current", "famous"),
+                   help="the current world or a candidate world patched in for the probe (use_world)")
     p.add_argument("--replay", type=int, default=0,
                    help="warm-start rows added to every SFT step (0: none): less forgetting of the control facts")
     p.add_argument("--rl", default=None, choices=("similarity", "oracle"),
