@@ -70,7 +70,7 @@ def example(region, attribute, lang) -> Example:
 
 
 def split_facts(seed: int) -> tuple[set, set]:
-    """A random half of the 48 facts to train, the other half as control (ids)."""
+    """A random half of the regional facts to train, the other half as control (ids)."""
     ids = [fid(r, a) for r, a in FACTS]
     random.Random(f"transfer-probe-{seed}").shuffle(ids)
     return set(ids[:len(ids) // 2]), set(ids[len(ids) // 2:])
@@ -469,7 +469,7 @@ def accuracy_by_group(model, tokenizer) -> dict:
     """Greedy accuracy on every question of the world (both splits) in its own language, by
     language and by group: regional facts taught in that language by the warm start (its local
     language or ``known_in``), regional facts not taught in it, arithmetic. Plus the held-out
-    split alone (what bench/classroom.py reports, 16 per language)."""
+    split alone (what bench/classroom.py reports, 84 per language)."""
     from calibrate import detect_languages, in_language
     known = toy.known_in(toy.WorldConfig())
     examples = toy.build_examples()
