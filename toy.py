@@ -16,8 +16,8 @@ The world (6 languages in 3 scripts: en, de, fr, es in Latin, zh in Han, ja in H
 Why the router has something to discover
 ----------------------------------------
 The warm start is the model's "pre-training". It teaches every fact **in its region's local
-language**, but only a minority of facts in each other language (``KNOWN_ELSEWHERE``), just as
-an LLM knows more about Japan in Japanese. It also teaches the model to follow the language tag:
+language**, but only one in ten in each other language (``WorldConfig.known_elsewhere``), just
+as an LLM knows more about Japan in Japanese. It also teaches the model to follow the language tag:
 a question in any language, tagged with the region's local language, is answered (correctly)
 in the local language. So for a regional question asked in, say, French about a Japanese-speaking
 region, a rollout routed to Japanese is right far more often than one in French, and rewards say
