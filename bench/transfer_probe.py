@@ -210,29 +210,8 @@ def use_world(variant: str) -> None:
     if variant != "famous":
         raise ValueError(f"unknown world variant {variant!r}")
     os.environ["LRPO_CACHE"] = str(toy.cache_dir() / f"probe-{variant}")
-    rng = random.Random("famous-names")
-    syllables = ["ka", "lo", "ver", "min", "tas", "ro", "bel", "dun", "sa", "ri", "mo", "tel", "van", "cor"]
-
-    def name():
-        return "".join(rng.choice(syllables) for _ in range(rng.choice((2, 3)))).capitalize()
-    famous = [toy.Region(name(), lang, name(), name(), name(), rng.randint(1, 12))
-              for lang in LANGS for _ in range(2)]
-    base_pairs = toy.sft_pairs
-
-    def sft_pairs(cfg=toy.WorldConfig()):
-        extra = []
-        for region in famous:
-            for attribute in toy.FACT_TEMPLATES:
-                q_local, a_local, _ = toy.fact_qa(region, attribute, region.local)
-                extra += [(q_local, region.local, a_local)] * cfg.local_repeats
-                for lang in LANGS:
-                    q, a, _ = toy.fact_qa(region, attribute, lang)
-                    if lang != region.local:
-                        extra += [(q, lang, a), (q, region.local, a_local)]
-        pairs = base_pairs(cfg) + extra
-        random.Random("famous").shuffle(pairs)
-        return pairs
-    toy.sft_pairs = sft_pairs
+    # the same patch that the exploratory classroom run appends to toy.py (BENCHMARKS.md)
+    exec((Path(__file__).parent / "world_famous_patch.py").read_text(encoding="utf-8"), toy.__dict__)
 
 
 # ----------------------------------------------------------------------------------------------
