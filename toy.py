@@ -421,11 +421,27 @@ def encode_sft(tokenizer, pairs):
     return rows
 
 
+def sft_loss(model, rows, pad_token_id: int):
+    """Mean next-token loss over the masked (answer + EOS) tokens of ``encode_sft`` rows."""
+    import torch
+    import torch.nn.functional as F
+    width = max(len(seq) for seq, _ in rows)
+    # Right padding is fine for training: causal attention never looks at later pad tokens.
+    ids = torch.full((len(rows), width), pad_token_id)
+    mask = torch.zeros(len(rows), width)
+    for r, (seq, m) in enumerate(rows):
+        ids[r, :len(seq)] = torch.tensor(seq)
+        mask[r, :len(seq)] = torch.tensor(m, dtype=torch.float)
+    logits = model(input_ids=ids).logits[:, :-1]
+    nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1),
+                          reduction="none").view(len(rows), -1)
+    return (nll * mask[:, 1:]).sum() / mask[:, 1:].sum()
+
+
 def warm_start(model, tokenizer, wcfg: WarmStartConfig, cfg: WorldConfig, log=print):
     """Supervised fine-tuning on the warm-start corpus (answer tokens only), AdamW + cosine.
     Returns the model and the training loss of every step."""
     import torch
-    import torch.nn.functional as F
 
     rows = encode_sft(tokenizer, sft_pairs(cfg))
     gen = torch.Generator().manual_seed(wcfg.seed)
@@ -439,18 +455,7 @@ def warm_start(model, tokenizer, wcfg: WarmStartConfig, cfg: WorldConfig, log=pr
         for group in opt.param_groups:
             group["lr"] = lr
         idx = torch.randint(len(rows), (wcfg.batch_size,), generator=gen).tolist()
-        width = max(len(rows[i][0]) for i in idx)
-        # Right padding is fine for training: causal attention never looks at later pad tokens.
-        ids = torch.full((len(idx), width), tokenizer.pad_token_id)
-        mask = torch.zeros(len(idx), width)
-        for r, i in enumerate(idx):
-            seq, m = rows[i]
-            ids[r, :len(seq)] = torch.tensor(seq)
-            mask[r, :len(seq)] = torch.tensor(m, dtype=torch.float)
-        logits = model(input_ids=ids).logits[:, :-1]
-        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1),
-                              reduction="none").view(len(idx), -1)
-        loss = (nll * mask[:, 1:]).sum() / mask[:, 1:].sum()
+        loss = sft_loss(model, [rows[i] for i in idx], tokenizer.pad_token_id)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -134,15 +134,7 @@ def sft(model, tokenizer, triples, steps: int, lr: float, seed: int, replay: lis
     model.train()
     for _ in range(steps):
         batch = rows + (gen.sample(replay, n_replay) if n_replay else [])
-        width = max(len(s) for s, _ in batch)
-        ids = torch.full((len(batch), width), tokenizer.pad_token_id)
-        mask = torch.zeros(len(batch), width)
-        for r, (s, m) in enumerate(batch):
-            ids[r, :len(s)], mask[r, :len(s)] = torch.tensor(s), torch.tensor(m)
-        logits = model(input_ids=ids).logits[:, :-1]
-        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1),
-                                                reduction="none").view(len(batch), -1)
-        loss = (nll * mask[:, 1:]).sum() / mask[:, 1:].sum()
+        loss = toy.sft_loss(model, batch, tokenizer.pad_token_id)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
