@@ -171,8 +171,8 @@ def evaluate_split(model, tokenizer, examples, scorer, cfg) -> dict:
     texts = batched_generate(model, tokenizer, prompts, cfg.max_new_tokens, seed=cfg.seed)
     references = [ex.answer for ex in examples]
     if cfg.reward == "verifier":
-        from extras.verifier import Key
-        references = [Key(ex.key) if ex.answer_number is None else ex.answer_number for ex in examples]
+        from extras.verifier import gold
+        references = [gold(ex) for ex in examples]
     result = scorer.score(texts, langs, references, langs, list(range(len(examples))))
     from extras.verifier import verify_number
     if cfg.data == "toy":

@@ -313,8 +313,8 @@ def score(run: Run, examples, langs, texts, group_ids):
     """Eq. 5 for each rollout: the gated reward against the question's reference answer."""
     references = [ex.answer for ex in examples]
     if run.cfg.reward == "verifier":   # runlog.check_data made sure that each has a number or a key
-        from extras.verifier import Key
-        references = [Key(ex.key) if ex.answer_number is None else ex.answer_number for ex in examples]
+        from extras.verifier import gold
+        references = [gold(ex) for ex in examples]
     return run.scorer.score(texts, langs, references, [ex.lang for ex in examples], group_ids)
 
 

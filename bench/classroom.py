@@ -70,14 +70,17 @@ def score_folder(folder: Path, device: str) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(device).eval()
-    return {"test": score_model(model, tokenizer, toy.load_split("test")),
-            "train": score_model(model, tokenizer, toy.load_split("train"))}
+    return score_splits(model, tokenizer)
+
+
+def score_splits(model, tokenizer) -> dict:
+    return {split: score_model(model, tokenizer, toy.load_split(split)) for split in ("test", "train")}
 
 
 # ----------------------------------------------------------------------------------------------
 # Running the methods
 
-def run_one(method: str, seed: int, args, log) -> dict:
+def run_one(method: str, seed: int, args) -> dict:
     """Train (or resume) one run with lrpo.py, then score its final checkpoint."""
     out = Path(args.out) / f"{method}-s{seed}"
     answers = out / "answers.json"
@@ -288,11 +291,11 @@ def main(argv=None) -> dict:
     # the warm start (trained once and cached) and its score: the "untrained" row
     import torch
     torch.set_num_threads(max(1, args.threads))
-    base, _ = toy.load_model_and_tokenizer()
+    base, tokenizer = toy.load_model_and_tokenizer(device=args.device)
     untrained_path = Path(args.out) / "untrained.json"
     if not untrained_path.exists():
         untrained_path.write_text(json.dumps({"method": "untrained", "seed": None, "seconds": 0.0,
-                                              **score_folder(base.name_or_path, args.device)}, ensure_ascii=False))
+                                              **score_splits(base, tokenizer)}, ensure_ascii=False))
     untrained = json.loads(untrained_path.read_text())
     print(f"[classroom] warm start: held-out {HEADLINE} strict {mean(untrained['test'], group=HEADLINE):.3f}, "
           f"all held-out {mean(untrained['test']):.3f} ({time.time() - t0:.0f}s)", flush=True)
@@ -301,7 +304,7 @@ def main(argv=None) -> dict:
     finished = []
 
     def one(job):
-        result = run_one(*job, args, print)
+        result = run_one(*job, args)
         finished.append(job)
         print(f"[classroom] {len(finished)}/{len(todo)} {job[0]} seed {job[1]}: {result['seconds'] / 60:.1f} min, "
               f"held-out {HEADLINE} {mean(result['test'], group=HEADLINE):.3f}, all {mean(result['test']):.3f} "

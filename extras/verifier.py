@@ -163,6 +163,11 @@ def contains_key(text: str, key: str) -> bool:
     return re.search(r"(?<![0-9A-Za-z十])" + re.escape(key) + r"(?![0-9A-Za-z])", text) is not None
 
 
+def gold(example):
+    """The verifier's gold for a ``data.Example``: its numeric answer, else its key as a :class:`Key`."""
+    return Key(example.key) if example.answer_number is None else example.answer_number
+
+
 class VerifierScorer:
     """Reward 1/0 for a correct final number or gold :class:`Key`, times the language gate. Same
     call as ``calibrate.RewardScorer.score``: ``references`` are the golds (numbers, numbers as
