@@ -184,6 +184,7 @@ class Run:
     router: Any                 # bandit.LanguageRouter or a fixed baseline router
     optimizer: Any
     sample: Callable            # rollout.sample, or its CUDA-graph twin on a GPU
+    logprobs: Callable          # rollout.token_logprobs, or its fused-head twin on a GPU
 
 
 def load_data(cfg: Config) -> tuple[list, list]:
@@ -286,11 +287,14 @@ def set_up(cfg: Config) -> Run:
         for m in (model, reference):
             if m is not None:
                 compile_layers(m)
-    sample = rollout.sample
+    sample, logprobs = rollout.sample, rollout.token_logprobs
     if cfg.device.startswith("cuda") or cfg.rollout_batch:
         from extras.fast_rollout import in_chunks, sample   # same tokens, from CUDA graphs, in chunks that fit
         sample = in_chunks(sample, cfg.rollout_batch)
-    return Run(cfg, train, test, model, reference, tokenizer, scorer, router, make_optimizer(model, cfg), sample)
+    if cfg.device.startswith("cuda"):
+        from extras.fast_training import token_logprobs as logprobs   # same values, no logits kept
+    return Run(cfg, train, test, model, reference, tokenizer, scorer, router, make_optimizer(model, cfg),
+               sample, logprobs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -318,24 +322,24 @@ def score(run: Run, examples, langs, texts, group_ids):
     return run.scorer.score(texts, langs, references, [ex.lang for ex in examples], group_ids)
 
 
-def completion_logprobs(model, ids, mask, start, temperature, entropy=False):
-    """rollout.token_logprobs on rows whose all-padding columns are cut off (same values, less work)."""
+def completion_logprobs(run: Run, model, ids, mask, start, entropy=False):
+    """run.logprobs on rows whose all-padding columns are cut off (same values, less work)."""
     first = int(mask[:, :start].any(0).float().argmax())              # left of the longest prompt
     last = max(start + int(mask[:, start:].sum(1).max()), start + 1)   # right of the longest answer
     device = next(model.parameters()).device
-    return rollout.token_logprobs(model, ids[:, first:last].to(device), mask[:, first:last].to(device),
-                                  start - first, temperature=temperature, return_entropy=entropy)
+    return run.logprobs(model, ids[:, first:last].to(device), mask[:, first:last].to(device),
+                        start - first, temperature=run.cfg.temperature, return_entropy=entropy)
 
 
 @torch.no_grad()
-def frozen_logprobs(model, ids, mask, start, cfg: Config):
+def frozen_logprobs(run: Run, model, ids, mask, start):
     """Log-probs of every rollout under a model that is not trained now (the reference, or the
     old policy of an off-policy update), padded back to the full completion width."""
     width = ids.shape[1] - start
     out = []
-    for i in range(0, ids.shape[0], cfg.logprob_micro_batch):
-        rows = slice(i, i + cfg.logprob_micro_batch)
-        logp = completion_logprobs(model, ids[rows], mask[rows], start, cfg.temperature).float().cpu()
+    for i in range(0, ids.shape[0], run.cfg.logprob_micro_batch):
+        rows = slice(i, i + run.cfg.logprob_micro_batch)
+        logp = completion_logprobs(run, model, ids[rows], mask[rows], start).float().to(ids.device)
         out.append(torch.nn.functional.pad(logp, (0, width - logp.shape[1])))
     return torch.cat(out)
 
@@ -348,18 +352,20 @@ def policy_update(run: Run, roll, advantages: torch.Tensor, step: int) -> dict:
     (loss.token_weights), so forward passes of any size give verl's gradient.
     """
     cfg, model, optimizer = run.cfg, run.model, run.optimizer
-    ids, mask, start = roll.input_ids.cpu(), roll.attention_mask.cpu(), roll.completion_start
-    completion_mask = roll.completion_mask.float().cpu()
+    # Everything stays on the policy's device: a copy from host memory would wait for the GPU.
+    device = next(model.parameters()).device
+    ids, mask, start = roll.input_ids.to(device), roll.attention_mask.to(device), roll.completion_start
+    completion_mask, advantages = roll.completion_mask.float().to(device), advantages.to(device)
     n = ids.shape[0]
     clock = runlog.PhaseClock(cfg.device)
-    ref_logp = frozen_logprobs(run.reference, ids, mask, start, cfg) if run.reference is not None else None
+    ref_logp = frozen_logprobs(run, run.reference, ids, mask, start) if run.reference is not None else None
     clock.lap("update_reference")
     mini = cfg.mini_batch or n
     off_policy = cfg.ppo_epochs > 1 or mini < n
-    old_logp = frozen_logprobs(model, ids, mask, start, cfg) if off_policy else None
+    old_logp = frozen_logprobs(run, model, ids, mask, start) if off_policy else None
     clock.lap("update_old_logprobs")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(cfg.seed, step, 3)))
-    sums, n_micro, n_steps, skipped = {}, 0, 0, 0
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(cfg.seed, step, 3))).to(device)
+    terms, means, grad_norms, skipped = {}, {}, [], 0
     model.train()
     for _ in range(cfg.ppo_epochs):
         for m0 in range(0, n, mini):
@@ -373,17 +379,18 @@ def policy_update(run: Run, roll, advantages: torch.Tensor, step: int) -> dict:
             for i in range(0, len(rows), cfg.micro_batch):
                 picked = by_length[i:i + cfg.micro_batch]
                 micro = rows[picked]
-                logp, entropy = completion_logprobs(model, ids[micro], mask[micro], start, cfg.temperature, entropy=True)
-                T, dev = logp.shape[1], logp.device
-                pick = lambda x: None if x is None else x[micro][:, :T].to(dev)
+                # the entropy is only logged: one micro-batch's share spares a softmax over the vocabulary
+                out = completion_logprobs(run, model, ids[micro], mask[micro], start, entropy=i == 0)
+                logp, entropy = out if i == 0 else (out, None)
+                T = logp.shape[1]
+                pick = lambda x: None if x is None else x[micro][:, :T]
                 value, metrics = loss.policy_loss(
-                    logp.float(), pick(old_logp), advantages[micro].to(dev), completion_mask[micro][:, :T].to(dev),
-                    ref_logp=pick(ref_logp), kl_coef=cfg.kl_coef, weights=weights[picked][:, :T].to(dev),
-                    entropy=entropy.detach())
+                    logp.float(), pick(old_logp), advantages[micro], completion_mask[micro][:, :T],
+                    ref_logp=pick(ref_logp), kl_coef=cfg.kl_coef, weights=weights[picked][:, :T],
+                    entropy=None if entropy is None else entropy.detach())
                 value.backward()
-                for k, v in {**metrics, "loss": value.detach()}.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                n_micro += 1
+                for k, v in {**metrics, "loss": value.detach()}.items():   # summed on the device: no sync
+                    (terms if k in ("loss", "pg_loss", "kl_loss") else means).setdefault(k, []).append(v)
             params = [p for group in optimizer.param_groups for p in group["params"]]
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             clock.lap("update_forward_backward")
@@ -393,15 +400,14 @@ def policy_update(run: Run, roll, advantages: torch.Tensor, step: int) -> dict:
                 print("[lrpo] warning: non-finite gradient; skipped an optimizer step")
                 continue
             optimizer.step()
-            sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm)
-            n_steps += 1
+            grad_norms.append(grad_norm)
             clock.lap("update_optimizer")
     model.eval()
-    # loss terms are weighted shares that add up to the mini-batch loss; the rest are micro-batch means
+    # loss terms are weighted shares that add up to each mini-batch's loss: their mean over mini-batches
     n_minibatches = max(1, cfg.ppo_epochs * math.ceil(n / mini))
-    out = {f"train/{k}": v / (n_minibatches if k in ("loss", "pg_loss", "kl_loss") else max(1, n_micro))
-           for k, v in sums.items() if k != "grad_norm"}
-    out["train/grad_norm"] = sums.get("grad_norm", 0.0) / max(1, n_steps)
+    out = {f"train/{k}": float(torch.stack(v).sum()) / n_minibatches for k, v in terms.items()}
+    out.update({f"train/{k}": float(torch.stack(v).float().mean()) for k, v in means.items()})
+    out["train/grad_norm"] = float(torch.stack(grad_norms).mean()) if grad_norms else 0.0
     out["train/skipped_steps"] = skipped
     return {**out, **clock.totals}
 
@@ -409,6 +415,8 @@ def policy_update(run: Run, roll, advantages: torch.Tensor, step: int) -> dict:
 def train_step(run: Run, step: int) -> tuple[dict, list]:
     """Algorithm 2, one iteration. Returns the step's metrics and the samples to log."""
     cfg = run.cfg
+    if cfg.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
     clock = runlog.PhaseClock(cfg.device)
     # 1. B questions, and the K languages of each one's rollouts (Alg. 1)
     run.router.begin_step(step)
@@ -437,8 +445,10 @@ def train_step(run: Run, step: int) -> tuple[dict, list]:
 
     metrics = {"step": step + 1, **result.metrics(), **update, **router_metrics,
                **{f"adv/{k}": v for k, v in adv_metrics.items()},
-               "response_length": float(roll.lengths.float().mean()), **clock.totals,
-               "time/step": sum(clock.totals.values())}
+               "response_length": float(roll.lengths.float().mean()), "tokens": int(roll.attention_mask.sum()),
+               **clock.totals, "time/step": sum(clock.totals.values())}
+    if cfg.device.startswith("cuda"):
+        metrics["memory/peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     for lang in sorted(set(langs)):
         mine = [r for r, l in zip(result.reward, langs) if l == lang]
         metrics[f"reward/{lang}"], metrics[f"routed/{lang}"] = float(np.mean(mine)), len(mine) / len(langs)

@@ -124,7 +124,7 @@ def kernel_breakdown(fn, cuda: bool = True) -> dict:
     return {"total_s": sum(groups.values()), "groups_s": groups, "top_ms": top[:12]}
 
 
-def diagnose(model, reference, optimizer, tokenizer, scorer, questions, args, device, timer) -> dict:
+def diagnose(run, model, reference, optimizer, tokenizer, scorer, questions, args, device, timer) -> dict:
     """Measurements behind the analysis of issue 13's missed targets (``--diagnose``):
 
     1. the vocabulary projection of one log-prob chunk as ``rollout.token_logprobs`` runs it (a
@@ -169,11 +169,11 @@ def diagnose(model, reference, optimizer, tokenizer, scorer, questions, args, de
 
     def ref_fwd():
         with torch.no_grad():
-            return lrpo.completion_logprobs(reference, ids, mask, P, 1.0)
+            return lrpo.completion_logprobs(run, reference, ids, mask, P)
 
     def fwd_bwd():
         model.train()
-        logp, _ = lrpo.completion_logprobs(model, ids[:mb], mask[:mb], P, 1.0, entropy=True)
+        logp, _ = lrpo.completion_logprobs(run, model, ids[:mb], mask[:mb], P, entropy=True)
         logp.float().mean().backward()
         optimizer.zero_grad(set_to_none=True)
         model.eval()
@@ -234,6 +234,9 @@ def main() -> None:
     p.add_argument("--profile", action="store_true", help="kernel-time breakdown of one micro-batch of each update pass")
     p.add_argument("--diagnose", action="store_true", help="only the measurements of diagnose() (no step)")
     p.add_argument("--compile", action="store_true", help="compiled decoder layers (lrpo --compile)")
+    p.add_argument("--logprobs", choices=("fused", "core"), default="fused",
+                   help="training log-probs: extras.fast_training.token_logprobs (what lrpo uses on CUDA) "
+                        "or the core rollout.token_logprobs (the baseline)")
     p.add_argument("--smoke", action="store_true", help="tiny model on the CPU: checks the script")
     p.add_argument("--out", default=os.environ.get("OUT"), help="folder for train_bench.json")
     args = p.parse_args()
@@ -273,7 +276,10 @@ def main() -> None:
                          "logprob_micro_batch": args.logprob_micro_batch,
                          **({"loss_micro_batch": args.loss_micro_batch} if args.loss_micro_batch else {})})
     optimizer = lrpo.make_optimizer(model, cfg)
-    run = SimpleNamespace(cfg=cfg, model=model, reference=reference, optimizer=optimizer)
+    import rollout
+    from extras import fast_training
+    logprobs = fast_training.token_logprobs if args.logprobs == "fused" else rollout.token_logprobs
+    run = SimpleNamespace(cfg=cfg, model=model, reference=reference, optimizer=optimizer, logprobs=logprobs)
     scorer = calibrate.RewardScorer(encoder=random_encoder_dir(tokenizer, args.smoke), device=device,
                                     calibration="none")
     router = bandit.make_router("lrpo", list(toy.LANGS))
@@ -284,7 +290,7 @@ def main() -> None:
     K = args.group_size
 
     if args.diagnose:
-        rows = diagnose(model, reference, optimizer, tokenizer, scorer, questions, args, device, timer)
+        rows = diagnose(run, model, reference, optimizer, tokenizer, scorer, questions, args, device, timer)
         rows.update(bench="train_diagnose", device=torch.cuda.get_device_name() if device == "cuda" else "cpu (smoke)",
                     compile=args.compile, date=datetime.date.today().isoformat())
         if args.out:
@@ -344,11 +350,11 @@ def main() -> None:
         mask = torch.ones_like(ids)
         def ref_fwd():
             with torch.no_grad():
-                lrpo.completion_logprobs(reference, ids, mask, args.prompt_tokens, 1.0)
+                lrpo.completion_logprobs(run, reference, ids, mask, args.prompt_tokens)
         def fwd_bwd():
             model.train()
             mb = args.micro_batch
-            logp, ent = lrpo.completion_logprobs(model, ids[:mb], mask[:mb], args.prompt_tokens, 1.0, entropy=True)
+            logp, ent = lrpo.completion_logprobs(run, model, ids[:mb], mask[:mb], args.prompt_tokens, entropy=True)
             logp.float().mean().backward()
             optimizer.zero_grad(set_to_none=True)
             model.eval()

@@ -103,3 +103,32 @@ def test_state_round_trips_through_weights_only_load(dtype):
     train(resumed, optimizer, steps=2, first=2)
     for p, q in zip(resumed, one_go):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_fused_token_logprobs_equal_the_core_values_and_gradients(tiny_qwen, temperature):
+    """extras.fast_training.token_logprobs (what lrpo trains with on CUDA) against
+    rollout.token_logprobs: the same log-probs, entropies and parameter gradients, with left-padded
+    prompts, right-padded answers and chunks that split rows (chunk_size 7)."""
+    import rollout
+    from extras import fast_training
+    model, tok = tiny_qwen
+    model = model.double()
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(3, 1500, (3, 12), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0          # a left-padded prompt
+    mask[1, 10:] = 0         # a short answer
+    grads, values = [], []
+    for fn, kw in ((rollout.token_logprobs, {}), (fast_training.token_logprobs, {"chunk_size": 7})):
+        model.zero_grad()
+        logp, entropy = fn(model, ids, mask, 5, temperature=temperature, return_entropy=True, **kw)
+        weights = torch.linspace(-1, 2, logp.numel(), dtype=logp.dtype).view_as(logp) * mask[:, 5:]
+        (logp * weights).sum().backward()
+        values.append((logp.detach(), entropy.detach()))
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(values[1][0], values[0][0], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(values[1][1], values[0][1], rtol=1e-9, atol=1e-9)
+    assert grads[0].keys() == grads[1].keys() and "model.embed_tokens.weight" in grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-7, atol=1e-10, msg=name)

@@ -229,8 +229,9 @@ def test_off_policy_updates_move_the_ratio(tmp_path, toy_model_and_tokenizer):
     assert row["train/skipped_steps"] == 0
 
 
-@pytest.mark.parametrize("agg,zero_advantages", [(m, False) for m in loss.AGG_MODES] + [("token-mean", True)])
-def test_policy_update_gradient_equals_verls_micro_batch_loop(tiny_qwen, agg, zero_advantages):
+@pytest.mark.parametrize("agg,zero_advantages,fused", [(m, False, False) for m in loss.AGG_MODES]
+                         + [("token-mean", True, False), ("token-mean", False, True)])
+def test_policy_update_gradient_equals_verls_micro_batch_loop(tiny_qwen, agg, zero_advantages, fused):
     """One update's gradient against verl 0.5's actor restated plainly, for every --loss-agg: the
     shuffled rows in micro-batches of `loss_micro_batch`, each aggregating (PG + β·k3) from a full
     forward at the rollout temperature with loss.agg_loss, divided by the number of micro-batches
@@ -265,7 +266,9 @@ def test_policy_update_gradient_equals_verls_micro_batch_loop(tiny_qwen, agg, ze
         def step(self):
             recorded["grads"] = [p.grad.clone() for p in params]
 
-    run = SimpleNamespace(cfg=cfg, model=model, reference=reference, optimizer=Recorder())
+    from extras import fast_training   # fused: the vocabulary head lrpo trains with on CUDA
+    logprobs = fast_training.token_logprobs if fused else rollout.token_logprobs
+    run = SimpleNamespace(cfg=cfg, model=model, reference=reference, optimizer=Recorder(), logprobs=logprobs)
     lrpo.policy_update(run, roll, advantages, step=0)
 
     ids, mask, P = roll.input_ids, roll.attention_mask, roll.completion_start
