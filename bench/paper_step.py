@@ -155,7 +155,8 @@ def main() -> None:
             "--steps", str(args.steps), "--eval-size", "0", "--save-every", str(10 * args.steps),
             "--out", str(out), "--no-progress", "--no-check-tags", "--samples-per-step", "0"]
     if args.smoke:
-        argv += ["--device", "cpu", "--questions-per-step", "4", "--max-new-tokens", "8", "--micro-batch", "8"]
+        argv += ["--device", "cpu", "--questions-per-step", "2", "--max-new-tokens", "8", "--micro-batch", "16",
+                 "--threads", "1"]
     argv += args.lrpo_args
     found: list = []
     if args.diagnose:
