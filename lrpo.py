@@ -119,7 +119,8 @@ class Config:
     out: str = opt(None, "run folder (default runs/<method>-<model>-s<seed>)", type=str)
     resume: bool = opt(False, "continue the run in --out from its newest checkpoint, with its saved configuration")
     eval_every: int = opt(None, "steps between held-out evaluations (0: start and end only) (preset)", type=int)
-    eval_size: int = opt(None, "held-out questions per evaluation (0: no evaluation, as --test-fraction 0) (preset)", type=int)
+    eval_size: int = opt(None, "held-out questions per evaluation (0: no evaluation, as --test-fraction 0; None: all, "
+                               "as the official val_files) (preset)", type=int)
     save_every: int = opt(None, "steps between checkpoints (0: only at the end) (preset)", type=int)
     samples_per_step: int = opt(2, "questions whose completions are logged each step")
     device: str = opt(None, "default: cuda if available, else cpu", type=str)
@@ -137,7 +138,7 @@ class Config:
 TOY = dict(data="toy", stats=str(calibrate.TOY_STATS), questions_per_step=16, max_new_tokens=32, lr=1e-4, micro_batch=128, eval_size=10_000,
            loss_micro_batch=128, steps=150, scale_router_schedule=False, check_tags=False,   # one token-mean per step
            lid_rules="ours", eval_every=50, save_every=50)
-REAL = dict(data="helpsteer3", encoder=calibrate.PAPER_ENCODER, stats=str(calibrate.PAPER_STATS), questions_per_step=256, max_new_tokens=1024, lr=1e-6, micro_batch=8, eval_size=256,
+REAL = dict(data="helpsteer3", encoder=calibrate.PAPER_ENCODER, stats=str(calibrate.PAPER_STATS), questions_per_step=256, max_new_tokens=1024, lr=1e-6, micro_batch=8, eval_size=None,
             loss_micro_batch=4, epochs=4.0, scale_router_schedule=True, check_tags=True,
             lid_rules="official", eval_every=5, save_every=10)   # run_lrpo.sh:65-66
 OFFICIAL_QUESTIONS_PER_STEP = 256
@@ -162,7 +163,8 @@ def as_saved_before_lid_rules(saved: dict) -> dict:
     langs = ",".join(["en"] + ([saved["langs"]] if saved.get("langs") else []))
     return {**saved, "lid_rules": "ours", "untopiced": "learn", "test_data": "none",
             "langs": saved.get("langs") if saved.get("data") == "toy" else langs,
-            "encoder_dtype": "bfloat16" if str(saved.get("device") or cuda()).startswith("cuda") else "float32"}
+            "encoder_dtype": "bfloat16" if str(saved.get("device") or cuda()).startswith("cuda")
+            else "float32"}
 
 
 def parse_args(argv=None) -> Config:
@@ -242,8 +244,8 @@ def load_data(cfg: Config) -> tuple[list, list]:
         test = recipes.load_examples(cfg.data, recipe=cfg.recipe, split="test")
     else:
         test = recipes.load_examples(source, recipe=cfg.recipe)
-    print(f"[data] held-out set: {len(test)} questions of {cfg.data if source == 'split' else source} "
-          f"({'its test split' if source == 'split' else 'as given'}); --data is not split")
+    where = f"{cfg.data} (its test split)" if source == "split" else f"{source} (as given)"
+    print(f"[data] held-out set: {len(test)} questions of {where}; --data is not split")
     return examples, test
 
 
@@ -265,8 +267,8 @@ def make_scorer(cfg: Config):
         from extras.verifier import VerifierScorer
         return VerifierScorer(gate=cfg.gate, lid=lid)
     # stops with a one-line error when calibration is on without statistics of this encoder
-    return calibrate.RewardScorer(encoder=cfg.encoder, stats_path=cfg.stats, gate=cfg.gate, calibration=cfg.calibration,
-                                  lid=lid, encoder_dtype=cfg.encoder_dtype)
+    return calibrate.RewardScorer(encoder=cfg.encoder, stats_path=cfg.stats, gate=cfg.gate,
+                                  calibration=cfg.calibration, lid=lid, encoder_dtype=cfg.encoder_dtype)
 
 
 def router_options(cfg: Config) -> dict:
@@ -544,8 +546,8 @@ def main(argv=None) -> dict:
           f"{f'{held_out} held out' if held_out else 'no evaluation'}, {total} steps of {cfg.questions_per_step}×"
           f"{cfg.group_size} rollouts, {cfg.device} {cfg.dtype}, out {cfg.out}\n"
           f"[lrpo] routed languages L ({len(run.router.languages)}): {','.join(run.router.languages)}")
-    rule = (f"--steps {cfg.steps}" if cfg.steps else
-            f"{cfg.epochs:g} epochs × ⌊{len(run.train)} / {cfg.questions_per_step}⌋ (official drop_last)")
+    rule = (f"--steps {cfg.steps}" if cfg.steps else f"{cfg.epochs:g} epochs × "
+            f"⌊{len(run.train)} / {cfg.questions_per_step}⌋ (official drop_last)")
     print(f"[lrpo] steps: {rule} = {total}")
 
     with runlog.first_ctrl_c_stops() as stop:   # Ctrl-C: finish the step, save, exit

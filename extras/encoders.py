@@ -64,7 +64,7 @@ class HFEncoder:
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         import torch
-        texts = [str(t).strip() for t in texts]   # as the official reward (calibrated_rs.py:239-241)
+        texts = [str(t).strip() for t in texts]   # as the official reward, calibrated_rs.py:239-241
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = np.zeros((len(texts), self.model.config.hidden_size), np.float32)
         for start in range(0, len(order), self.batch_size):

@@ -31,7 +31,8 @@ def test_real_preset_gates_exactly_as_fasttext_top1(tmp_path):
     texts, targets = ["7", "Answer: 42", "0.5 * 40 = 20 per hour", "7"], ["en", "en", "en", "zh"]
     # lid.176.ftz's top-1: "7" -> en (p = 0.12, kept: no threshold), "Answer: 42" -> de, the
     # formula -> it; so only the first passes, and the same "7" fails for a Chinese target
-    np.testing.assert_array_equal(calibrate.language_gate(scorer.lid.predict(texts), targets), [1, 0, 0, 0])
+    gate = calibrate.language_gate(scorer.lid.predict(texts), targets)
+    np.testing.assert_array_equal(gate, [1, 0, 0, 0])
     ours = calibrate.make_lid("ours")
     np.testing.assert_array_equal(calibrate.language_gate(ours.predict(texts), targets), [1, 1, 1, 1])
 
@@ -50,9 +51,11 @@ def test_total_steps_drop_the_last_partial_batch(tmp_path):
 
 
 def test_a_real_run_announces_the_official_languages_and_step_count(tmp_path, monkeypatch, capsys):
-    questions = [data.Example(id=str(i), question="Wie?", answer="So.", lang="de", topic="general") for i in range(600)]
+    questions = [data.Example(id=str(i), question="Wie?", answer="So.", lang="de", topic="general")
+                 for i in range(600)]
     monkeypatch.setattr(lrpo, "set_up", lambda cfg: SimpleNamespace(
-        train=questions, test=[], router=SimpleNamespace(languages=lrpo.routed_languages(cfg, questions))))
+        train=questions, test=[],
+        router=SimpleNamespace(languages=lrpo.routed_languages(cfg, questions))))
     monkeypatch.setattr(lrpo, "train", lambda *a: {})
     lrpo.main(["--model", "some/model", "--data", "d.jsonl", "--out", str(tmp_path / "run")])
     out = capsys.readouterr().out
@@ -152,12 +155,17 @@ def test_quantile_table_divides_by_ub_anchor_before_the_cdf(tmp_path):
 
 def test_quantile_table_errors_name_the_table(tmp_path):
     path = tmp_path / "q.json"
-    path.write_text(json.dumps({"tables": {"Chinese|English": {"qs": [0, 1], "mix_quantiles": [0.9, 0.5]}}}))
+    zh_en = lambda values: {"tables": {"Chinese|English": {"qs": [0, 1], "mix_quantiles": values}}}
+    path.write_text(json.dumps(zh_en([0.9, 0.5])))
     with pytest.raises(data.DataError, match=r"q\.json: table 'Chinese\|English': .* must not decrease"):
         calibrate.CalibrationTable.load(path)
     path.write_text(json.dumps({"tables": {"Chinese": {"qs": [0, 1], "mix_quantiles": [0.5, 0.9]}}}))
     with pytest.raises(data.DataError, match=r"table 'Chinese': the key must be two language names"):
         calibrate.CalibrationTable.load(path)
+    path.write_text(json.dumps(zh_en([0.5, 0.9])))
+    with pytest.raises(data.DataError, match=r'q\.json does not name its encoder: '
+                                             r'add the key "encoder": "fixed"'):
+        calibrate.stats_for("fixed", path)
 
 
 # 7. Questions without a topic are routed uniformly (lang_policy.py:131-134)
@@ -196,16 +204,19 @@ def test_a_step_logs_the_router_before_its_update_and_lengths_per_language(
         tmp_path, monkeypatch, toy_model_and_tokenizer):
     saved = []
     real_save = lrpo.runlog.save_checkpoint
-    monkeypatch.setattr(lrpo.runlog, "save_checkpoint", lambda run, step: saved.append(step) or real_save(run, step))
+    monkeypatch.setattr(lrpo.runlog, "save_checkpoint",
+                        lambda run, step: saved.append(step) or real_save(run, step))
     out = tmp_path / "run"
-    lrpo.main(["--questions-per-step", "4", "--group-size", "4", "--max-new-tokens", "8", "--eval-size", "0",
+    lrpo.main(["--questions-per-step", "4", "--group-size", "4", "--max-new-tokens", "8",
+               "--eval-size", "0",
                "--no-progress", "--steps", "3", "--router-update-every", "1", "--save-every", "0",
                "--out", str(out)])
     assert saved == [3]   # 9. --save-every 0: only at the end
     records = [json.loads(line) for line in (out / "router.jsonl").read_text().splitlines()]
     first = records[0]["rows"]   # drawn from the zero tables, though step 1 then updated them
-    assert first and all(p == pytest.approx(1 / 6) for row in first.values() for p in row["softmax"].values())
-    assert any(p != pytest.approx(1 / 6) for row in records[1]["rows"].values() for p in row["softmax"].values())
+    softmax = lambda rows: [p for row in rows.values() for p in row["softmax"].values()]
+    assert first and all(p == pytest.approx(1 / 6) for p in softmax(first))
+    assert any(p != pytest.approx(1 / 6) for p in softmax(records[1]["rows"]))
     for m in (json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()):
         langs = [k.split("/")[1] for k in m if k.startswith("routed/")]
         assert langs and all(f"response_length/{lang}" in m for lang in langs)
@@ -217,7 +228,7 @@ def test_a_step_logs_the_router_before_its_update_and_lengths_per_language(
 
 def test_real_cadence_is_the_official_and_save_every_zero_is_accepted(tmp_path):
     cfg = real(tmp_path)
-    assert (cfg.eval_every, cfg.save_every) == (5, 10)
+    assert (cfg.eval_every, cfg.save_every, cfg.eval_size) == (5, 10, None)   # None: all held out
     toy = lrpo.parse_args(["--out", str(tmp_path / "t")])
     assert (toy.eval_every, toy.save_every) == (50, 50)
     assert real(tmp_path, "--save-every", "0").save_every == 0
@@ -230,6 +241,7 @@ def test_a_run_saved_before_these_defaults_resumes_as_it_ran(tmp_path):
            if k not in ("lid_rules", "untopiced", "encoder_dtype", "test_data")}
     (out / "config.json").write_text(json.dumps({**old, "device": "cpu"}))
     cfg = lrpo.parse_args(["--out", str(out), "--resume"])
-    assert (cfg.lid_rules, cfg.untopiced, cfg.encoder_dtype, cfg.test_data) == ("ours", "learn", "float32", "none")
+    assert (cfg.lid_rules, cfg.untopiced, cfg.encoder_dtype) == ("ours", "learn", "float32")
+    assert cfg.test_data == "none"
     assert lrpo.as_saved_before_lid_rules({**old, "device": "cuda"})["encoder_dtype"] == "bfloat16"
     assert cfg.langs == "en,ko"   # then: the data's languages, English and --langs
