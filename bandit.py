@@ -15,6 +15,9 @@ Where the official code differs (reference/LRPO_SPEC.md §3.2, §3.6, §8), the 
 * fixed_topics (default "translation") are never routed, all K in ℓ_x. Their rewards are buffered,
   as are the K_on own-language ones; rollouts in a language outside L are not.
 * n is the router's own step counter (kept in state_dict), not the trainer's step.
+* uniform_topics (lrpo.py passes data.UNLABELLED_TOPIC): a question without a topic is routed
+  uniformly, as the code's sample() adds no row for topic None (lang_policy.py:131-134); its
+  rewards still update a row of its own, which no draw reads, as the code's "None" row.
 Ablations. Table 2: the FixedRouter mixes "grpo", "input-dominant", "english-dominant", "uniform".
 Table 4 "w/o uniform init": topic_prior / region_prior, {name: {lang: weight}} giving logits log w
 (log 1e-6 for unlisted languages), as the code's mix strings, e.g. {"Reasoning / Logic": {"en": 6,
@@ -57,16 +60,19 @@ class LanguageRouter:
     """The paper's router: tables A (topic × L) and B (region × L), Eq. 1 draws, Eq. 6–7 updates."""
     name = "lrpo"
     learns = True   # its distributions change, so log_probabilities writes them
+    tables = True   # Eq. 1's A and B rows exist (log_probabilities writes each one)
 
     def __init__(self, languages, *, alpha=0.1, update_every=5, tau0=1.0, tau_min=0.3,
                  tau_decay=0.999, eps0=0.2, eps_min=0.0, eps_decay=0.995, group_norm="zscore",
                  norm_eps=1e-6, fixed_topics=("translation",),
-                 regional_topics=("regional knowledge", "regional"), topic_prior=None, region_prior=None):
+                 regional_topics=("regional knowledge", "regional"), topic_prior=None,
+                 region_prior=None, uniform_topics=()):
         self.languages = [str(lang) for lang in languages]
         if not self.languages or len(set(self.languages)) != len(self.languages):
             raise ValueError(f"languages must be a non-empty list without repeats, got {languages!r}")
         self.index = {lang: i for i, lang in enumerate(self.languages)}
         self.fixed_topics = _topic_set(fixed_topics, "fixed_topics")
+        self.uniform_topics = _topic_set(uniform_topics, "uniform_topics")
         self.regional_topics = (None if regional_topics is None
                                 else _topic_set(regional_topics, "regional_topics"))
         if group_norm not in GROUP_NORMS:
@@ -114,6 +120,8 @@ class LanguageRouter:
 
     def _probs(self, context) -> np.ndarray:
         topic, regions = context
+        if topic.lower() in self.uniform_topics:
+            return np.full(len(self.languages), 1.0 / len(self.languages))
         z = self.q_topic.get(topic, np.zeros(len(self.languages))).copy()
         for g in regions:
             z += self.q_region.get(g, 0.0)
@@ -238,12 +246,38 @@ class LanguageRouter:
         self.q_region = {k: np.array(v, dtype=np.float64) for k, v in state["q_region"].items()}
         self.begin_step(self.last_step)
 
+    def row_probabilities(self) -> dict[str, dict[str, dict[str, float]]]:
+        """Each row of A and B alone, as the code logs them (lang_policy.py:97-121): its softmax
+        at the current τ and the ε-mixed one, keyed "topic:<t>" and "region:<g>". Rows are those
+        learned or drawn from so far (the code's defaultdict makes a row when sample() reads it)."""
+        if not self.tables:
+            return {}
+        topics = dict.fromkeys([*self.q_topic, *(t for t, _ in self.seen
+                                                  if t.lower() not in self.uniform_topics)])
+        regions = dict.fromkeys([*self.q_region, *(g for _, gs in self.seen for g in gs)])
+        zero = np.zeros(len(self.languages))
+        out = {}
+        for kind, names, table in (("topic", topics, self.q_topic),
+                                   ("region", regions, self.q_region)):
+            for name in names:
+                z = table.get(name, zero) / max(self.tau, 1e-6)
+                soft = np.exp(z - z.max())
+                soft /= soft.sum()
+                mixed = (1.0 - self.eps) * soft + self.eps / len(self.languages)
+                out[f"{kind}:{name}"] = {"softmax": dict(zip(self.languages, soft.tolist())),
+                                         "effective": dict(zip(self.languages, mixed.tolist()))}
+        return out
+
     def log_probabilities(self, path, step) -> dict | None:
-        """Append one JSONL record: the routed-slot distribution of every context seen so far."""
+        """Append one JSONL record: the routed-slot distribution of every context seen so far
+        ("probs", Fig. 3a's data) and every table row alone ("rows", the code's log). lrpo.py
+        calls it before end_step, so it shows what the step's draws used, as the code logs
+        before its update (ray_trainer.py:684-697)."""
         if not self.learns:
             return None   # nothing changes over training
         probs = {(f"{t} | {'+'.join(g)}" if g else t): self.probabilities(t, g) for t, g in self.seen}
-        record = {"step": step, "router": self.name, **self.schedule(), "probs": probs}   # Fig. 3a's data
+        record = {"step": step, "router": self.name, **self.schedule(), "probs": probs,
+                  "rows": self.row_probabilities()}
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as f:

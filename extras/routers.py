@@ -36,6 +36,7 @@ class _DiscountedRouter(LanguageRouter):
     languages shrink, which re-opens exploration of them.
     """
     name = "discounted"
+    tables = False   # no A and B rows to log
 
     def __init__(self, languages, *, discount=0.95, prior_std=1.0, update_every=1,
                  fixed_topics=("translation",), regional_topics=("regional knowledge", "regional")):

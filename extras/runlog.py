@@ -130,9 +130,9 @@ def resumed_config(given: dict, out: str, may_change, names) -> dict:
 # Checks: every flag or data mismatch is a one-line error naming the fix, before the model loads
 
 AT_LEAST_ONE = ("group_size", "questions_per_step", "max_new_tokens", "micro_batch", "loss_micro_batch",
-                "logprob_micro_batch", "mini_batch", "ppo_epochs", "steps", "save_every",
+                "logprob_micro_batch", "mini_batch", "ppo_epochs", "steps",
                 "router_update_every", "threads")
-NOT_NEGATIVE = ("orig_lang_min", "eval_every", "eval_size", "samples_per_step", "lr", "weight_decay", "kl_coef")
+NOT_NEGATIVE = ("orig_lang_min", "eval_every", "save_every", "eval_size", "samples_per_step", "lr", "weight_decay", "kl_coef")
 
 
 def check_flags(cfg) -> None:

@@ -122,7 +122,7 @@ WORDS = [{"id": f"w{i}", "lang": lang, "question": q, "answer": a} for i, (lang,
     (["--langs", "en,xx"], r"--langs: unknown language 'xx'; known codes: ar, de"),
     (["--orig-lang-min", "9"], r"--orig-lang-min 9 exceeds --group-size 8: .*lower --orig-lang-min or raise --group-size"),
     (["--micro-batch", "0"], r"--micro-batch 0: must be at least 1"),
-    (["--save-every", "0"], r"--save-every 0: must be at least 1"),
+    (["--save-every", "-1"], r"--save-every -1: must be at least 0"),
     (["--eval-size", "-1"], r"--eval-size -1: must be at least 0"),
     (["--test-fraction", "1"], r"--test-fraction 1.0: must be in \[0, 1\)"),
     (["--temperature", "0"], r"--temperature 0.0: must be positive"),
@@ -147,9 +147,10 @@ def test_routed_languages_default_to_the_data(tmp_path):
     assert lrpo.routed_languages(cfg, []) == list(toy.LANGS) + ["ko"]
     examples = recipes.load_examples(write_jsonl(tmp_path / "w.jsonl", WORDS))
     cfg = lrpo.parse_args(["--model", "x", "--data", str(tmp_path / "w.jsonl"), "--out", str(tmp_path)])
-    assert lrpo.routed_languages(cfg, examples) == ["de", "en", "fr"]   # data.LANGUAGES order, with English
-    cfg.langs = "zh,ko"
-    assert lrpo.routed_languages(cfg, examples) == ["de", "en", "fr", "ko", "zh"]
+    official = "ar de en es fr id it ja ko nl pl pt ru vi zh".split()   # multilingual_rl_dataset.py:39-55
+    assert lrpo.routed_languages(cfg, examples) == official   # data.LANGUAGES order
+    cfg.langs = "zh,ko"   # replaces the official 15: the data's languages and these
+    assert lrpo.routed_languages(cfg, examples) == ["de", "fr", "ko", "zh"]
 
 
 def test_resume_takes_the_saved_configuration_and_refuses_contradictions(tmp_path):
@@ -189,7 +190,7 @@ def test_resume_a_real_model_run_from_its_folder_alone(tmp_path, tiny_qwen, caps
     result = lrpo.main(["--out", str(halves), "--resume", "--steps", "3"])
     assert metrics(one_go) == metrics(halves) and len(metrics(halves)) == 3
     assert result["config"]["model"] == str(tmp_path / "model") and result["config"]["lr"] == 1e-2
-    assert "[lrpo] routed languages L: de,en\n" in capsys.readouterr().out   # the data's, English included
+    assert "[lrpo] routed languages L (15): ar,de,en,es,fr,id,it,ja,ko,nl,pl,pt,ru,vi,zh\n" in capsys.readouterr().out
     after = result["after"]   # held out: one row per language, one of them numeric
     assert after["eval/n"] == 2 and after["eval/accuracy_n"] == 1
     assert "eval/accuracy/en" in after and "eval/accuracy/de" not in after and "eval/reward/de" in after
