@@ -499,6 +499,13 @@ def main(argv=None) -> dict:
         raise SystemExit("give --model to generate answers, or --predictions to score saved ones")
     if "care-pro" in benches and not (args.judge_model or args.judge_url):
         raise SystemExit("care-pro needs a judge: --judge-model PATH or --judge-url URL --judge-name NAME")
+    from extras.models import check_model, go_offline_if_unreachable, quiet_progress_bars
+    quiet_progress_bars()
+    if args.model and not args.predictions:   # a typo in --model fails here, in one line
+        try:
+            check_model(args.model, online=go_offline_if_unreachable())
+        except RuntimeError as e:
+            raise SystemExit(f"error: {e}") from None
     device = args.device or _default_device()
     model = tokenizer = judge = None
     if args.model and not args.predictions:

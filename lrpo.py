@@ -513,20 +513,6 @@ def train_step(run: Run, step: int) -> tuple[dict, list]:
 # ----------------------------------------------------------------------------------------------
 # The run: evaluate, train, log, checkpoint
 
-def quiet_library_progress() -> None:
-    """transformers' and the hub's progress bars ("Loading weights", "Writing model shards" at each
-    checkpoint) only on a terminal: in a log file they are lines of cursor codes."""
-    import sys
-    if sys.stdout.isatty() and sys.stderr.isatty():
-        return
-    import os
-    import transformers
-    from huggingface_hub.utils import disable_progress_bars
-    transformers.utils.logging.disable_progress_bar()
-    disable_progress_bars()
-    os.environ.setdefault("TQDM_DISABLE", "1")   # bars that call tqdm directly (GGUF conversion); ours passes disable=
-
-
 def main(argv=None) -> dict:
     cfg = parse_args(argv)
     if cfg.plot:
@@ -535,9 +521,9 @@ def main(argv=None) -> dict:
         return {}
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    quiet_library_progress()
+    from extras.models import check_model, go_offline_if_unreachable, quiet_progress_bars
+    quiet_progress_bars()
     try:   # the model is the first thing checked: a typo in --model is named before data loads
-        from extras.models import check_model, go_offline_if_unreachable
         check_model(cfg.model, online=go_offline_if_unreachable())
     except RuntimeError as e:
         raise SystemExit(f"error: {e}") from None
@@ -592,7 +578,7 @@ def train(run: Run, first: int, total: int, stop: dict) -> dict:
         runlog.append(cfg, "metrics.jsonl", [metrics])
         runlog.append(cfg, "samples.jsonl", samples)
         run.router.log_probabilities(f"{cfg.out}/router.jsonl", step + 1)
-        bar.set_postfix(reward=f"{metrics['reward']:.3f}", gate=f"{metrics['gate']:.2f}")
+        bar.set_postfix(reward=f"{metrics['reward']:.3f}", gate=f"{metrics['gate']:.2f}", refresh=False)
         done = step + 1
         if held_out and cfg.eval_every and done % cfg.eval_every == 0 and done < total:
             runlog.append(cfg, "eval.jsonl", [evaluate(done)])

@@ -54,6 +54,19 @@ def resolve(name: str) -> str:
     return name
 
 
+def quiet_progress_bars() -> None:
+    """transformers' and the hub's progress bars ("Loading weights", "Writing model shards" at each
+    checkpoint) only on a terminal: in a log file they are lines of cursor codes."""
+    import sys
+    if sys.stdout.isatty() and sys.stderr.isatty():
+        return
+    import transformers
+    from huggingface_hub.utils import disable_progress_bars
+    transformers.utils.logging.disable_progress_bar()
+    disable_progress_bars()
+    os.environ.setdefault("TQDM_DISABLE", "1")   # bars that call tqdm directly (GGUF conversion)
+
+
 def hub_reachable(timeout: float = 2.0) -> bool:
     """Whether the Hugging Face hub answers a TCP connection (never when HF_HUB_OFFLINE is set)."""
     import socket
