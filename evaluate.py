@@ -452,15 +452,20 @@ def parse_args(argv=None):
     p.add_argument("--train-langs", default=",".join(data.ROLLOUT_LANGUAGES),
                    help="the 'Seen' languages (default: the 15 rollout languages)")
     p.add_argument("--out", required=True, help="output folder (results.json, plots, predictions)")
-    p.add_argument("--prompt-style", default="tag", choices=("tag", "zero", "plain"))
-    p.add_argument("--mc-scoring", default="extract", choices=("extract", "loglik"))
+    p.add_argument("--prompt-style", default="tag", choices=("tag", "zero", "plain"),
+        help="tag: the official <|out_lang_xx|> tag; zero: the paper's Zero system prompt; "
+             "plain: the question alone")
+    p.add_argument("--mc-scoring", default="extract", choices=("extract", "loglik"),
+        help="multiple choice: read the letter out of a greedy answer, or the option letters' "
+             "log-likelihood (lm-eval style)")
     p.add_argument("--max-new-tokens", type=int, help=f"default per benchmark: {MAX_NEW_TOKENS}")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="questions per generation batch")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--judge-model", help="CARE-pro judge: a local transformers model")
     p.add_argument("--judge-url", help="CARE-pro judge: OpenAI-compatible base URL (key from $OPENAI_API_KEY)")
     p.add_argument("--judge-name", help="model name to send to --judge-url")
-    p.add_argument("--judge-max-tokens", type=int, default=16)
+    p.add_argument("--judge-max-tokens", type=int, default=16,
+        help="longest judge reply (it names one label)")
     p.add_argument("--compare", nargs="+", metavar="NAME=PATH",
                    help="compare runs side by side: results.json files or their folders, baseline first")
     return p.parse_args(argv)
@@ -494,6 +499,13 @@ def main(argv=None) -> dict:
         raise SystemExit("give --model to generate answers, or --predictions to score saved ones")
     if "care-pro" in benches and not (args.judge_model or args.judge_url):
         raise SystemExit("care-pro needs a judge: --judge-model PATH or --judge-url URL --judge-name NAME")
+    from extras.models import check_model, go_offline_if_unreachable, quiet_progress_bars
+    quiet_progress_bars()
+    if args.model and not args.predictions:   # a typo in --model fails here, in one line
+        try:
+            check_model(args.model, online=go_offline_if_unreachable())
+        except RuntimeError as e:
+            raise SystemExit(f"error: {e}") from None
     device = args.device or _default_device()
     model = tokenizer = judge = None
     if args.model and not args.predictions:

@@ -59,6 +59,8 @@ METHODS = bandit.METHODS + ("ucb", "thompson")   # the last two: extras/routers.
 @dataclass
 class Config:
     # model and data
+    preset: str = opt(None, "defaults of the fields marked (preset): toy for --model toy, cpu-demo for --model "
+                            "smollm2 without a GPU, real otherwise", type=str, choices=("toy", "cpu-demo", "real"))
     model: str = opt("toy", "hub id, local folder or .gguf file of an instruct model; 'toy' = the built-in tiny model")
     data: str = opt(None, "'toy', a recipe (helpsteer3, gsm8k), a .jsonl/.json/.parquet file or a hub id (preset)", type=str)
     recipe: str = opt(None, "convert the rows of --data with a named recipe", type=str)
@@ -125,7 +127,8 @@ class Config:
     samples_per_step: int = opt(2, "questions whose completions are logged each step")
     device: str = opt(None, "default: cuda if available, else cpu", type=str)
     dtype: str = opt(None, "default: bfloat16 on cuda (float32 masters), float32 on cpu", type=str, choices=("float32", "bfloat16"))
-    threads: int = opt(None, "CPU threads for torch", type=int)
+    threads: int = opt(None, "CPU threads for torch; the toy presets fix 1, since sums split over more threads "
+                             "round differently and change the numbers (preset)", type=int)
     progress: bool = opt(True, "progress bar")
     max_prompt_tokens: int = opt(512, "drop questions whose prompt with the longest language tag exceeds this (official max_prompt_length, filter_overlong_prompts; 0 keeps all)")
     check_tags: bool = opt(None, "before training, measure how often the policy answers in the tagged language (preset)", type=bool)
@@ -137,11 +140,41 @@ class Config:
 # launch script's setting (spec §4): 256 questions × 8 rollouts per step, verl's micro-batches of 4.
 TOY = dict(data="toy", stats=str(calibrate.TOY_STATS), questions_per_step=16, max_new_tokens=32, lr=1e-4, micro_batch=128, eval_size=10_000,
            loss_micro_batch=128, steps=150, scale_router_schedule=False, check_tags=False,   # one token-mean per step
-           lid_rules="ours", eval_every=50, save_every=50)
+           lid_rules="ours", eval_every=50, save_every=50, threads=1)
 REAL = dict(data="helpsteer3", encoder=calibrate.PAPER_ENCODER, stats=str(calibrate.PAPER_STATS), questions_per_step=256, max_new_tokens=1024, lr=1e-6, micro_batch=8, eval_size=None,
             loss_micro_batch=4, epochs=4.0, scale_router_schedule=True, check_tags=True,
             lid_rules="official", eval_every=5, save_every=10)   # run_lrpo.sh:65-66
+# A real pretrained model on a CPU in minutes (--model smollm2 without a GPU): the built-in world's
+# questions and offline reward, 2 questions x 8 rollouts of 16 tokens, 4 held-out questions per language.
+CPU_DEMO = dict(TOY, questions_per_step=2, max_new_tokens=16, lr=1e-6, micro_batch=16, loss_micro_batch=4,
+                eval_size=24, steps=4)
+PRESETS = {"toy": TOY, "cpu-demo": CPU_DEMO, "real": REAL}
 OFFICIAL_QUESTIONS_PER_STEP = 256
+
+# --help lists the flags in these groups (every field of Config is in one; tests/test_lrpo.py checks)
+HELP_GROUPS = {
+    "model and data": ("preset", "model", "data", "recipe", "test_data", "test_fraction", "langs", "prompt_style",
+                       "max_prompt_tokens"),
+    "method and router (Alg. 1, Eq. 1, 6, 7)": (
+        "method", "group_size", "orig_lang_min", "router_alpha", "router_update_every", "router_tau_decay",
+        "router_eps_decay", "router_norm", "router_regions", "router_prior", "scale_router_schedule",
+        "untopiced"),
+    "reward (Eq. 2-5)": ("reward", "gate", "lid_rules", "calibration", "stats", "encoder", "encoder_dtype"),
+    "schedule": ("questions_per_step", "max_new_tokens", "temperature", "steps", "epochs"),
+    "loss and optimizer": ("lr", "weight_decay", "grad_clip", "kl_coef", "loss_agg", "loss_micro_batch",
+                           "std_norm", "ppo_epochs", "mini_batch"),
+    "run": ("seed", "out", "resume", "eval_every", "eval_size", "save_every", "samples_per_step", "progress",
+            "check_tags", "plot"),
+    "speed and memory (same results)": ("device", "dtype", "threads", "micro_batch", "logprob_micro_batch",
+                                        "gradient_checkpointing", "compile", "ref_on_cpu", "rollout_batch"),
+}
+HELP_TOP = """examples:
+  python lrpo.py                                      # LRPO on the built-in world, CPU, ~5 min
+  python lrpo.py --model ws/ --data hs.labelled.jsonl # a real run on one GPU, paper defaults
+
+Presets: a flag shown as [toy: A, cpu-demo: B, real: C] takes the preset's value unless given; the
+preset follows --model (toy: the built-in model; cpu-demo: --model smollm2 without a GPU; real:
+any other model) or is named with --preset."""
 
 
 # `--resume` restores everything else from <out>/config.json: the run's length and logging, and
@@ -167,18 +200,44 @@ def as_saved_before_lid_rules(saved: dict) -> dict:
             else "float32"}
 
 
-def parse_args(argv=None) -> Config:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, generated from Config's fields, in HELP_GROUPS."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + "\n\n" + HELP_TOP,
+                                     usage="python lrpo.py [--flag value ...] (the flags, by group, below)",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    titled = {title: parser.add_argument_group(title) for title in HELP_GROUPS}
+    groups = {name: titled[title] for title, names in HELP_GROUPS.items() for name in names}
     for f in fields(Config):
         meta = dict(f.metadata)
         kind = meta.pop("type", type(f.default))
-        shown = f"toy {TOY.get(f.name)}, real {REAL.get(f.name)}" if f.name in TOY or f.name in REAL else f.default
+        named = [f"{p}: {PRESETS[p][f.name]}" for p in PRESETS if f.name in PRESETS[p]]
+        shown = ", ".join(named) if named else f.default
         kwargs = dict(default=argparse.SUPPRESS, help=f"{meta.pop('help')} [{shown}]", **meta)
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kwargs["type"] = kind
-        parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+        groups[f.name].add_argument("--" + f.name.replace("_", "-"), **kwargs)
+    return parser
+
+
+def choose_preset(named: dict) -> str:
+    """--preset if given; else toy for the built-in model, cpu-demo for smollm2 without a GPU
+    (the real preset's 256 x 8 rollouts of 1,024 tokens would take days there), else real."""
+    if named["preset"]:
+        return named["preset"]
+    if named["model"] == "toy":
+        return "toy"
+    device = named["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
+    if named["model"] == "smollm2" and not device.startswith("cuda"):
+        print("[lrpo] no GPU: --model smollm2 runs the cpu-demo preset (the built-in world's questions, "
+              "offline reward, 4 small steps); --preset real for the paper's sizes")
+        return "cpu-demo"
+    return "real"
+
+
+def parse_args(argv=None) -> Config:
+    parser = build_parser()
     given = vars(parser.parse_args(argv))   # only the flags on the command line
     named = {**asdict(Config()), **given}
     out = named["out"] or f"runs/{named['method']}-{named['model'].rstrip('/').split('/')[-1]}-s{named['seed']}"
@@ -186,7 +245,8 @@ def parse_args(argv=None) -> Config:
         cfg = Config(**as_saved_before_lid_rules(
             runlog.resumed_config(given, out, MAY_CHANGE_ON_RESUME, {f.name for f in fields(Config)})))
     else:
-        preset = TOY if named["model"] == "toy" else REAL
+        name = choose_preset(named)
+        preset = {**PRESETS[name], "preset": name}
         if "steps" in given or "epochs" in given:   # one of them sets the length of the run
             preset = {k: v for k, v in preset.items() if k not in ("steps", "epochs")}
         if "encoder" in given:   # the preset's statistics belong to the preset's encoder
@@ -305,6 +365,8 @@ def set_up(cfg: Config) -> Run:
     cfg.device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     cfg.dtype = cfg.dtype or ("bfloat16" if cfg.device.startswith("cuda") else "float32")
     cfg.compile = cfg.device.startswith("cuda") if cfg.compile is None else cfg.compile
+    if cfg.device == "cpu":   # same seed, same threads, same numbers (free on the CPU; CUDA would need cuBLAS settings)
+        torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(cfg.seed)
     try:
         train, test = load_data(cfg)
@@ -540,6 +602,12 @@ def main(argv=None) -> dict:
         return {}
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    from extras.models import check_model, go_offline_if_unreachable, quiet_progress_bars
+    quiet_progress_bars()
+    try:   # the model is the first thing checked: a typo in --model is named before data loads
+        check_model(cfg.model, online=go_offline_if_unreachable())
+    except RuntimeError as e:
+        raise SystemExit(f"error: {e}") from None
     runlog.check_out_dir(cfg)
     try:
         run = set_up(cfg)
@@ -551,7 +619,7 @@ def main(argv=None) -> dict:
         print(f"[lrpo] {cfg.out} is at step {first} of {total}: nothing to do (--steps N > {first} runs on)")
         return {}
     runlog.write_config(cfg)
-    held_out = len(run.test[:cfg.eval_size])
+    held_out = len(held_out_questions(run.test, cfg.eval_size))
     print(f"[lrpo] {cfg.method} on {cfg.data}: {len(run.train)} train questions, "
           f"{f'{held_out} held out' if held_out else 'no evaluation'}, {total} steps of {cfg.questions_per_step}×"
           f"{cfg.group_size} rollouts, {cfg.device} {cfg.dtype}, out {cfg.out}\n"
@@ -564,21 +632,36 @@ def main(argv=None) -> dict:
         return train(run, first, total, stop)
 
 
+def held_out_questions(test: list, n: int) -> list:
+    """n held-out questions taken in turn from each language (all of them when n covers the split),
+    so that even a small --eval-size reports every language."""
+    if n >= len(test):
+        return list(test)
+    by_lang = {}
+    for ex in test:
+        by_lang.setdefault(ex.lang, []).append(ex)
+    turns = [ex for rank in range(max(map(len, by_lang.values()), default=0))
+             for exs in by_lang.values() if rank < len(exs) for ex in exs[rank:rank + 1]]
+    return turns[:n]
+
+
 def train(run: Run, first: int, total: int, stop: dict) -> dict:
     from tqdm import tqdm
     from evaluate import evaluate_split
     cfg = run.cfg
-    held_out = run.test[:cfg.eval_size]   # empty: evaluation is off (--eval-size 0 or no test split)
+    held_out = held_out_questions(run.test, cfg.eval_size)   # empty: evaluation is off
     evaluate = lambda step: {"step": step, **evaluate_split(run.model, run.tokenizer, held_out, run.scorer, cfg)}
     if first == 0 and held_out:
         runlog.append(cfg, "eval.jsonl", [evaluate(0)])
     metrics = {}
-    bar = tqdm(range(first, total), initial=first, total=total, disable=not cfg.progress, desc=cfg.method)
+    import sys   # in a log file, a progress line every 30 s instead of a redraw each step
+    bar = tqdm(range(first, total), initial=first, total=total, disable=not cfg.progress, desc=cfg.method,
+               mininterval=0.1 if sys.stderr.isatty() else 30)
     for step in bar:
         metrics, samples = train_step(run, step)
         runlog.append(cfg, "metrics.jsonl", [metrics])
         runlog.append(cfg, "samples.jsonl", samples)
-        bar.set_postfix(reward=f"{metrics['reward']:.3f}", gate=f"{metrics['gate']:.2f}")
+        bar.set_postfix(reward=f"{metrics['reward']:.3f}", gate=f"{metrics['gate']:.2f}", refresh=False)
         done = step + 1
         if held_out and cfg.eval_every and done % cfg.eval_every == 0 and done < total:
             runlog.append(cfg, "eval.jsonl", [evaluate(done)])
@@ -593,7 +676,8 @@ def train(run: Run, first: int, total: int, stop: dict) -> dict:
         after = evaluate(total)
         runlog.append(cfg, "eval.jsonl", [after])
         before = runlog.read(cfg.out, "eval.jsonl")[0]
-        print(runlog.before_after_table(before, after))
+        from extras.plots import local_languages
+        print(runlog.before_after_table(before, after, runlog.router_local_share(cfg.out, local_languages(cfg.data))))
     for path in runlog.plot_run(cfg.out):
         print(f"[lrpo] wrote {path}")
     return {"before": before, "after": after, "last": metrics, "config": asdict(cfg)}

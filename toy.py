@@ -438,6 +438,9 @@ def sft_loss(model, rows, pad_token_id: int):
     return (nll * mask[:, 1:]).sum() / mask[:, 1:].sum()
 
 
+PROGRESS_EVERY_S = 30   # warm-start progress lines at most this far apart
+
+
 def warm_start(model, tokenizer, wcfg: WarmStartConfig, cfg: WorldConfig, log=print):
     """Supervised fine-tuning on the warm-start corpus (answer tokens only), AdamW + cosine.
     Returns the model and the training loss of every step."""
@@ -448,7 +451,7 @@ def warm_start(model, tokenizer, wcfg: WarmStartConfig, cfg: WorldConfig, log=pr
     opt = torch.optim.AdamW(model.parameters(), lr=wcfg.lr, weight_decay=wcfg.weight_decay,
                             betas=(0.9, 0.98))
     model.train()
-    t0 = time.time()
+    t0 = last_log = time.time()
     losses = []
     for step in range(wcfg.steps):
         lr = wcfg.lr * min(1.0, (step + 1) / wcfg.warmup) * 0.5 * (1 + math.cos(math.pi * step / wcfg.steps))
@@ -461,7 +464,9 @@ def warm_start(model, tokenizer, wcfg: WarmStartConfig, cfg: WorldConfig, log=pr
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         losses.append(loss.item())
-        if step % 100 == 0 or step == wcfg.steps - 1:
+        # every 100 steps, and at least every 30 s on a slow or busy CPU
+        if step % 100 == 0 or step == wcfg.steps - 1 or time.time() - last_log >= PROGRESS_EVERY_S:
+            last_log = time.time()
             log(f"[toy] warm start step {step:4d}/{wcfg.steps}  loss {loss.item():.3f}  "
                 f"({time.time() - t0:.0f}s)")
     model.eval()
@@ -495,9 +500,15 @@ def load_model_and_tokenizer(device: str = "cpu", cfg: WorldConfig = WorldConfig
     path = cache_dir() / f"toy-{_cache_key(cfg, mcfg, wcfg)}"
     if not (path / "done").exists():
         log(f"[toy] warm-starting the tiny model (cached afterwards in {path})")
-        torch.set_num_threads(max(1, torch.get_num_threads()))
-        tokenizer = train_tokenizer(cfg, mcfg.vocab_size)
-        model, _ = warm_start(build_model(tokenizer, mcfg, wcfg.seed), tokenizer, wcfg, cfg, log)
+        # One thread whatever the machine: a sum split over more threads rounds differently,
+        # and 500 steps of SFT turn that into a different model (and different README numbers).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            tokenizer = train_tokenizer(cfg, mcfg.vocab_size)
+            model, _ = warm_start(build_model(tokenizer, mcfg, wcfg.seed), tokenizer, wcfg, cfg, log)
+        finally:
+            torch.set_num_threads(threads)
         # Write under a temporary name and rename, so an interrupted warm start leaves no
         # half-written cache behind.
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
@@ -582,5 +593,7 @@ if __name__ == "__main__":
                         help="which split of the world to evaluate")
     args = parser.parse_args()
     from calibrate import detect_languages   # the reward's language-ID gate
+    from extras.models import quiet_progress_bars
+    quiet_progress_bars()
     model, tokenizer = load_model_and_tokenizer()
     print(format_report(accuracy_report(model, tokenizer, load_split(args.split), detect_languages)))

@@ -275,13 +275,17 @@ def plot(summary: dict, path: Path) -> None:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--methods", nargs="+", default=list(METHODS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    p.add_argument("--steps", type=int, default=150)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--methods", nargs="+", default=list(METHODS),
+        help="methods to train (lrpo.py --method values)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4],
+        help="seeds of every method")
+    p.add_argument("--steps", type=int, default=150,
+        help="training steps per run (the default run's 150)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--jobs", type=int, default=None, help="runs at once (default: 2 on CPU, 10 on CUDA)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    p.add_argument("--out", default="runs/classroom")
+    p.add_argument("--out", default="runs/classroom",
+        help="folder of the runs and the results (an interrupted experiment continues there)")
     p.add_argument("--lrpo-args", default="", help='more lrpo.py flags for every run, e.g. "--calibration none"')
     args = p.parse_args(argv)
     jobs = args.jobs or (10 if args.device.startswith("cuda") else 2)

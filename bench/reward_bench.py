@@ -168,9 +168,11 @@ def calibration_quality(seed: int = 0) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--long-repeats", type=int, default=1)
-    parser.add_argument("--long-words", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3,
+        help="timed calls per short case (the median is reported)")
+    parser.add_argument("--long-repeats", type=int, default=1, help="timed calls of the long case")
+    parser.add_argument("--long-words", type=int, default=100,
+        help="English-equivalent words per text of the long case")
     parser.add_argument("--cases", default="distinct,baseline,realistic,cached,long,quality",
                         help="comma-separated subset of the cases to run")
     args = parser.parse_args()

@@ -66,18 +66,20 @@ PARTS = ("check", "fast", "fast_eager", "core", "no_kv_buckets", "unfused", "pro
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batches", type=int, nargs="+", default=[16, 64, 256])
+    parser.add_argument("--batches", type=int, nargs="+", default=[16, 64, 256],
+        help="rollout batch sizes to time")
     parser.add_argument("--static-batches", type=int, nargs="*", default=[64, 256],
                         help="batches for HF generate with the static cache (each compiles)")
-    parser.add_argument("--prompt-len", type=int, default=128)
-    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--prompt-len", type=int, default=128, help="prompt tokens per row")
+    parser.add_argument("--new-tokens", type=int, default=256, help="decoded tokens per row")
     parser.add_argument("--budget-s", type=float, default=480, help="skip baselines after this many seconds")
     parser.add_argument("--tiny", "--smoke", action="store_true", help="tiny model, CPU allowed (smoke test)")
     parser.add_argument("--only", nargs="+", default=list(PARTS), choices=PARTS, help="parts to run (default all)")
     parser.add_argument("--repeats", type=int, default=1, help="timed calls per setting of ours (noise)")
     parser.add_argument("--profile-batches", type=int, nargs="*", default=None,
                         help="batches for the kernel profile (default: all of --batches)")
-    parser.add_argument("--out", default=os.environ.get("OUT", "runs/rollout_bench"))
+    parser.add_argument("--out", default=os.environ.get("OUT", "runs/rollout_bench"),
+        help="folder for the JSON result (default $OUT or runs/rollout_bench)")
     args = parser.parse_args()
 
     import torch

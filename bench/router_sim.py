@@ -194,7 +194,7 @@ def main(argv=None) -> dict:
     p.add_argument("--batch", type=int, default=128, help="questions per step")
     p.add_argument("--group-size", type=int, default=8, help="K, rollouts per question")
     p.add_argument("--k-on", type=int, default=2, help="K_on, own-language rollouts per question")
-    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--seeds", type=int, default=5, help="seeds per router (0..N-1)")
     p.add_argument("--feedback", choices=("group", "raw"), default="group",
                    help="what the router observes: group-normalised rewards (GRPO advantages) or raw")
     p.add_argument("--routers", default=",".join(ROUTERS), help=f"comma list from {list(ROUTERS)}")

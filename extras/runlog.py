@@ -26,6 +26,7 @@ import json
 import math
 import shutil
 import signal
+import textwrap
 import time
 from pathlib import Path
 
@@ -190,19 +191,52 @@ def write_config(cfg) -> None:
     (Path(cfg.out) / "config.json").write_text(json.dumps(asdict(cfg), indent=2), encoding="utf-8")
 
 
-def before_after_table(before: dict, after: dict) -> str:
-    """Held-out accuracy (where checkable) and reward per language, before and after training."""
+def router_local_share(out, local: dict) -> dict:
+    """lang -> (first, last) router probability that a routed rollout of a regional question goes
+    to the region's local language, mean over the regions of that language ("all": over every
+    region), from <out>/router.jsonl; "first" is each context's first logged value."""
+    from extras.plots import context_locals
+    first, last = {}, {}
+    for record in read(out, "router.jsonl"):
+        for ctx, probs in record["probs"].items():
+            langs = context_locals(ctx, local)
+            if len(langs) == 1:
+                first.setdefault(ctx, probs[langs[0]])
+                last[ctx] = probs[langs[0]]
+    by_lang = {}
+    for ctx in last:
+        for lang in (context_locals(ctx, local)[0], "all"):
+            by_lang.setdefault(lang, []).append((first[ctx], last[ctx]))
+    return {lang: tuple(sum(v) / len(v) for v in zip(*pairs)) for lang, pairs in by_lang.items()}
+
+
+def before_after_table(before: dict, after: dict, router: dict | None = None) -> str:
+    """Held-out accuracy (where checkable) and reward per language, before and after training,
+    with the router's probability of each region's local language (``router_local_share``), and
+    a legend that says what each column measures."""
     langs = sorted({k.split("/")[-1] for k in after if k.startswith("eval/reward/")})
     metrics = [m for m in ("accuracy", "reward") if f"eval/{m}" in after]
-    lines = [f"{'lang':6s}" + "".join(f"{m + ' before':>17s}{'after':>8s}" for m in metrics)]
+    router = router or {}
+    lines = [f"{'lang':6s}" + "".join(f"{m + ' before':>17s}{'after':>8s}" for m in metrics)
+             + (f"{'router p(local) first':>23s}{'last':>7s}" if router else "")]
     for lang in langs + ["all"]:
         key = lambda m: f"eval/{m}" + ("" if lang == "all" else f"/{lang}")
         cell = lambda row, m, w: f"{row[key(m)]:{w}.3f}" if key(m) in row else f"{'–':>{w}s}"
-        lines.append(f"{lang:6s}" + "".join(cell(before, m, 17) + cell(after, m, 8) for m in metrics))
+        shares = (f"{router[lang][0]:23.3f}{router[lang][1]:7.3f}" if lang in router else f"{'–':>23s}{'–':>7s}")
+        lines.append(f"{lang:6s}" + "".join(cell(before, m, 17) + cell(after, m, 8) for m in metrics)
+                     + (shares if router else ""))
     if "eval/accuracy_n" in after and after["eval/accuracy_n"] != after.get("eval/n"):
         lines.append(f"(accuracy over the {after['eval/accuracy_n']} of {after.get('eval/n')} held-out "
                      f"questions with a checkable answer)")
-    return "\n".join(lines)
+    legend = (f"Rows: the question's language ('all': every language); {after.get('eval/n')} held-out "
+              f"questions, each answered greedily in its own language, before training and after step "
+              f"{after.get('step')}. accuracy: the gold value appears in the answer; reward: the training "
+              f"reward (language gate x calibrated similarity to the reference, or the verifier).")
+    if router:
+        legend += (" router p(local): the router's probability of sending a routed rollout of a regional "
+                   "question to the region's local language, mean over the regions whose local language is "
+                   "the row's (uniform: 1/|L|); first = when the region was first seen.")
+    return "\n".join(lines + textwrap.wrap(legend, 100))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -343,6 +377,8 @@ def plot_run(run_dir) -> list[Path]:
     plt.close(fig)
     written.append(run / "training.png")
     if (run / "router.jsonl").exists() and (run / "router.jsonl").stat().st_size:
-        from extras.plots import plot_router_heatmap
-        written.append(plot_router_heatmap(run / "router.jsonl", run / "router.png"))
+        from extras.plots import local_languages, plot_router_heatmap
+        config = json.loads((run / "config.json").read_text(encoding="utf-8")) if (run / "config.json").exists() else {}
+        written.append(plot_router_heatmap(run / "router.jsonl", run / "router.png",
+                                           local=local_languages(config.get("data"))))
     return written
