@@ -43,6 +43,7 @@ from extras import recipes
 import loss
 import rollout
 from extras import runlog
+from extras.divergence import Diverged, Guard
 
 
 # ----------------------------------------------------------------------------------------------
@@ -62,6 +63,7 @@ class Config:
     model: str = opt("toy", "hub id, local folder or .gguf file of an instruct model; 'toy' = the built-in tiny model")
     data: str = opt(None, "'toy', a recipe (helpsteer3, gsm8k), a .jsonl/.json/.parquet file or a hub id (preset)", type=str)
     recipe: str = opt(None, "convert the rows of --data with a named recipe", type=str)
+    keep_duplicates: bool = opt(False, "keep repeated rows of --data (by default they are counted and dropped)")
     test_fraction: float = opt(0.1, "held-out share per language when --data has no test split")
     langs: str = opt(None, "rollout languages L are the data's (the built-in world's 6; for other data its languages "
                            "and English, as the paper's 15 are HelpSteer3's 14 and en) plus these, comma-separated", type=str)
@@ -104,9 +106,11 @@ class Config:
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward")
     compile: bool = opt(None, "torch.compile each decoder layer for training (default: on for cuda)", type=bool)
     ref_on_cpu: bool = opt(False, "keep the frozen reference on the CPU")
+    max_skipped: int = opt(3, "stop the run after this many optimizer steps in a row skipped on a non-finite loss or gradient")
     # run
     seed: int = opt(0, "seed of every random draw")
-    out: str = opt(None, "run folder (default runs/<method>-<model>-s<seed>)", type=str)
+    out: str = opt(None, "run folder (default runs/<method>-<data>-<model>-s<seed>, numbered -2, -3, ... "
+                         "when taken; with --resume the newest of them)", type=str)
     resume: bool = opt(False, "continue the run in --out from its newest checkpoint, with its saved configuration")
     eval_every: int = opt(50, "steps between held-out evaluations (0: start and end only)")
     eval_size: int = opt(None, "held-out questions per evaluation (0: no evaluation, as --test-fraction 0) (preset)", type=int)
@@ -134,11 +138,12 @@ OFFICIAL_QUESTIONS_PER_STEP = 256
 # `--resume` restores everything else from <out>/config.json: the run's length and logging, and
 # knobs of memory and speed that leave the computed values unchanged, may change.
 MAY_CHANGE_ON_RESUME = ("steps", "epochs", "eval_every", "save_every", "samples_per_step", "progress", "threads",
-                        "device", "compile", "micro_batch", "logprob_micro_batch", "gradient_checkpointing", "ref_on_cpu")
+                        "device", "compile", "micro_batch", "logprob_micro_batch", "gradient_checkpointing", "ref_on_cpu",
+                        "max_skipped")
 
 
 def parse_args(argv=None) -> Config:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     for f in fields(Config):
         meta = dict(f.metadata)
         kind = meta.pop("type", type(f.default))
@@ -151,9 +156,9 @@ def parse_args(argv=None) -> Config:
         parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
     given = vars(parser.parse_args(argv))   # only the flags on the command line
     named = {**asdict(Config()), **given}
-    out = named["out"] or f"runs/{named['method']}-{named['model'].rstrip('/').split('/')[-1]}-s{named['seed']}"
+    out = named["out"] or runlog.default_out(default_out(named), bool(given.get("resume")))
     if given.get("resume"):
-        cfg = Config(**runlog.resumed_config(given, out, MAY_CHANGE_ON_RESUME, {f.name for f in fields(Config)}))
+        cfg = Config(**runlog.resumed_config(given, out, MAY_CHANGE_ON_RESUME, fields(Config)))
     else:
         preset = TOY if named["model"] == "toy" else REAL
         if "steps" in given or "epochs" in given:   # one of them sets the length of the run
@@ -166,6 +171,14 @@ def parse_args(argv=None) -> Config:
     cfg.logprob_micro_batch = cfg.logprob_micro_batch or 4 * cfg.micro_batch
     runlog.check_flags(cfg)
     return cfg
+
+
+def default_out(named: dict) -> str:
+    """runs/<method>-<data>-<model>-s<seed>: what tells two runs apart (runlog.default_out numbers it)."""
+    data_name = named["data"] or (TOY if named["model"] == "toy" else REAL)["data"]
+    short = lambda name: Path(name.rstrip("/")).stem if name.endswith((".jsonl", ".json", ".parquet", ".gguf")) \
+        else name.rstrip("/").split("/")[-1]
+    return f"runs/{named['method']}-{short(data_name)}-{short(named['model'])}-s{named['seed']}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,13 +197,14 @@ class Run:
     router: Any                 # bandit.LanguageRouter or a fixed baseline router
     optimizer: Any
     sample: Callable            # rollout.sample, or its CUDA-graph twin on a GPU
+    guard: Any = None           # extras/divergence.py: skipped steps, diverged runs
 
 
 def load_data(cfg: Config) -> tuple[list, list]:
     if cfg.data == "toy":
         import toy
         return toy.load_split("train"), toy.load_split("test")
-    examples = recipes.load_examples(cfg.data, recipe=cfg.recipe)
+    examples = runlog.drop_duplicates(recipes.load_examples(cfg.data, recipe=cfg.recipe), cfg)
     return data.split_examples(examples, cfg.test_fraction, seed=cfg.seed)
 
 
@@ -250,6 +264,7 @@ def set_up(cfg: Config) -> Run:
     except data.DataError as e:
         raise data.DataError(f"--data: {e}") from None
     runlog.check_data(cfg, train, test)   # every data/flag mismatch is reported before the model loads
+    runlog.check_out_dir(cfg)             # after the data's errors: a missing file is named first
     options = router_options(cfg) if cfg.method == "lrpo" else {}
     make_router = bandit.make_router
     if cfg.method not in bandit.METHODS:
@@ -290,7 +305,8 @@ def set_up(cfg: Config) -> Run:
     if cfg.device.startswith("cuda") or cfg.rollout_batch:
         from extras.fast_rollout import in_chunks, sample   # same tokens, from CUDA graphs, in chunks that fit
         sample = in_chunks(sample, cfg.rollout_batch)
-    return Run(cfg, train, test, model, reference, tokenizer, scorer, router, make_optimizer(model, cfg), sample)
+    return Run(cfg, train, test, model, reference, tokenizer, scorer, router, make_optimizer(model, cfg), sample,
+               Guard(cfg.max_skipped))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -360,6 +376,8 @@ def policy_update(run: Run, roll, advantages: torch.Tensor, step: int) -> dict:
     clock.lap("update_old_logprobs")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(cfg.seed, step, 3)))
     sums, n_micro, n_steps, skipped = {}, 0, 0, 0
+    guard = getattr(run, "guard", None) or Guard()   # (tests build a bare run)
+    guard.probe = (ids[:2], mask[:2], start)
     model.train()
     for _ in range(cfg.ppo_epochs):
         for m0 in range(0, n, mini):
@@ -380,6 +398,7 @@ def policy_update(run: Run, roll, advantages: torch.Tensor, step: int) -> dict:
                     logp.float(), pick(old_logp), advantages[micro].to(dev), completion_mask[micro][:, :T].to(dev),
                     ref_logp=pick(ref_logp), kl_coef=cfg.kl_coef, weights=weights[picked][:, :T].to(dev),
                     entropy=entropy.detach())
+                guard.saw(logp, {**metrics, "loss": value})
                 value.backward()
                 for k, v in {**metrics, "loss": value.detach()}.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
@@ -389,10 +408,11 @@ def policy_update(run: Run, roll, advantages: torch.Tensor, step: int) -> dict:
             clock.lap("update_forward_backward")
             if not torch.isfinite(grad_norm):   # a NaN/inf loss or gradient: skip, do not poison the weights
                 skipped += 1
+                guard.skipped(model, step)        # names the term; the k-th in a row stops the run
                 optimizer.zero_grad(set_to_none=True)
-                print("[lrpo] warning: non-finite gradient; skipped an optimizer step")
                 continue
             optimizer.step()
+            guard.stepped(model, step)
             sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm)
             n_steps += 1
             clock.lap("update_optimizer")
@@ -460,7 +480,13 @@ def main(argv=None) -> dict:
         return {}
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    runlog.check_out_dir(cfg)
+    try:
+        return start(cfg)
+    finally:
+        runlog.release_lock(cfg.out)
+
+
+def start(cfg: Config) -> dict:
     try:
         run = set_up(cfg)
     except (data.DataError, RuntimeError) as e:
@@ -477,8 +503,13 @@ def main(argv=None) -> dict:
           f"{cfg.group_size} rollouts, {cfg.device} {cfg.dtype}, out {cfg.out}\n"
           f"[lrpo] routed languages L: {','.join(run.router.languages)}")
 
-    with runlog.first_ctrl_c_stops() as stop:   # Ctrl-C: finish the step, save, exit
-        return train(run, first, total, stop)
+    with runlog.first_ctrl_c_stops() as stop:   # Ctrl-C or SIGTERM: finish the step, save, exit
+        try:
+            return train(run, first, total, stop)
+        except Diverged as e:
+            last = runlog.newest_checkpoint(cfg.out)
+            kept = f"the checkpoint of step {last[1]} is kept" if last else "no checkpoint was saved"
+            runlog.fail(f"{e}; {kept}; lower --lr (a new run), or raise --max-skipped")
 
 
 def train(run: Run, first: int, total: int, stop: dict) -> dict:
@@ -501,10 +532,10 @@ def train(run: Run, first: int, total: int, stop: dict) -> dict:
         if held_out and cfg.eval_every and done % cfg.eval_every == 0 and done < total:
             runlog.append(cfg, "eval.jsonl", [evaluate(done)])
         if done % cfg.save_every == 0 or done == total or stop["requested"]:
-            runlog.save_checkpoint(run, done)
+            save_if_sound(run, done)
         if stop["requested"]:
-            print(f"[lrpo] saved {cfg.out}/checkpoint at step {done}; continue with --resume")
-            return metrics
+            print(f"[lrpo] stopped at step {done}; continue with `python lrpo.py --out {cfg.out} --resume`")
+            raise SystemExit(128 + stop["requested"])
     bar.close()
     before = after = None
     if held_out:
@@ -515,6 +546,17 @@ def train(run: Run, first: int, total: int, stop: dict) -> dict:
     for path in runlog.plot_run(cfg.out):
         print(f"[lrpo] wrote {path}")
     return {"before": before, "after": after, "last": metrics, "config": asdict(cfg)}
+
+
+def save_if_sound(run: Run, step: int) -> None:
+    """A checkpoint of step ``step``, unless the model diverged: the last good one then stays."""
+    logprobs = lambda model, ids, mask, start: completion_logprobs(model, ids, mask, start, run.cfg.temperature)
+    if run.guard is None or run.guard.sound(run.model, logprobs):
+        runlog.save_checkpoint(run, step)
+        return
+    last = runlog.newest_checkpoint(run.cfg.out)
+    print(f"[lrpo] warning: not saving step {step}: the model's last update or log-probs are non-finite; "
+          f"{f'the checkpoint of step {last[1]} stays' if last else 'no checkpoint is kept'}")
 
 
 if __name__ == "__main__":
