@@ -398,7 +398,7 @@ def policy_update(run: Run, roll, advantages: torch.Tensor, step: int) -> dict:
                     logp.float(), pick(old_logp), advantages[micro].to(dev), completion_mask[micro][:, :T].to(dev),
                     ref_logp=pick(ref_logp), kl_coef=cfg.kl_coef, weights=weights[picked][:, :T].to(dev),
                     entropy=entropy.detach())
-                guard.saw(logp, {**metrics, "loss": value})
+                guard.saw(logp.detach(), {**metrics, "loss": value.detach()})
                 value.backward()
                 for k, v in {**metrics, "loss": value.detach()}.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
@@ -406,7 +406,7 @@ def policy_update(run: Run, roll, advantages: torch.Tensor, step: int) -> dict:
             params = [p for group in optimizer.param_groups for p in group["params"]]
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             clock.lap("update_forward_backward")
-            if not torch.isfinite(grad_norm):   # a NaN/inf loss or gradient: skip, do not poison the weights
+            if not torch.isfinite(grad_norm) or guard.terms:   # a NaN/inf loss or gradient: skip, do not poison the weights
                 skipped += 1
                 guard.skipped(model, step)        # names the term; the k-th in a row stops the run
                 optimizer.zero_grad(set_to_none=True)

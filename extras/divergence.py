@@ -42,7 +42,8 @@ class Guard:
         self.terms.update(non_finite_terms(logp, metrics))
 
     def skipped(self, model, step: int) -> None:
-        """An optimizer step skipped on a non-finite gradient norm: say why; stop at the k-th."""
+        """An optimizer step skipped on a non-finite loss term or gradient: say why; stop at the
+        k-th in a row."""
         why = ", ".join(sorted(self.terms)) or f"gradient of {first_non_finite(model, grad=True)}"
         self.terms.clear()
         self.in_a_row += 1
