@@ -406,7 +406,7 @@ def policy_update(run: Run, roll, advantages: torch.Tensor, step: int) -> dict:
             params = [p for group in optimizer.param_groups for p in group["params"]]
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             clock.lap("update_forward_backward")
-            if not torch.isfinite(grad_norm) or guard.terms:   # a NaN/inf loss or gradient: skip, do not poison the weights
+            if not torch.isfinite(grad_norm) or guard.terms:   # skip: do not poison the weights
                 skipped += 1
                 guard.skipped(model, step)        # names the term; the k-th in a row stops the run
                 optimizer.zero_grad(set_to_none=True)

@@ -108,6 +108,23 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def redact(url: str) -> str:
+    """``url`` without the user and password (an API key) that it may carry: safe to print."""
+    from urllib.parse import urlsplit, urlunsplit
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    return urlunsplit(parts._replace(netloc=f"***@{host}" + (f":{parts.port}" if parts.port else "")))
+
+
+def http_hint(error) -> str:
+    """What to check after an endpoint's refusal (401/403: the key)."""
+    code = getattr(error, "code", None)
+    return " (check the API key: the variable named by --api-key-env, default $OPENAI_API_KEY)" \
+        if code in (401, 403) else ""
+
+
 def fail(message: str):
     """A one-line error for the user (no traceback): what is wrong and how to fix it."""
     raise SystemExit(f"error: {message}")

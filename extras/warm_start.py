@@ -143,9 +143,9 @@ def tag_following(model, tokenizer, examples: list[data.Example], langs: list[st
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="teacher answers in random target languages -> pairs JSONL")
+    b = sub.add_parser("build", allow_abbrev=False, help="teacher answers in random target languages -> pairs JSONL")
     b.add_argument("--prompts", required=True, help="questions with a 'lang' (JSONL/JSON/Parquet)")
     b.add_argument("--out", required=True)
     b.add_argument("--teacher", help="local transformers model (hub id or folder)")
@@ -154,7 +154,7 @@ def main(argv=None) -> None:
     b.add_argument("--langs", default=",".join(data.ROLLOUT_LANGUAGES), help="target languages")
     b.add_argument("--n-prompts", type=int, default=PAPER_PROMPTS)
     b.add_argument("--seed", type=int, default=0)
-    s = sub.add_parser("sft", help="fine-tune a policy on the pairs; the output folder works as --model")
+    s = sub.add_parser("sft", allow_abbrev=False, help="fine-tune a policy on the pairs; the output folder works as --model")
     s.add_argument("--model", required=True)
     s.add_argument("--pairs", required=True)
     s.add_argument("--out", required=True)
@@ -162,7 +162,7 @@ def main(argv=None) -> None:
     s.add_argument("--lr", type=float, default=1e-5)
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--device", default=None)
-    c = sub.add_parser("check", help="share of answers in the tagged language")
+    c = sub.add_parser("check", allow_abbrev=False, help="share of answers in the tagged language")
     c.add_argument("--model", required=True)
     c.add_argument("--prompts", help="questions to ask (default: the built-in world's)")
     c.add_argument("--langs", default=None)

@@ -353,3 +353,55 @@ def test_kill_9_at_random_points_then_resume_equals_the_uninterrupted_run(tmp_pa
     strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time")} for r in rows]
     assert strip(runlog.read(out, "metrics.jsonl")) == strip(runlog.read(tmp_path / "one_go", "metrics.jsonl"))
     assert runlog.read(out, "router.jsonl") == runlog.read(tmp_path / "one_go", "router.jsonl")
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. command lines: no abbreviations, keys never printed, endpoint errors in one line
+
+def test_label_refuses_an_abbreviated_api_key_flag(tmp_path, capsys):
+    from extras import label
+    with pytest.raises(SystemExit) as err:
+        label.main(["--in", "x.jsonl", "--out", str(tmp_path / "o.jsonl"), "--url", "http://localhost:1/v1",
+                    "--name", "m", "--api-key", "sk-secret"])
+    assert err.value.code == 2
+    assert "unrecognized arguments: --api-key sk-secret" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        lrpo.parse_args(["--questions", "4"])   # not --questions-per-step
+
+
+def refusing_server(code):
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.send_response(code)
+            self.end_headers()
+            self.wfile.write(b"unauthorized")
+        def log_message(self, *a):
+            pass
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_endpoint_errors_are_one_line_with_no_key(monkeypatch):
+    import evaluate
+    from extras import label
+    server = refusing_server(401)
+    url = f"http://user:sk-secret@127.0.0.1:{server.server_port}/v1"
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-env-secret")
+    try:
+        with pytest.raises(SystemExit) as err:
+            evaluate.http_judge(url.replace("user:sk-secret@", ""), "m")(["is it right?"])
+        message = one_line_error(err)
+        assert "HTTP Error 401" in message and "check the API key" in message and "sk-" not in message
+        ask = label.http_labeller(f"http://127.0.0.1:{server.server_port}/v1", "m", api_key="sk-x", attempts=1)
+        with pytest.raises(label.LabelError, match=r"HTTP 401: unauthorized \(check the API key"):
+            ask(["q"], 0.0)
+    finally:
+        server.shutdown()
+    assert runlog.redact(url) == f"http://***@127.0.0.1:{server.server_port}/v1"
+    ask = label.http_labeller("http://user:sk-secret@127.0.0.1:9/v1", "m", attempts=1)
+    with pytest.raises(label.LabelError) as err:
+        ask(["q"], 0.0)
+    assert "sk-secret" not in str(err.value) and "\n" not in str(err.value)
