@@ -31,6 +31,7 @@ Every bad row raises :class:`DataError` naming the file, the row and the field.
 """
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 from collections import Counter
@@ -308,15 +309,16 @@ def read_rows(path: str | Path) -> Iterable[tuple[int, dict]]:
             yield i, row
     elif path.suffix == ".json":
         try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
+            rows = json.loads(_utf8(path.read_bytes(), path))
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: not valid JSON ({e})") from None
         if not isinstance(rows, list):
             raise DataError(f"{path}: a .json file must hold a list of rows")
         yield from enumerate(rows, start=1)
     elif path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as f:
-            for i, line in enumerate(f, start=1):
+        with path.open("rb") as f:
+            for i, raw in enumerate(f, start=1):
+                line = _utf8(raw[3:] if i == 1 and raw.startswith(codecs.BOM_UTF8) else raw, path, i)
                 if not line.strip():
                     continue
                 try:
@@ -325,6 +327,16 @@ def read_rows(path: str | Path) -> Iterable[tuple[int, dict]]:
                     raise DataError(f"{path}: row {i}: not valid JSON ({e.msg})") from None
     else:
         raise DataError(f"{path}: unsupported file type {path.suffix!r} (use .jsonl, .json or .parquet)")
+
+
+def _utf8(raw: bytes, path: Path, row: int | None = None) -> str:
+    """``raw`` decoded (a UTF-8 BOM is dropped), or a DataError naming the file and row."""
+    try:
+        return raw.decode("utf-8-sig" if row is None else "utf-8")
+    except UnicodeDecodeError as e:
+        where = f"row {row}" if row else f"line {raw.count(10, 0, e.start) + 1}"   # 10: newline
+        raise DataError(f"{path}: {where}: not valid UTF-8 (byte {raw[e.start]:#x} at offset "
+                        f"{e.start}); save the file as UTF-8") from None
 
 
 def split_examples(examples: list[Example], test_fraction: float = 0.1,

@@ -81,6 +81,7 @@ def http_judge(url: str, model: str, max_tokens: int = 16, timeout: float = 120.
     import urllib.parse
     import urllib.request
     import warnings
+    from extras.runlog import http_hint, redact
     endpoint = url.rstrip("/")
     if not endpoint.endswith("/chat/completions"):
         endpoint += "/chat/completions"
@@ -89,7 +90,7 @@ def http_judge(url: str, model: str, max_tokens: int = 16, timeout: float = 120.
         headers["Authorization"] = f"Bearer {os.environ[api_key_env]}"
         parsed = urllib.parse.urlparse(endpoint)
         if parsed.scheme == "http" and parsed.hostname not in ("localhost", "127.0.0.1", "::1"):
-            warnings.warn(f"the judge's API key (${api_key_env}) is sent unencrypted to {url}: plain "
+            warnings.warn(f"the judge's API key (${api_key_env}) is sent unencrypted to {redact(url)}: plain "
                           f"http to another machine; use https, or unset {api_key_env}", stacklevel=2)
 
     def ask(prompt: str) -> str:
@@ -100,9 +101,10 @@ def http_judge(url: str, model: str, max_tokens: int = 16, timeout: float = 120.
                 request = urllib.request.Request(endpoint, body, headers)
                 with urllib.request.urlopen(request, timeout=timeout) as response:
                     return json.loads(response.read())["choices"][0]["message"]["content"] or ""
-            except (urllib.error.URLError, TimeoutError) as e:
-                if attempt == 2:
-                    raise RuntimeError(f"judge endpoint {endpoint} failed: {e}") from None
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+                if attempt == 2 or getattr(e, "code", None) in (400, 401, 403, 404):
+                    raise SystemExit(" ".join(f"error: judge endpoint {redact(endpoint)} failed: {e}"
+                                              f"{http_hint(e)}".split())) from None
 
     def judge(prompts: list[str]) -> list[str]:
         from concurrent.futures import ThreadPoolExecutor
@@ -439,7 +441,7 @@ def write_jsonl(path: Path, rows) -> None:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=BENCH_FILE_HELP)
     p.add_argument("--bench", default="toy", help=f"comma-separated, from: {', '.join(BENCHMARKS)}")
     p.add_argument("--model", help="hub id, local directory, or 'toy'; generates answers greedily")

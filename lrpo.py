@@ -43,6 +43,7 @@ from extras import recipes
 import loss
 import rollout
 from extras import runlog
+from extras.divergence import Diverged, Guard
 
 
 # ----------------------------------------------------------------------------------------------
@@ -67,6 +68,7 @@ class Config:
     test_data: str = opt(None, "held-out file (default: test.<ext> beside a --data train.<ext>, as the official "
                                "train/test parquet pair, or a recipe's test split; else, or with 'none', "
                                "--test-fraction of --data)", type=str)
+    keep_duplicates: bool = opt(False, "keep repeated rows of --data (by default they are counted and dropped)")
     test_fraction: float = opt(0.1, "held-out share per language when --data has no test split")
     langs: str = opt(None, "rollout languages L, comma-separated, added to the data's (default: the built-in world's 6; "
                            "for other data the official 15, multilingual_rl_dataset.py:39-55)", type=str)
@@ -116,9 +118,11 @@ class Config:
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward")
     compile: bool = opt(None, "torch.compile each decoder layer for training (default: on for cuda)", type=bool)
     ref_on_cpu: bool = opt(False, "keep the frozen reference on the CPU")
+    max_skipped: int = opt(3, "stop the run after this many optimizer steps in a row skipped on a non-finite loss or gradient")
     # run
     seed: int = opt(0, "seed of every random draw")
-    out: str = opt(None, "run folder (default runs/<method>-<model>-s<seed>)", type=str)
+    out: str = opt(None, "run folder (default runs/<method>-<data>-<model>-s<seed>, numbered -2, -3, ... "
+                         "when taken; with --resume the newest of them)", type=str)
     resume: bool = opt(False, "continue the run in --out from its newest checkpoint, with its saved configuration")
     eval_every: int = opt(None, "steps between held-out evaluations (0: start and end only) (preset)", type=int)
     eval_size: int = opt(None, "held-out questions per evaluation (0: no evaluation, as --test-fraction 0; None: all, "
@@ -180,7 +184,8 @@ any other model) or is named with --preset."""
 # `--resume` restores everything else from <out>/config.json: the run's length and logging, and
 # knobs of memory and speed that leave the computed values unchanged, may change.
 MAY_CHANGE_ON_RESUME = ("steps", "epochs", "eval_every", "save_every", "samples_per_step", "progress", "threads",
-                        "device", "compile", "micro_batch", "logprob_micro_batch", "gradient_checkpointing", "ref_on_cpu")
+                        "device", "compile", "micro_batch", "logprob_micro_batch", "gradient_checkpointing", "ref_on_cpu",
+                        "max_skipped")
 
 
 def cuda() -> str:
@@ -202,7 +207,7 @@ def as_saved_before_lid_rules(saved: dict) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line, generated from Config's fields, in HELP_GROUPS."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + "\n\n" + HELP_TOP,
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + "\n\n" + HELP_TOP, allow_abbrev=False,
                                      usage="python lrpo.py [--flag value ...] (the flags, by group, below)",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     titled = {title: parser.add_argument_group(title) for title in HELP_GROUPS}
@@ -240,10 +245,10 @@ def parse_args(argv=None) -> Config:
     parser = build_parser()
     given = vars(parser.parse_args(argv))   # only the flags on the command line
     named = {**asdict(Config()), **given}
-    out = named["out"] or f"runs/{named['method']}-{named['model'].rstrip('/').split('/')[-1]}-s{named['seed']}"
+    out = named["out"] or runlog.default_out(default_out(named), bool(given.get("resume")))
     if given.get("resume"):
         cfg = Config(**as_saved_before_lid_rules(
-            runlog.resumed_config(given, out, MAY_CHANGE_ON_RESUME, {f.name for f in fields(Config)})))
+            runlog.resumed_config(given, out, MAY_CHANGE_ON_RESUME, fields(Config))))
     else:
         name = choose_preset(named)
         preset = {**PRESETS[name], "preset": name}
@@ -259,6 +264,14 @@ def parse_args(argv=None) -> Config:
     cfg.logprob_micro_batch = cfg.logprob_micro_batch or 4 * cfg.micro_batch
     runlog.check_flags(cfg)
     return cfg
+
+
+def default_out(named: dict) -> str:
+    """runs/<method>-<data>-<model>-s<seed>: what tells two runs apart (runlog.default_out numbers it)."""
+    data_name = named["data"] or (TOY if named["model"] == "toy" else REAL)["data"]
+    short = lambda name: Path(name.rstrip("/")).stem if name.endswith((".jsonl", ".json", ".parquet", ".gguf")) \
+        else name.rstrip("/").split("/")[-1]
+    return f"runs/{named['method']}-{short(data_name)}-{short(named['model'])}-s{named['seed']}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -278,6 +291,7 @@ class Run:
     optimizer: Any
     sample: Callable            # rollout.sample, or its CUDA-graph twin on a GPU
     logprobs: Callable          # rollout.token_logprobs, or its fused-head twin on a GPU
+    guard: Any = None           # extras/divergence.py: skipped steps, diverged runs
 
 
 def test_source(cfg: Config) -> str | None:
@@ -297,7 +311,7 @@ def load_data(cfg: Config) -> tuple[list, list]:
     if cfg.data == "toy":
         import toy
         return toy.load_split("train"), toy.load_split("test")
-    examples = recipes.load_examples(cfg.data, recipe=cfg.recipe)
+    examples = runlog.drop_duplicates(recipes.load_examples(cfg.data, recipe=cfg.recipe), cfg)
     source = test_source(cfg)
     if source is None:
         return data.split_examples(examples, cfg.test_fraction, seed=cfg.seed)
@@ -373,6 +387,7 @@ def set_up(cfg: Config) -> Run:
     except data.DataError as e:
         raise data.DataError(f"--data: {e}") from None
     runlog.check_data(cfg, train, test)   # every data/flag mismatch is reported before the model loads
+    runlog.check_out_dir(cfg)             # after the data's errors: a missing file is named first
     options = router_options(cfg) if cfg.method == "lrpo" else {}
     make_router = bandit.make_router
     if cfg.method not in bandit.METHODS:
@@ -416,7 +431,7 @@ def set_up(cfg: Config) -> Run:
     if cfg.device.startswith("cuda"):
         from extras.fast_training import token_logprobs as logprobs   # same values, no logits kept
     return Run(cfg, train, test, model, reference, tokenizer, scorer, router, make_optimizer(model, cfg),
-               sample, logprobs)
+               sample, logprobs, Guard(cfg.max_skipped))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -494,6 +509,8 @@ def policy_update(run: Run, roll, advantages: torch.Tensor, step: int) -> dict:
     clock.lap("update_old_logprobs")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(cfg.seed, step, 3))).to(device)
     terms, means, grad_norms, skipped = {}, {}, [], 0
+    guard = getattr(run, "guard", None) or Guard()   # (tests build a bare run)
+    guard.probe = (ids[:2], mask[:2], start)
     model.train()
     for _ in range(cfg.ppo_epochs):
         for m0 in range(0, n, mini):
@@ -516,18 +533,20 @@ def policy_update(run: Run, roll, advantages: torch.Tensor, step: int) -> dict:
                     logp.float(), pick(old_logp), advantages[micro], completion_mask[micro][:, :T],
                     ref_logp=pick(ref_logp), kl_coef=cfg.kl_coef, weights=weights[picked][:, :T],
                     entropy=None if entropy is None else entropy.detach())
+                guard.saw(logp.detach(), {**metrics, "loss": value.detach()})
                 value.backward()
                 for k, v in {**metrics, "loss": value.detach()}.items():   # summed on the device: no sync
                     (terms if k in ("loss", "pg_loss", "kl_loss") else means).setdefault(k, []).append(v)
             params = [p for group in optimizer.param_groups for p in group["params"]]
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             clock.lap("update_forward_backward")
-            if not torch.isfinite(grad_norm):   # a NaN/inf loss or gradient: skip, do not poison the weights
+            if not torch.isfinite(grad_norm) or guard.bad_terms():   # skip: do not poison the weights
                 skipped += 1
+                guard.skipped(model, step)        # names the term; the k-th in a row stops the run
                 optimizer.zero_grad(set_to_none=True)
-                print("[lrpo] warning: non-finite gradient; skipped an optimizer step")
                 continue
             optimizer.step()
+            guard.stepped(model, step)
             grad_norms.append(grad_norm)
             clock.lap("update_optimizer")
     model.eval()
@@ -602,13 +621,19 @@ def main(argv=None) -> dict:
         return {}
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    try:
+        return start(cfg)
+    finally:
+        runlog.release_lock(cfg.out)
+
+
+def start(cfg: Config) -> dict:
     from extras.models import check_model, go_offline_if_unreachable, quiet_progress_bars
     quiet_progress_bars()
     try:   # the model is the first thing checked: a typo in --model is named before data loads
         check_model(cfg.model, online=go_offline_if_unreachable())
     except RuntimeError as e:
         raise SystemExit(f"error: {e}") from None
-    runlog.check_out_dir(cfg)
     try:
         run = set_up(cfg)
     except (data.DataError, RuntimeError) as e:
@@ -628,14 +653,19 @@ def main(argv=None) -> dict:
             f"⌊{len(run.train)} / {cfg.questions_per_step}⌋ (official drop_last)")
     print(f"[lrpo] steps: {rule} = {total}")
 
-    with runlog.first_ctrl_c_stops() as stop:   # Ctrl-C: finish the step, save, exit
-        return train(run, first, total, stop)
+    with runlog.first_ctrl_c_stops() as stop:   # Ctrl-C or SIGTERM: finish the step, save, exit
+        try:
+            return train(run, first, total, stop)
+        except Diverged as e:
+            last = runlog.newest_checkpoint(cfg.out)
+            kept = f"the checkpoint of step {last[1]} is kept" if last else "no checkpoint was saved"
+            runlog.fail(f"{e}; {kept}; lower --lr (a new run), or raise --max-skipped")
 
 
 def held_out_questions(test: list, n: int) -> list:
     """n held-out questions taken in turn from each language (all of them when n covers the split),
     so that even a small --eval-size reports every language."""
-    if n >= len(test):
+    if n is None or n >= len(test):
         return list(test)
     by_lang = {}
     for ex in test:
@@ -666,10 +696,10 @@ def train(run: Run, first: int, total: int, stop: dict) -> dict:
         if held_out and cfg.eval_every and done % cfg.eval_every == 0 and done < total:
             runlog.append(cfg, "eval.jsonl", [evaluate(done)])
         if (cfg.save_every and done % cfg.save_every == 0) or done == total or stop["requested"]:
-            runlog.save_checkpoint(run, done)
+            save_if_sound(run, done)
         if stop["requested"]:
-            print(f"[lrpo] saved {cfg.out}/checkpoint at step {done}; continue with --resume")
-            return metrics
+            print(f"[lrpo] stopped at step {done}; continue with `python lrpo.py --out {cfg.out} --resume`")
+            raise SystemExit(128 + stop["requested"])
     bar.close()
     before = after = None
     if held_out:
@@ -681,6 +711,17 @@ def train(run: Run, first: int, total: int, stop: dict) -> dict:
     for path in runlog.plot_run(cfg.out):
         print(f"[lrpo] wrote {path}")
     return {"before": before, "after": after, "last": metrics, "config": asdict(cfg)}
+
+
+def save_if_sound(run: Run, step: int) -> None:
+    """A checkpoint of step ``step``, unless the model diverged: the last good one then stays."""
+    logprobs = lambda model, ids, mask, start: completion_logprobs(run, model, ids, mask, start)
+    if run.guard is None or run.guard.sound(run.model, logprobs):
+        runlog.save_checkpoint(run, step)
+        return
+    last = runlog.newest_checkpoint(run.cfg.out)
+    print(f"[lrpo] warning: not saving step {step}: the model's last update or log-probs are non-finite; "
+          f"{f'the checkpoint of step {last[1]} stays' if last else 'no checkpoint is kept'}")
 
 
 if __name__ == "__main__":

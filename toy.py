@@ -587,7 +587,7 @@ def format_report(report: dict) -> str:
 
 if __name__ == "__main__":
     import argparse
-    parser = argparse.ArgumentParser(description="Build (or load from cache) the warm-started "
+    parser = argparse.ArgumentParser(allow_abbrev=False, description="Build (or load from cache) the warm-started "
                                      "tiny model and print its accuracy on the built-in world.")
     parser.add_argument("--split", default="test", choices=["train", "test", "all"],
                         help="which split of the world to evaluate")

@@ -274,7 +274,7 @@ def plot(summary: dict, path: Path) -> None:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", nargs="+", default=list(METHODS),
         help="methods to train (lrpo.py --method values)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4],

@@ -167,7 +167,7 @@ def calibration_quality(seed: int = 0) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3,
         help="timed calls per short case (the median is reported)")
     parser.add_argument("--long-repeats", type=int, default=1, help="timed calls of the long case")

@@ -65,7 +65,7 @@ PARTS = ("check", "fast", "fast_eager", "core", "no_kv_buckets", "unfused", "pro
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[16, 64, 256],
         help="rollout batch sizes to time")
     parser.add_argument("--static-batches", type=int, nargs="*", default=[64, 256],

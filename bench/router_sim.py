@@ -189,7 +189,7 @@ def _run(args_tuple):
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=200, help="training steps per run")
     p.add_argument("--batch", type=int, default=128, help="questions per step")
     p.add_argument("--group-size", type=int, default=8, help="K, rollouts per question")

@@ -219,7 +219,7 @@ def diagnose(run, model, reference, optimizer, tokenizer, scorer, questions, arg
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     p.add_argument("--questions", type=int, default=64, help="questions per step")
     p.add_argument("--group-size", type=int, default=8, help="K, rollouts per question")
     p.add_argument("--prompt-tokens", type=int, default=128, help="prompt tokens per rollout")

@@ -460,7 +460,7 @@ def accuracy_by_group(model, tokenizer) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4],
         help="seeds of every training language")
     p.add_argument("--langs", default=",".join(LANGS), help="training languages A (comma-separated)")

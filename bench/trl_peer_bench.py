@@ -60,7 +60,7 @@ import torch
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     p.add_argument("--prompts", type=int, default=64, help="prompts per step")
     p.add_argument("--generations", type=int, default=8,
         help="rollouts per prompt (TRL num_generations)")

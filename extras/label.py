@@ -55,7 +55,7 @@ from typing import Callable
 from urllib.parse import urlparse
 
 import data
-from extras import recipes
+from extras import recipes, runlog
 from data import DataError, REGIONS, TOPICS
 
 REGIONAL = "Regional Knowledge"
@@ -332,7 +332,7 @@ def http_labeller(url: str, name: str, api_key: str | None = None, max_tokens: i
                     reply = json.loads(response.read())
                 return reply["choices"][0]["message"].get("content") or ""
             except urllib.error.HTTPError as e:
-                problem = f"HTTP {e.code}: {e.read()[:300].decode(errors='replace')}"
+                problem = f"HTTP {e.code}: {e.read()[:300].decode(errors='replace')}{runlog.http_hint(e)}"
                 if e.code not in (429, 500, 502, 503, 504):
                     break
             except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
@@ -342,7 +342,7 @@ def http_labeller(url: str, name: str, api_key: str | None = None, max_tokens: i
                 break
             if attempt + 1 < attempts:
                 time.sleep(backoff * 2 ** attempt)
-        raise LabelError(f"{endpoint} (model {name!r}): {problem}")
+        raise LabelError(" ".join(f"{runlog.redact(endpoint)} (model {name!r}): {problem}".split()))
 
     def ask(prompts: list[str], temperature: float) -> list[str]:
         with ThreadPoolExecutor(max(1, min(workers, len(prompts)))) as pool:
@@ -548,7 +548,7 @@ def label_file(source: recipes.Source, out: Path, make_ask: Callable[[], Callabl
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m extras.label", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m extras.label", description=__doc__.split("\n\n")[0])
     p.add_argument("--in", dest="source", required=True,
                    help="data file (.jsonl/.json/.parquet), hub dataset id, or a recipe name (helpsteer3)")
     p.add_argument("--out", required=True, help="labelled rows (.jsonl, .json or .parquet)")

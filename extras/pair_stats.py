@@ -160,7 +160,7 @@ def write_stats(stats: list[PairStats], path: str | Path, note: str = "",
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m extras.pair_stats",
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m extras.pair_stats",
                                      description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--parallel", required=True,

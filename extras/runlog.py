@@ -24,9 +24,11 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
 import signal
 import textwrap
+import socket
 import time
 from pathlib import Path
 
@@ -50,19 +52,24 @@ class PhaseClock:
 
 @contextlib.contextmanager
 def first_ctrl_c_stops():
-    """The first Ctrl-C sets stop["requested"] (the loop finishes its step and saves a
-    checkpoint); a second one aborts at once."""
-    stop = {"requested": False}
+    """The first Ctrl-C or SIGTERM (how SLURM and Kubernetes stop a job) sets stop["requested"]
+    to the signal's number (the loop finishes its step, saves a checkpoint and exits non-zero);
+    a second one exits at once, keeping the last checkpoint."""
+    stop = {"requested": 0}
     def request_stop(signum, frame):
+        name = signal.Signals(signum).name
         if stop["requested"]:
-            raise KeyboardInterrupt
-        stop["requested"] = True
-        print("\n[lrpo] Ctrl-C: finishing this step, then saving a checkpoint (again to abort)")
-    previous_handler = signal.signal(signal.SIGINT, request_stop)
+            print(f"\n[lrpo] second {name}: stopping now, without saving", flush=True)
+            raise SystemExit(128 + signum)
+        stop["requested"] = signum
+        print(f"\n[lrpo] {name}: finishing this step, then saving a checkpoint (again to abort)",
+              flush=True)
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield stop
     finally:
-        signal.signal(signal.SIGINT, previous_handler)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def append(cfg, name: str, rows) -> None:
@@ -102,6 +109,23 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def redact(url: str) -> str:
+    """``url`` without the user and password (an API key) that it may carry: safe to print."""
+    from urllib.parse import urlsplit, urlunsplit
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    return urlunsplit(parts._replace(netloc=f"***@{host}" + (f":{parts.port}" if parts.port else "")))
+
+
+def http_hint(error) -> str:
+    """What to check after an endpoint's refusal (401/403: the key)."""
+    code = getattr(error, "code", None)
+    return " (check the API key: the variable named by --api-key-env, default $OPENAI_API_KEY)" \
+        if code in (401, 403) else ""
+
+
 def fail(message: str):
     """A one-line error for the user (no traceback): what is wrong and how to fix it."""
     raise SystemExit(f"error: {message}")
@@ -110,14 +134,16 @@ def fail(message: str):
 # ----------------------------------------------------------------------------------------------
 # --resume: the configuration comes from the run folder
 
-def resumed_config(given: dict, out: str, may_change, names) -> dict:
-    """The saved run's configuration (``<out>/config.json``, the fields in ``names``) with the
+def resumed_config(given: dict, out: str, may_change, fields) -> dict:
+    """The saved run's configuration (``<out>/config.json``, checked against the dataclass
+    ``fields`` of lrpo.Config) with the
     flags in ``may_change`` taken from the command line. Any other flag given again must agree
     with the saved run: a contradiction is an error naming both values."""
     path = Path(out) / "config.json"
     if not path.exists():
         fail(f"--resume: {out} holds no run to resume (no config.json, no checkpoint); start it without --resume")
-    saved = {k: v for k, v in json.loads(path.read_text(encoding="utf-8")).items() if k in names}
+    saved = saved_config(path)
+    check_saved_config(saved, fields, path)
     for name, value in given.items():
         if name not in may_change and name not in ("resume", "out") and value != saved.get(name):
             fail(f"{flag(name)} {value} contradicts the saved run's {name} {saved.get(name)} ({path}); "
@@ -125,6 +151,39 @@ def resumed_config(given: dict, out: str, may_change, names) -> dict:
     if "epochs" in given and "steps" not in given:
         saved["steps"] = None   # --epochs now sets the length of the run
     return {**saved, **given, "out": out}
+
+
+def saved_config(path: Path) -> dict:
+    """``<out>/config.json`` as written by :func:`write_config`, or a one-line error."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError) as e:
+        fail(f"{path}: not a readable config.json ({e}); restore it from the checkpoint's "
+             f"trainer_state.pt or start a new run")
+    if not isinstance(saved, dict):
+        fail(f"{path}: expected an object of the run's flags, got {type(saved).__name__}")
+    return saved
+
+
+def check_saved_config(saved: dict, fields, path) -> None:
+    """Each saved value against its ``Config`` field (``fields``: the dataclass fields): a known
+    name, the field's type (None where the default is None), one of its choices."""
+    by_name = {f.name: f for f in fields}
+    unknown = sorted(set(saved) - set(by_name))
+    if unknown:
+        fail(f"{path}: unknown key {unknown[0]!r} (a hand edit?); the keys are lrpo.Config's fields")
+    for name, value in saved.items():
+        f = by_name[name]
+        kind = f.metadata.get("type", type(f.default))
+        ok = (value is None and f.default is None) or (
+            isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))) or (
+            kind is float and isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            fail(f"{path}: {name} = {json.dumps(value)} is not a{'n' if kind is int else ''} "
+                 f"{kind.__name__}; fix it or start a new run")
+        choices = f.metadata.get("choices")
+        if choices and value is not None and value not in choices:
+            fail(f"{path}: {name} = {json.dumps(value)} is not one of {', '.join(map(str, choices))}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -163,6 +222,14 @@ def check_data(cfg, train: list, test: list) -> None:
     if len(train) < cfg.questions_per_step:
         fail(f"--questions-per-step {cfg.questions_per_step} exceeds the {len(train)} training questions of "
              f"--data {cfg.data}; pass --questions-per-step {max(1, len(train))} or less, or more data")
+    from data import EVAL_ONLY_LANGUAGES
+    named = cfg.langs.split(",") if cfg.langs else []
+    ungated = sorted({ex.lang for ex in train} & set(EVAL_ONLY_LANGUAGES)
+                     | {l.strip() for l in named} & set(EVAL_ONLY_LANGUAGES))
+    if ungated:
+        fail(f"--data {cfg.data} / --langs: {', '.join(f'{l} ({EVAL_ONLY_LANGUAGES[l]})' for l in ungated)} "
+             f"is evaluation-only: the reward cannot gate or score rollouts in it, so every one routed "
+             f"there earns 0; drop those training rows (evaluate them with evaluate.py)")
     if cfg.reward == "verifier":
         bad = next((ex for ex in train + test[:cfg.eval_size] if ex.answer_number is None and not ex.key), None)
         if bad is not None:
@@ -171,19 +238,145 @@ def check_data(cfg, train: list, test: list) -> None:
                  f"or 'key' column, or use --reward similarity")
 
 
+def drop_duplicates(examples: list, cfg) -> list:
+    """Rows repeated in --data (same language, question and answers) are counted, and dropped
+    unless --keep-duplicates: each would be a second group of the same question."""
+    seen, unique = set(), []
+    for ex in examples:
+        key = (ex.lang, ex.question, ex.answer, ex.answer_number, ex.key)
+        if key not in seen:
+            seen.add(key)
+            unique.append(ex)
+    n = len(examples) - len(unique)
+    if n:
+        print(f"[data] {cfg.data}: {n} duplicate rows (same language, question and answer) "
+              + ("kept (--keep-duplicates)" if cfg.keep_duplicates else
+                 "dropped (--keep-duplicates keeps them)"))
+    return examples if cfg.keep_duplicates else unique
+
+
+def is_our_run(out: Path) -> bool:
+    """Whether ``out`` holds a config.json that :func:`write_config` wrote."""
+    try:
+        saved = json.loads((Path(out) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and {"method", "group_size", "orig_lang_min"} <= saved.keys()
+
+
 def check_out_dir(cfg) -> None:
-    """Never write over a run by accident, and resume only what can be resumed."""
+    """Never write over a run by accident, never into a folder that is not a run's, resume only
+    what can be resumed; then hold the folder's lock (see :func:`take_lock`)."""
     out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file; pass a folder")
+    check_lock(out)
+    if out.exists() and not is_our_run(out) and {p.name for p in out.iterdir()} - {LOCK}:
+        fail(f"--out {out} exists and is not a run folder of lrpo.py (no config.json of a run); "
+             f"nothing was touched: pass a new or empty folder")
     newest = newest_checkpoint(out)
     if cfg.resume and newest is None:
         fail(f"--resume: no complete checkpoint in {out} (the run stopped before its first save; "
              f"--save-every is {cfg.save_every}); delete {out} and start again, or pass another --out")
-    if not cfg.resume and ((out / "config.json").exists() or (out / "metrics.jsonl").exists()):
+    if not cfg.resume and is_our_run(out):
         if newest is None:
             fail(f"{out} already holds a run that saved no checkpoint; delete it or pass another --out")
         fail(f"{out} already holds a run (checkpoint at step {newest[1]}); continue it with "
              f"`python lrpo.py --out {out} --resume` (add --steps N to run to step N), or pass another --out")
     out.mkdir(parents=True, exist_ok=True)
+    take_lock(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# The lock: one process per run folder
+
+LOCK = "lock"   # {"pid": ..., "host": ...} of the process writing the run
+
+
+def _holder(out: Path) -> dict | None:
+    """The lock's owner; {} for a lock cut short (its writer died while writing it)."""
+    try:
+        holder = json.loads((out / LOCK).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _alive(holder: dict) -> bool:
+    """Whether the lock's owner runs (on another host it cannot be told: assumed to)."""
+    if holder.get("host") != socket.gethostname():
+        return bool(holder.get("host"))
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except (ProcessLookupError, KeyError, TypeError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _ours(holder) -> bool:
+    return bool(holder) and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname()
+
+
+def check_lock(out: Path) -> None:
+    holder = _holder(out)
+    if holder and not _ours(holder) and _alive(holder):
+        fail(f"--out {out} is in use by process {holder.get('pid')} on {holder.get('host')} "
+             f"({out / LOCK}); wait for it, pass another --out, or delete the lock if that "
+             f"process is gone")
+
+
+def take_lock(out: Path) -> None:
+    """Create ``<out>/lock`` (atomically); a lock of a dead process is taken over, with a note."""
+    for _ in range(3):
+        try:
+            fd = os.open(out / LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = _holder(out)
+            if _ours(holder):
+                return
+            check_lock(out)
+            print(f"[lrpo] note: taking over the lock of process {(holder or {}).get('pid')}, "
+                  f"which no longer runs")
+            (out / LOCK).unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
+        return
+    check_lock(out)
+
+
+def release_lock(out) -> None:
+    if _ours(_holder(Path(out))):
+        (Path(out) / LOCK).unlink(missing_ok=True)
+
+
+def default_out(base: str, resume: bool) -> str:
+    """``base``, or for a second run of the same command ``base-2``, ``base-3``, ...; with
+    --resume the newest of them (named on the console)."""
+    numbered = {1: Path(base)} if Path(base).exists() else {}
+    for p in Path(base).parent.glob(Path(base).name + "-*"):
+        suffix = p.name[len(Path(base).name) + 1:]
+        if suffix.isdigit() and int(suffix) >= 2:
+            numbered[int(suffix)] = p
+    if resume:
+        if numbered:
+            newest = numbered[max(numbered)]
+            if len(numbered) > 1:
+                print(f"[lrpo] --resume: continuing {newest}, the newest of {len(numbered)} runs "
+                      f"named {base}[-N] (pass --out to pick another)")
+            return str(newest)
+        return base
+    if not numbered or (list(numbered) == [1] and numbered[1].is_dir()
+                        and not any(numbered[1].iterdir())):
+        return base
+    out = f"{base}-{max(numbered) + 1}"
+    print(f"[lrpo] {base} holds an earlier run: this one writes {out} "
+          f"(continue it later with `python lrpo.py --out {out} --resume`)")
+    return out
 
 
 def write_config(cfg) -> None:
@@ -286,31 +479,61 @@ def _put_in_place(folder: Path) -> Path:
     return final
 
 
+def marked_step(folder: Path) -> int | None:
+    """The step in ``folder``'s marker; None when there is none or it is empty or unreadable
+    (such a checkpoint is incomplete)."""
+    try:
+        step = json.loads((Path(folder) / MARKER).read_text())["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
+
+
+def complete_checkpoints(out) -> list[tuple[Path, int]]:
+    """(folder, step) of the complete checkpoints among checkpoint/, .tmp/ and .old/, newest first."""
+    found = [(step, -rank, Path(out) / name) for rank, name in enumerate((CHECKPOINT, TMP, OLD))
+             if (step := marked_step(Path(out) / name)) is not None]
+    return [(folder, step) for step, _, folder in sorted(found, reverse=True)]
+
+
 def newest_checkpoint(out) -> tuple[Path, int] | None:
     """(folder, step) of the newest complete checkpoint among checkpoint/, .tmp/ and .old/."""
-    found = []
-    for rank, name in enumerate((CHECKPOINT, TMP, OLD)):
-        marker = Path(out) / name / MARKER
-        if marker.exists():
-            found.append((json.loads(marker.read_text())["step"], -rank, marker.parent))
-    if not found:
-        return None
-    step, _, folder = max(found)
-    return folder, step
+    found = complete_checkpoints(out)
+    return found[0] if found else None
+
+
+FAILED = "checkpoint.failed"   # a complete checkpoint that did not load, kept for a look
 
 
 def load_checkpoint(run) -> int:
-    """Restore the model, optimizer and router from the newest complete checkpoint, trim the
-    logs to its step and return that step."""
+    """Restore the model, optimizer and router from the newest complete checkpoint that loads
+    (one that does not is named in one line and set aside as checkpoint.failed/; the next is
+    tried), put it in place, remove the others, trim the logs to its step and return it."""
+    out = Path(run.cfg.out)
+    found = complete_checkpoints(out)
+    if not found:
+        fail(f"--resume: no complete checkpoint in {out}")
+    for folder, step in found:
+        try:
+            _load_into(run, folder)
+        except Exception as e:   # truncated or random bytes: any reader's error
+            why = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+            print(f"[lrpo] warning: the checkpoint {folder} (step {step}) does not load ({why}); "
+                  f"set aside as {out / FAILED}")
+            _remove(out / FAILED)
+            folder.rename(out / FAILED)
+            continue
+        path = _put_in_place(folder)   # after a crash mid-save, the newest complete one goes back
+        for name in (TMP, OLD):        # and what is left of the others goes
+            _remove(out / name)
+        trim_logs(out, step)
+        return step
+    fail(f"--resume: no checkpoint in {out} loads (see the warnings above); start a new run")
+
+
+def _load_into(run, path: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM
-    out = Path(run.cfg.out)
-    found = newest_checkpoint(out)
-    if found is None:
-        fail(f"--resume: no complete checkpoint in {out}")
-    path = _put_in_place(found[0])   # after a crash mid-save, the newest complete one goes back in place
-    for name in (TMP, OLD):          # and what is left of the others goes
-        _remove(out / name)
     saved = torch.load(path / "trainer_state.pt", weights_only=True)   # tensors and plain data: runs no code
     model = AutoModelForCausalLM.from_pretrained(path, dtype=next(run.model.parameters()).dtype)
     run.model.load_state_dict(model.state_dict())
@@ -319,8 +542,8 @@ def load_checkpoint(run) -> int:
         run.router.load_state_dict(saved["router"])
     except ValueError as e:
         fail(f"{path}: {e}; the data or --langs of this run changed since it was saved")
-    trim_logs(out, saved["step"])
-    return saved["step"]
+    if saved["step"] != marked_step(path):
+        raise ValueError(f"trainer_state.pt is of step {saved['step']}, its marker says {marked_step(path)}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -143,9 +143,9 @@ def tag_following(model, tokenizer, examples: list[data.Example], langs: list[st
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="teacher answers in random target languages -> pairs JSONL")
+    b = sub.add_parser("build", allow_abbrev=False, help="teacher answers in random target languages -> pairs JSONL")
     b.add_argument("--prompts", required=True, help="questions with a 'lang' (JSONL/JSON/Parquet)")
     b.add_argument("--out", required=True, help="pairs JSONL to write (input of sft --pairs)")
     b.add_argument("--teacher", help="local transformers model (hub id or folder)")
@@ -156,7 +156,7 @@ def main(argv=None) -> None:
         help="questions drawn from --prompts (the paper: 420)")
     b.add_argument("--seed", type=int, default=0,
         help="seed of the drawn questions and target languages")
-    s = sub.add_parser("sft", help="fine-tune a policy on the pairs; the output folder works as --model")
+    s = sub.add_parser("sft", allow_abbrev=False, help="fine-tune a policy on the pairs; the output folder works as --model")
     s.add_argument("--model", required=True,
         help="policy to fine-tune: hub id, local folder, smollm2 or a .gguf file")
     s.add_argument("--pairs", required=True, help="pairs JSONL written by build")
@@ -165,7 +165,7 @@ def main(argv=None) -> None:
     s.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate")
     s.add_argument("--batch-size", type=int, default=8, help="pairs per optimizer step")
     s.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    c = sub.add_parser("check", help="share of answers in the tagged language")
+    c = sub.add_parser("check", allow_abbrev=False, help="share of answers in the tagged language")
     c.add_argument("--model", required=True,
         help="policy to check: hub id, local folder, smollm2 or a .gguf file")
     c.add_argument("--prompts", help="questions to ask (default: the built-in world's)")

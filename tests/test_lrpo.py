@@ -109,7 +109,9 @@ def write_jsonl(path, rows):
     return str(path)
 
 
-WORDS = [{"id": f"w{i}", "lang": lang, "question": q, "answer": a} for i, (lang, q, a) in enumerate(
+# the second copy asks again in other words: identical rows would be dropped as duplicates
+WORDS = [{"id": f"w{i}", "lang": lang, "question": q if i < 4 else f"{q} (again)", "answer": a}
+         for i, (lang, q, a) in enumerate(
     [("de", "Wie heißt die Hauptstadt?", "Berlin ist die Hauptstadt."), ("de", "Welche Farbe hat der Himmel?", "Blau."),
      ("fr", "Quelle est la capitale ?", "Paris est la capitale."), ("fr", "De quelle couleur est le ciel ?", "Bleu.")] * 2)]
 

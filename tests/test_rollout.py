@@ -413,3 +413,19 @@ def test_sampling_in_chunks_equals_one_call(tiny_qwen):
     torch.testing.assert_close(parts.logprobs[:, :T], whole.logprobs, atol=1e-5, rtol=0)
     again = rollout.token_logprobs(model, parts.input_ids, parts.attention_mask, parts.completion_start)
     torch.testing.assert_close(again * parts.completion_mask, parts.logprobs, atol=1e-4, rtol=0)
+
+
+def test_sampling_in_chunks_keeps_the_rows_of_a_last_chunk_of_several(tiny_qwen):
+    """A last chunk of two distinct rows (6 prompts in chunks of 4), row by row against one call:
+    rows of a chunk put back in another order would fail here."""
+    from extras.fast_rollout import in_chunks
+    model, tok = tiny_qwen
+    prompts = ["a b c d e f g", "x", "hello there", "1 2 3", "q r s", "the end of it"]
+    whole = rollout.sample(model, tok, prompts, 6, temperature=0.0)
+    parts = in_chunks(rollout.sample, 4)(model, tok, prompts, 6, temperature=0.0, seed=0)
+    assert whole.texts[4] != whole.texts[5]   # the last chunk's rows tell apart
+    T = whole.completion_ids.shape[1]
+    for i in range(len(prompts)):
+        assert parts.texts[i] == whole.texts[i], i
+        assert torch.equal(parts.completion_ids[i, :T], whole.completion_ids[i]), i
+        torch.testing.assert_close(parts.logprobs[i, :T], whole.logprobs[i], atol=1e-5, rtol=0)

@@ -20,6 +20,7 @@ class Crash(Exception):
 
 def make_run(model, tok, out):
     cfg = lrpo.Config(out=str(out), save_every=1)
+    runlog.write_config(cfg)   # a run folder of ours
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     return SimpleNamespace(cfg=cfg, model=model, tokenizer=tok, optimizer=optimizer,
                            router=bandit.LanguageRouter(["en", "de"], update_every=1))
@@ -126,6 +127,7 @@ def test_trainer_state_is_plain_data(tmp_path, tiny_qwen):
 def test_out_dir_messages_name_the_way_forward(tmp_path):
     cfg = lambda resume: SimpleNamespace(out=str(tmp_path / "run"), resume=resume, save_every=50)
     runlog.check_out_dir(cfg(False))   # a new folder
+    runlog.write_config(lrpo.Config(out=str(tmp_path / "run")))
     (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1}\n')
     with pytest.raises(SystemExit, match=r"^error: .*run already holds a run that saved no checkpoint; delete it or "
                                          r"pass another --out$"):

@@ -85,3 +85,21 @@ def test_tag_following_of_an_untrained_model_is_low(tiny_qwen):
     import toy
     model, tok = tiny_qwen
     assert warm_start.tag_following(model, tok, toy.load_split("test"), list(toy.LANGS), n=12) <= 0.1
+
+
+def test_tag_following_counts_the_answers_in_the_tagged_language(tiny_qwen, monkeypatch):
+    """Answers that follow the tag in every prompt, or in every other one: 1 and 1/2 exactly (a
+    tag_following that always returned 0 would pass the test above)."""
+    import re
+    import calibrate
+    import toy
+    from extras import fast_rollout
+    model, tok = tiny_qwen
+    monkeypatch.setattr(fast_rollout, "generate", lambda m, t, prompts, n: list(prompts))
+    tagged = lambda texts: [re.search(r"<\|out_lang_(\w+)\|>", t).group(1) for t in texts]
+    monkeypatch.setattr(calibrate, "detect_languages", tagged)
+    examples, langs = toy.load_split("test"), list(toy.LANGS)
+    assert warm_start.tag_following(model, tok, examples, langs, n=12) == 1.0
+    monkeypatch.setattr(calibrate, "detect_languages", lambda texts: [
+        code if i % 2 else "xx" for i, code in enumerate(tagged(texts))])
+    assert warm_start.tag_following(model, tok, examples, langs, n=12) == 0.5

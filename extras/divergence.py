@@ -1,0 +1,81 @@
+"""The divergence guard of the training loop (lrpo.policy_update, lrpo.train).
+
+A non-finite loss or gradient skips the optimizer step (the weights stay as they were) and is
+named: which loss term, the log-probs, or the first parameter whose gradient is non-finite.
+``max_in_a_row`` skipped steps in a row, or a non-finite weight after a step, stop the run
+(:class:`Diverged`). While the last update was skipped, or the model's log-probs on the last
+batch are no longer finite, the model is not saved: the last good checkpoint stays.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class Diverged(Exception):
+    """The run cannot go on: its message is the one line for the user."""
+
+
+def finite_flags(logp: torch.Tensor, metrics: dict) -> dict:
+    """Whether the log-probs and each loss term of a micro-batch are finite, as device tensors
+    (read once per optimizer step: a read per micro-batch would wait for the GPU each time)."""
+    flags = {"logits/log-probs": torch.isfinite(logp).all()}
+    flags.update({k: torch.isfinite(torch.as_tensor(v)).all() for k, v in metrics.items()})
+    return flags
+
+
+def first_non_finite(model, grad: bool) -> str | None:
+    """The first parameter whose gradient (or value) holds a NaN or an infinity."""
+    for name, p in model.named_parameters():
+        t = p.grad if grad else p
+        if t is not None and not torch.isfinite(t).all():
+            return name
+    return None
+
+
+class Guard:
+    def __init__(self, max_in_a_row: int = 3):
+        self.max_in_a_row, self.in_a_row = max_in_a_row, 0
+        self.terms: set[str] = set()   # non-finite loss terms seen in the current optimizer step
+        self.flags: list[dict] = []    # finite_flags of its micro-batches, not yet read
+        self.probe = None              # a few rows of the last batch: (ids, mask, start)
+
+    def saw(self, logp, metrics) -> None:
+        self.flags.append(finite_flags(logp, metrics))
+
+    def bad_terms(self) -> set[str]:
+        """The non-finite terms of this optimizer step's micro-batches (reads the flags)."""
+        for flags in self.flags:
+            self.terms.update(k for k, ok in flags.items() if not bool(ok))
+        self.flags.clear()
+        return self.terms
+
+    def skipped(self, model, step: int) -> None:
+        """An optimizer step skipped on a non-finite loss term or gradient: say why; stop at the
+        k-th in a row."""
+        why = ", ".join(sorted(self.bad_terms())) or f"gradient of {first_non_finite(model, grad=True)}"
+        self.terms.clear()
+        self.in_a_row += 1
+        print(f"[lrpo] warning: step {step + 1}: non-finite {why}; skipped an optimizer step "
+              f"({self.in_a_row} in a row)")
+        if self.in_a_row >= self.max_in_a_row:
+            raise Diverged(f"the run diverged: {self.in_a_row} optimizer steps in a row skipped on "
+                           f"non-finite values (last: {why}) at step {step + 1}")
+
+    def stepped(self, model, step: int) -> None:
+        self.terms.clear()
+        self.flags.clear()
+        self.in_a_row = 0
+        bad = first_non_finite(model, grad=False)
+        if bad is not None:
+            raise Diverged(f"the run diverged: weight {bad} is non-finite after the update of "
+                           f"step {step + 1}")
+
+    @torch.no_grad()
+    def sound(self, model, logprobs) -> bool:
+        """Whether the model may be saved: its last update was not skipped and its log-probs
+        on a few rows of the last batch (``logprobs(model, ids, mask, start)``) are finite."""
+        if self.in_a_row:
+            return False
+        if self.probe is None:
+            return True
+        return bool(torch.isfinite(logprobs(model, *self.probe)).all())

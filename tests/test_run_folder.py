@@ -1,0 +1,407 @@
+"""The run folder against a hostile-but-realistic user (issue 22): a user's folder is never
+touched, a corrupt checkpoint falls back to the previous one, a lock keeps a second process out,
+SIGTERM saves, a diverged model is never saved, hand-edited config.json and bad data are one-line
+errors, and kill -9 at random points resumes to the uninterrupted run."""
+import copy
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import lrpo
+from extras import runlog
+from test_runlog import Crash, crash_points, make_run, snapshot, train_a_little
+
+ROOT = Path(lrpo.__file__).parent
+SMALL = ["--questions-per-step", "4", "--group-size", "4", "--max-new-tokens", "8", "--eval-size", "4",
+         "--no-progress", "--eval-every", "0", "--samples-per-step", "1"]
+
+
+def one_line_error(err) -> str:
+    message = str(err.value)
+    assert message.startswith("error: ") and "\n" not in message, message
+    return message
+
+
+def no_model(monkeypatch):
+    from extras import models
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. a folder that is not ours; issue 23: default folders are numbered, data errors come first
+
+def test_a_users_folder_is_refused_and_left_untouched(tmp_path, monkeypatch):
+    no_model(monkeypatch)
+    user = tmp_path / "mine"
+    (user / "checkpoint").mkdir(parents=True)
+    (user / "checkpoint" / "notes.txt").write_text("my notes")
+    (user / "training.png").write_bytes(b"my plot")
+    before = sorted((p.relative_to(user), p.read_bytes()) for p in user.rglob("*") if p.is_file())
+    with pytest.raises(SystemExit) as err:
+        lrpo.main(["--out", str(user), "--steps", "1"])
+    assert "is not a run folder of lrpo.py" in one_line_error(err)
+    assert sorted((p.relative_to(user), p.read_bytes()) for p in user.rglob("*") if p.is_file()) == before
+    runlog.check_out_dir(SimpleNamespace(out=str(tmp_path / "empty"), resume=False, save_every=1))
+
+
+def test_a_second_identical_command_gets_a_numbered_folder_and_resume_the_newest(tmp_path, monkeypatch,
+                                                                                  capsys):
+    monkeypatch.chdir(tmp_path)
+    first = lrpo.parse_args(["--steps", "1"]).out
+    assert first == "runs/lrpo-toy-toy-s0"
+    Path(first).mkdir(parents=True)
+    runlog.write_config(lrpo.parse_args(["--steps", "1"]))
+    second = lrpo.parse_args(["--steps", "1"]).out
+    assert second == first + "-2" and f"--out {second} --resume" in capsys.readouterr().out
+    assert lrpo.parse_args(["--data", "/d/my.jsonl", "--model", "org/m", "--seed", "3", "--steps", "1"]).out \
+        == "runs/lrpo-my-m-s3"
+    Path(second).mkdir()
+    runlog.write_config(lrpo.parse_args(["--steps", "1", "--out", second]))
+    assert lrpo.parse_args(["--resume"]).out == second
+    assert f"continuing {second}, the newest of 2" in capsys.readouterr().out
+
+
+def test_a_missing_data_file_is_named_before_the_folder_collision(tmp_path, monkeypatch):
+    no_model(monkeypatch)
+    out = tmp_path / "run"
+    out.mkdir()
+    runlog.write_config(lrpo.parse_args(["--out", str(out), "--steps", "1"]))
+    with pytest.raises(SystemExit) as err:
+        lrpo.main(["--out", str(out), "--data", "/nonexistent.jsonl", "--model", "x", "--steps", "1"])
+    assert "/nonexistent.jsonl: no such file" in one_line_error(err)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. a checkpoint that does not load; markers that are empty
+
+@pytest.mark.parametrize("damage", ["truncated weights", "random trainer state"])
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_complete_old_one(tmp_path, monkeypatch, tiny_qwen,
+                                                                          capsys, damage):
+    model, tok = tiny_qwen
+    fresh = copy.deepcopy(model)
+    run = make_run(model, tok, tmp_path)
+    train_a_little(run, seed=1)
+    good = snapshot(run)
+    runlog.save_checkpoint(run, 1)
+    train_a_little(run, seed=2)
+    crash_points(monkeypatch)["after .tmp -> checkpoint"]()   # step 2 in place, step 1 still in .old
+    with pytest.raises(Crash):
+        runlog.save_checkpoint(run, 2)
+    monkeypatch.undo()
+    if damage == "truncated weights":
+        weights = tmp_path / "checkpoint" / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+    else:
+        (tmp_path / "checkpoint" / "trainer_state.pt").write_bytes(os.urandom(4096))
+    again = make_run(fresh, tok, tmp_path)
+    assert runlog.load_checkpoint(again) == 1
+    warning = [l for l in capsys.readouterr().out.splitlines() if "does not load" in l]
+    assert len(warning) == 1 and "(step 2)" in warning[0]
+    for k, v in good[0].items():
+        torch.testing.assert_close(again.model.state_dict()[k], v, rtol=0, atol=0)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint*")) == ["checkpoint", "checkpoint.failed"]
+    assert runlog.newest_checkpoint(tmp_path) == (tmp_path / "checkpoint", 1)
+
+
+@pytest.mark.parametrize("marker", ["", "{", "[]", '{"step": "x"}'])
+def test_an_empty_or_unreadable_marker_is_an_incomplete_checkpoint(tmp_path, marker):
+    (tmp_path / "config.json").write_text(json.dumps({"method": "lrpo", "group_size": 8, "orig_lang_min": 2}))
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "complete").write_text(marker)
+    assert runlog.newest_checkpoint(tmp_path) is None
+    with pytest.raises(SystemExit) as err:
+        runlog.check_out_dir(SimpleNamespace(out=str(tmp_path), resume=True, save_every=1))
+    assert "no complete checkpoint" in one_line_error(err)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. the lock
+
+def test_a_second_process_on_the_same_out_is_refused_and_a_dead_ones_lock_taken_over(tmp_path, capsys):
+    import socket
+    out = tmp_path / "run"
+    out.mkdir()
+    cfg = SimpleNamespace(out=str(out), resume=False, save_every=1)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / "lock").write_text(json.dumps({"pid": other.pid, "host": socket.gethostname()}))
+        with pytest.raises(SystemExit) as err:
+            runlog.check_out_dir(cfg)
+        assert f"is in use by process {other.pid}" in one_line_error(err)
+    finally:
+        other.kill()
+        other.wait()
+    runlog.check_out_dir(cfg)   # that process is gone: its lock is taken over
+    assert f"taking over the lock of process {other.pid}" in capsys.readouterr().out
+    assert json.loads((out / "lock").read_text())["pid"] == os.getpid()
+    runlog.release_lock(out)
+    assert not (out / "lock").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. SIGTERM
+
+def test_sigterm_finishes_the_step_saves_and_exits_non_zero(tmp_path, monkeypatch, toy_model_and_tokenizer,
+                                                             capsys):
+    real = lrpo.train_step
+    def step_then_term(run, step):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)   # arrives in the middle of step 2
+        return real(run, step)
+    monkeypatch.setattr(lrpo, "train_step", step_then_term)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as err:
+        lrpo.main(SMALL + ["--steps", "20", "--save-every", "10", "--out", str(out)])
+    assert err.value.code == 128 + signal.SIGTERM
+    assert runlog.newest_checkpoint(out) == (out / "checkpoint", 2)
+    assert f"`python lrpo.py --out {out} --resume`" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL and not (out / "lock").exists()
+    with runlog.first_ctrl_c_stops() as stop:   # a second signal: out at once
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop["requested"] == signal.SIGTERM
+        with pytest.raises(SystemExit) as again:
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert again.value.code == 128 + signal.SIGTERM
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. the divergence guard
+
+def test_a_diverging_run_names_the_term_stops_and_keeps_the_last_good_checkpoint(
+        tmp_path, monkeypatch, toy_model_and_tokenizer, capsys):
+    import loss
+    real = loss.policy_loss
+    def kl_blows_up_from_step_3(*args, **kwargs):
+        value, m = real(*args, **kwargs)
+        if calls.append(1) or len(calls) > 2:
+            m = {**m, "kl_loss": torch.tensor(float("inf"))}
+            value = value + m["kl_loss"]
+        return value, m
+    calls = []
+    monkeypatch.setattr(loss, "policy_loss", kl_blows_up_from_step_3)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as err:
+        lrpo.main(SMALL + ["--steps", "10", "--save-every", "1", "--out", str(out)])
+    message = one_line_error(err)
+    assert "3 optimizer steps in a row skipped" in message and "kl_loss" in message
+    assert "the checkpoint of step 2 is kept" in message
+    printed = capsys.readouterr().out
+    assert "step 3: non-finite kl_loss, loss; skipped an optimizer step (1 in a row)" in printed
+    assert "not saving step 3" in printed and "not saving step 4" in printed
+    assert runlog.newest_checkpoint(out) == (out / "checkpoint", 2)
+
+
+def test_a_non_finite_weight_stops_the_run(tmp_path, tiny_qwen):
+    from extras.divergence import Diverged, Guard
+    model, _ = tiny_qwen
+    with torch.no_grad():
+        model.model.norm.weight[0] = float("nan")
+    with pytest.raises(Diverged, match=r"weight model.norm.weight is non-finite after the update of step 4"):
+        Guard().stepped(model, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. config.json edited by hand
+
+@pytest.mark.parametrize("edit,message", [
+    ({"lr": "fast"}, r"lr = \"fast\" is not a float"),
+    ({"lr": [1, 2]}, r"lr = \[1, 2\] is not a float"),
+    ({"group_size": 8.5}, r"group_size = 8.5 is not an int"),
+    ({"progress": 1}, r"progress = 1 is not a bool"),
+    ({"method": "magic"}, r"method = \"magic\" is not one of lrpo, grpo"),
+    ({"speed": "max"}, r"unknown key 'speed'"),
+])
+def test_a_hand_edited_config_is_a_one_line_error_on_resume(tmp_path, edit, message):
+    out = tmp_path / "run"
+    out.mkdir()
+    runlog.write_config(lrpo.parse_args(["--out", str(out), "--steps", "1"]))
+    saved = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**saved, **edit}))
+    with pytest.raises(SystemExit, match=message) as err:
+        lrpo.parse_args(["--out", str(out), "--resume"])
+    one_line_error(err)
+
+
+def test_every_field_outside_may_change_is_refused_with_a_new_value_on_resume(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    first = lrpo.parse_args(["--out", str(out), "--steps", "1", "--model", "m", "--data", "d.jsonl"])
+    runlog.write_config(first)
+    # only the run's length and logging and knobs of memory and speed may change: a field added
+    # to MAY_CHANGE_ON_RESUME (say kl_coef) fails here
+    may_change = {"steps", "epochs", "eval_every", "save_every", "samples_per_step", "progress", "threads",
+                  "device", "compile", "micro_batch", "logprob_micro_batch", "gradient_checkpointing",
+                  "ref_on_cpu", "max_skipped"}
+    assert set(lrpo.MAY_CHANGE_ON_RESUME) == may_change
+    for f in fields(lrpo.Config):
+        if f.name in may_change or f.name in ("out", "resume"):
+            continue
+        value = getattr(first, f.name)
+        choices = f.metadata.get("choices")
+        if choices:
+            new = next(c for c in choices if c != value)
+        elif value is None:   # a field left to its preset or default
+            new = {int: 2, float: 0.5, bool: True, str: "other"}[f.metadata.get("type", str)]
+        elif isinstance(value, bool):
+            new = not value
+        elif isinstance(value, (int, float)):
+            new = value + 1
+        else:
+            new = "other"
+        flag = [runlog.flag(f.name)] if isinstance(new, bool) and new else \
+            [f"--no-{runlog.flag(f.name)[2:]}"] if isinstance(new, bool) else [runlog.flag(f.name), str(new)]
+        with pytest.raises(SystemExit, match=rf"^error: {runlog.flag(f.name)} .* contradicts the saved run's "
+                                             rf"{f.name} "):
+            lrpo.parse_args(["--out", str(out), "--resume"] + flag)
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. data
+
+def write(path, text: bytes):
+    path.write_bytes(text)
+    return str(path)
+
+
+ROW = {"lang": "de", "question": "Wie heißt die Hauptstadt?", "answer": "Berlin."}
+
+
+def rows(*extra):
+    return [json.dumps({**ROW, "question": f"Frage {i}?", **e}, ensure_ascii=False).encode() for i, e in
+            enumerate([{}] * 4 + list(extra))]
+
+
+def test_invalid_utf8_is_one_line_naming_file_and_row(tmp_path, monkeypatch):
+    no_model(monkeypatch)
+    lines = rows()
+    lines[2] = lines[2].replace("Frage".encode(), b"Fr\xe4ge")   # Latin-1, not UTF-8
+    path = write(tmp_path / "latin.jsonl", b"\n".join(lines) + b"\n")
+    with pytest.raises(SystemExit, match=r"latin\.jsonl: row 3: not valid UTF-8 \(byte 0xe4") as err:
+        lrpo.main(["--data", path, "--model", "x", "--out", str(tmp_path / "run"), "--steps", "1"])
+    one_line_error(err)
+    bad_json = write(tmp_path / "latin.json", b"[\n" + b",\n".join(lines) + b"\n]")
+    with pytest.raises(Exception, match=r"latin\.json: line 4: not valid UTF-8"):
+        list(__import__("data").read_rows(bad_json))
+
+
+def test_a_utf8_bom_is_accepted(tmp_path):
+    from extras import recipes
+    lines = rows()
+    for name, text in (("bom.jsonl", b"\n".join(lines)), ("bom.json", b"[" + b",".join(lines) + b"]")):
+        examples = recipes.load_examples(write(tmp_path / name, b"\xef\xbb\xbf" + text))
+        assert [ex.question for ex in examples] == [f"Frage {i}?" for i in range(4)]
+
+
+def test_duplicate_rows_are_counted_and_dropped_unless_kept(tmp_path, capsys):
+    path = write(tmp_path / "dup.jsonl", b"\n".join(rows() + rows()[:3]))
+    cfg = lrpo.parse_args(["--data", path, "--model", "x", "--out", str(tmp_path / "r"), "--steps", "1",
+                           "--test-fraction", "0"])
+    train, _ = lrpo.load_data(cfg)
+    assert sorted(ex.question for ex in train) == [f"Frage {i}?" for i in range(4)]
+    assert "3 duplicate rows (same language, question and answer) dropped" in capsys.readouterr().out
+    cfg.keep_duplicates = True
+    assert len(lrpo.load_data(cfg)[0]) == 7
+
+
+def test_an_evaluation_only_language_in_training_data_is_named_before_the_model_loads(tmp_path, monkeypatch):
+    no_model(monkeypatch)
+    path = write(tmp_path / "hi.jsonl", b"\n".join(rows({"lang": "hi"}, {"lang": "hi"})))
+    with pytest.raises(SystemExit, match=r"hi \(Hindi\) is evaluation-only") as err:
+        lrpo.main(["--data", path, "--model", "x", "--out", str(tmp_path / "run"), "--steps", "1",
+                   "--test-fraction", "0", "--questions-per-step", "2", "--calibration", "none"])
+    one_line_error(err)
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. kill -9 at random points of a short CPU run, resume, compare with the uninterrupted run
+
+def test_kill_9_at_random_points_then_resume_equals_the_uninterrupted_run(tmp_path, toy_model_and_tokenizer):
+    flags = SMALL + ["--steps", "4", "--save-every", "1", "--eval-size", "0"]
+    command = [sys.executable, str(ROOT / "lrpo.py")]
+    subprocess.run(command + flags + ["--out", str(tmp_path / "one_go")], check=True, cwd=ROOT,
+                   capture_output=True)
+    out, rng, kills = tmp_path / "killed", random.Random(0), 0
+    for attempt in range(12):
+        resume = ["--resume"] if runlog.newest_checkpoint(out) else []
+        if not resume and out.exists():   # killed before the first save: start again
+            import shutil
+            shutil.rmtree(out)
+        proc = subprocess.Popen(command + flags + ["--out", str(out)] + resume, cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if attempt < 4:   # the first attempts are killed at a random moment, saves included
+            start = time.time()
+            while not (out / "metrics.jsonl").exists() and proc.poll() is None and time.time() - start < 120:
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 1.5))
+            if proc.poll() is None:
+                proc.kill()
+                kills += 1
+        _, err = proc.communicate()
+        if proc.returncode == 0:
+            break
+    assert kills >= 2 and proc.returncode == 0, err
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time")} for r in rows]
+    assert strip(runlog.read(out, "metrics.jsonl")) == strip(runlog.read(tmp_path / "one_go", "metrics.jsonl"))
+    assert runlog.read(out, "router.jsonl") == runlog.read(tmp_path / "one_go", "router.jsonl")
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. command lines: no abbreviations, keys never printed, endpoint errors in one line
+
+def test_label_refuses_an_abbreviated_api_key_flag(tmp_path, capsys):
+    from extras import label
+    with pytest.raises(SystemExit) as err:
+        label.main(["--in", "x.jsonl", "--out", str(tmp_path / "o.jsonl"), "--url", "http://localhost:1/v1",
+                    "--name", "m", "--api-key", "sk-secret"])
+    assert err.value.code == 2
+    assert "unrecognized arguments: --api-key sk-secret" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        lrpo.parse_args(["--questions", "4"])   # not --questions-per-step
+
+
+def refusing_server(code):
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.send_response(code)
+            self.end_headers()
+            self.wfile.write(b"unauthorized")
+        def log_message(self, *a):
+            pass
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_endpoint_errors_are_one_line_with_no_key(monkeypatch):
+    import evaluate
+    from extras import label
+    server = refusing_server(401)
+    url = f"http://user:sk-secret@127.0.0.1:{server.server_port}/v1"
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-env-secret")
+    try:
+        with pytest.raises(SystemExit) as err:
+            evaluate.http_judge(url.replace("user:sk-secret@", ""), "m")(["is it right?"])
+        message = one_line_error(err)
+        assert "HTTP Error 401" in message and "check the API key" in message and "sk-" not in message
+        ask = label.http_labeller(f"http://127.0.0.1:{server.server_port}/v1", "m", api_key="sk-x", attempts=1)
+        with pytest.raises(label.LabelError, match=r"HTTP 401: unauthorized \(check the API key"):
+            ask(["q"], 0.0)
+    finally:
+        server.shutdown()
+    assert runlog.redact(url) == f"http://***@127.0.0.1:{server.server_port}/v1"
+    ask = label.http_labeller("http://user:sk-secret@127.0.0.1:9/v1", "m", attempts=1)
+    with pytest.raises(label.LabelError) as err:
+        ask(["q"], 0.0)
+    assert "sk-secret" not in str(err.value) and "\n" not in str(err.value)
