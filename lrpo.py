@@ -157,7 +157,7 @@ OFFICIAL_QUESTIONS_PER_STEP = 256
 
 # --help lists the flags in these groups (every field of Config is in one; tests/test_lrpo.py checks)
 HELP_GROUPS = {
-    "model and data": ("preset", "model", "data", "recipe", "test_data", "test_fraction", "langs", "prompt_style",
+    "model and data": ("preset", "model", "data", "recipe", "test_data", "test_fraction", "keep_duplicates", "langs", "prompt_style",
                        "max_prompt_tokens"),
     "method and router (Alg. 1, Eq. 1, 6, 7)": (
         "method", "group_size", "orig_lang_min", "router_alpha", "router_update_every", "router_tau_decay",
@@ -167,7 +167,7 @@ HELP_GROUPS = {
     "schedule": ("questions_per_step", "max_new_tokens", "temperature", "steps", "epochs"),
     "loss and optimizer": ("lr", "weight_decay", "grad_clip", "kl_coef", "loss_agg", "loss_micro_batch",
                            "std_norm", "ppo_epochs", "mini_batch"),
-    "run": ("seed", "out", "resume", "eval_every", "eval_size", "save_every", "samples_per_step", "progress",
+    "run": ("seed", "out", "resume", "max_skipped", "eval_every", "eval_size", "save_every", "samples_per_step", "progress",
             "check_tags", "plot"),
     "speed and memory (same results)": ("device", "dtype", "threads", "micro_batch", "logprob_micro_batch",
                                         "gradient_checkpointing", "compile", "ref_on_cpu", "rollout_batch"),

