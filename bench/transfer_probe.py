@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import toy  # noqa: E402
+from extras import setup  # noqa: E402
 from data import Example, build_prompt  # noqa: E402
 
 LANGS = toy.LANGS
@@ -153,15 +154,17 @@ class RLTrainer:
         self.cfg.device, self.cfg.dtype, self.cfg.compile = "cpu", "float32", False
         self.cfg.micro_batch = self.cfg.micro_batch or 128
         self.cfg.logprob_micro_batch = self.cfg.logprob_micro_batch or 4 * self.cfg.micro_batch
-        self.scorer = lrpo.make_scorer(self.cfg) if reward == "similarity" else None
+        self.scorer = setup.make_scorer(self.cfg) if reward == "similarity" else None
 
     def train(self, model, tokenizer, examples, seed: int) -> float:
         import loss
         import rollout
         lrpo, cfg = self.lrpo, self.cfg
         cfg.seed = seed
+        from extras.divergence import Guard
         run = lrpo.Run(cfg, [], [], model, copy.deepcopy(model).requires_grad_(False), tokenizer, self.scorer,
-                       None, lrpo.make_optimizer(model, cfg), rollout.sample)
+                       None, lrpo.make_optimizer(model, cfg), Guard(), rollout.sample, rollout.token_logprobs,
+                       lrpo.policy_update)
         rewards = []
         for step in range(self.steps):
             exs = [e for e in examples for _ in range(self.group)]
@@ -176,7 +179,8 @@ class RLTrainer:
                 r = [float(toy.is_correct(e, t)) for e, t in zip(exs, roll.texts)]
             r = torch.tensor(r, dtype=torch.float32)
             adv, _ = loss.group_advantages(r, gids, norm_by_std=cfg.std_norm)
-            lrpo.policy_update(run, roll, adv, step)
+            shuffle = torch.Generator().manual_seed(lrpo.step_seed(seed, step, lrpo.SEED_SHUFFLE))
+            lrpo.policy_update(run, roll, adv, torch.randperm(len(exs), generator=shuffle), step)
             rewards.append(float(r.mean()))
         return statistics.mean(rewards[-3:])
 

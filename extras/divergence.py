@@ -61,6 +61,17 @@ class Guard:
             raise Diverged(f"the run diverged: {self.in_a_row} optimizer steps in a row skipped on "
                            f"non-finite values (last: {why}) at step {step + 1}")
 
+    def check(self, model, grad_norm, terms: list[dict], step: int) -> bool:
+        """Whether the optimizer may step: the gradient norm and every micro-batch's loss terms
+        (``terms``, device tensors) are finite. A skip is named; the k-th in a row stops the run."""
+        for metrics in terms:
+            self.flags.append({k: torch.isfinite(torch.as_tensor(v)).all() for k, v in metrics.items()})
+        if not torch.isfinite(grad_norm) or self.bad_terms():
+            self.skipped(model, step)
+            return False
+        self.stepped(model, step)
+        return True
+
     def stepped(self, model, step: int) -> None:
         self.terms.clear()
         self.flags.clear()

@@ -145,3 +145,82 @@ def token_logprobs(model, input_ids, attention_mask, completion_start: int, *, c
                                           float(temperature), chunk_size, return_entropy)
     logp = logp.view(B, T)
     return (logp, entropy.view(B, T)) if return_entropy else logp
+
+
+# ----------------------------------------------------------------------------------------------
+# The update of lrpo.policy_update with mini-batches, PPO epochs and no host synchronisation
+
+def _loop():
+    """The training loop's module: ``lrpo`` when imported, ``__main__`` under ``python lrpo.py``."""
+    import sys
+    return sys.modules.get("lrpo") or sys.modules["__main__"]
+
+
+def policy_update(run, roll, advantages: torch.Tensor, order: torch.Tensor, step: int) -> dict:
+    """lrpo.policy_update with what the paper's run does not need but real runs use: several
+    optimizer steps per batch (``--mini-batch``) and PPO epochs (``--ppo-epochs``), with the old
+    policy's log-probs for the ratio; on a GPU every tensor stays on the device and metrics are
+    read once at the end (a read per micro-batch waits for the GPU); the entropy is logged from
+    one micro-batch (verl computes it only when its coefficient is non-zero,
+    verl/workers/actor/dp_actor.py:422-435); the reference and the forward/backward are timed.
+    With one mini-batch and one epoch it computes lrpo.policy_update's gradient (a test checks).
+    """
+    import math
+    import loss
+    from extras import runlog
+    lrpo = _loop()
+    cfg, model, optimizer = run.cfg, run.model, run.optimizer
+    device = next(model.parameters()).device
+    ids, mask, start = roll.input_ids.to(device), roll.attention_mask.to(device), roll.completion_start
+    completion_mask, advantages = roll.completion_mask.float().to(device), advantages.to(device)
+    order, n = order.to(device), ids.shape[0]
+    clock = runlog.PhaseClock(cfg.device)
+    ref_logp = None if run.reference is None else lrpo.frozen_logprobs(run, run.reference, ids, mask, start)
+    clock.lap("update_reference")
+    mini = cfg.mini_batch or n
+    off_policy = cfg.ppo_epochs > 1 or mini < n
+    old_logp = lrpo.frozen_logprobs(run, model, ids, mask, start) if off_policy else None
+    clock.lap("update_old_logprobs")
+    shares, means, grad_norms, skipped = {}, {}, [], 0
+    model.train()
+    for _ in range(cfg.ppo_epochs):
+        for m0 in range(0, n, mini):
+            rows = order[m0:m0 + mini]
+            weights = loss.token_weights(completion_mask[rows], cfg.loss_agg,
+                                         rows_per_micro_batch=cfg.loss_micro_batch, max_len=cfg.max_new_tokens)
+            by_length = mask[rows].sum(1).argsort(stable=True)
+            optimizer.zero_grad(set_to_none=True)
+            terms = []
+            for i in range(0, len(rows), cfg.micro_batch):
+                picked = by_length[i:i + cfg.micro_batch]
+                micro = rows[picked]
+                out = lrpo.completion_logprobs(run, model, ids[micro], mask[micro], start, entropy=i == 0)
+                logp, entropy = out if i == 0 else (out, None)
+                T = logp.shape[1]
+                pick = lambda x: None if x is None else x[micro][:, :T]
+                value, metrics = loss.policy_loss(
+                    logp.float(), pick(old_logp), advantages[micro], completion_mask[micro][:, :T],
+                    ref_logp=pick(ref_logp), kl_coef=cfg.kl_coef, weights=weights[picked][:, :T],
+                    entropy=None if entropy is None else entropy.detach())
+                value.backward()
+                terms.append({**metrics, "loss": value.detach()})
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            clock.lap("update_forward_backward")
+            if not run.guard.check(model, grad_norm, terms, step):   # named; not taken
+                skipped += 1
+                optimizer.zero_grad(set_to_none=True)
+                continue
+            optimizer.step()
+            grad_norms.append(grad_norm)
+            for t in terms:   # device tensors: loss terms are shares of the mini-batch's loss
+                for k, v in t.items():
+                    (shares if k in ("loss", "pg_loss", "kl_loss") else means).setdefault(k, []).append(v)
+            clock.lap("update_optimizer")
+    model.eval()
+    n_minibatches = max(1, cfg.ppo_epochs * math.ceil(n / mini) - skipped)
+    out = {f"train/{k}": float(torch.stack(v).sum()) / n_minibatches for k, v in shares.items()}
+    out.update({f"train/{k}": float(torch.stack(v).float().mean()) for k, v in means.items()})
+    out["train/grad_norm"] = float(torch.stack(grad_norms).mean()) if grad_norms else 0.0
+    out["train/skipped_steps"] = skipped
+    return {**out, **clock.totals}

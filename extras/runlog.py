@@ -36,9 +36,11 @@ from pathlib import Path
 class PhaseClock:
     """Wall time per phase; on a GPU it synchronises at each lap, so the time is the GPU's too."""
 
-    def __init__(self, device: str):
+    def __init__(self, device: str, new_step: bool = False):
         import torch
         self.sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+        if new_step and str(device).startswith("cuda"):   # the step's peak memory, in step_metrics
+            torch.cuda.reset_peak_memory_stats()
         self.totals, self.last = {}, None
         self.lap(None)
 
@@ -165,23 +167,27 @@ def saved_config(path: Path) -> dict:
     return saved
 
 
+NULLABLE = ("steps", "epochs", "eval_size", "threads")   # None in a preset: the real run's
+
+
 def check_saved_config(saved: dict, fields, path) -> None:
     """Each saved value against its ``Config`` field (``fields``: the dataclass fields): a known
     name, the field's type (None where the default is None), one of its choices."""
+    from extras.cli import CHOICES
     by_name = {f.name: f for f in fields}
     unknown = sorted(set(saved) - set(by_name))
     if unknown:
         fail(f"{path}: unknown key {unknown[0]!r} (a hand edit?); the keys are lrpo.Config's fields")
     for name, value in saved.items():
         f = by_name[name]
-        kind = f.metadata.get("type", type(f.default))
-        ok = (value is None and f.default is None) or (
+        kind = f.type if isinstance(f.type, type) else type(f.default)
+        ok = (value is None and (f.default is None or name in NULLABLE)) or (
             isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))) or (
             kind is float and isinstance(value, int) and not isinstance(value, bool))
         if not ok:
             fail(f"{path}: {name} = {json.dumps(value)} is not a{'n' if kind is int else ''} "
                  f"{kind.__name__}; fix it or start a new run")
-        choices = f.metadata.get("choices")
+        choices = CHOICES.get(name)
         if choices and value is not None and value not in choices:
             fail(f"{path}: {name} = {json.dumps(value)} is not one of {', '.join(map(str, choices))}")
 
@@ -605,3 +611,122 @@ def plot_run(run_dir) -> list[Path]:
         written.append(plot_router_heatmap(run / "router.jsonl", run / "router.png",
                                            local=local_languages(config.get("data"))))
     return written
+
+
+# ----------------------------------------------------------------------------------------------
+# The training loop's bookkeeping (lrpo.train_step, lrpo.train, lrpo.main)
+
+def step_metrics(langs: list, rewards, roll, device: str) -> dict:
+    """Response lengths and token counts, the step's peak GPU memory, and per language the mean
+    reward, the mean response length and the share of rollouts routed there."""
+    import numpy as np
+    import torch
+    lengths = roll.lengths.float().tolist()
+    out = {"response_length": float(np.mean(lengths)), "tokens": int(roll.attention_mask.sum())}
+    if str(device).startswith("cuda"):
+        out["memory/peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    for lang in sorted(set(langs)):
+        mine = [i for i, l in enumerate(langs) if l == lang]
+        out[f"reward/{lang}"] = float(np.mean([rewards[i] for i in mine]))
+        out[f"response_length/{lang}"] = float(np.mean([lengths[i] for i in mine]))
+        out[f"routed/{lang}"] = len(mine) / len(langs)
+    return out
+
+
+def samples(step: int, examples, langs, roll, result, advantages, logged) -> list[dict]:
+    """The completions of the logged questions, with their rewards and advantages."""
+    return [{"step": step + 1, "id": ex.id, "question_lang": ex.lang, "target_lang": lang,
+             "question": ex.question, "reference": ex.answer, "completion": roll.texts[i],
+             "reward": float(result.reward[i]), "advantage": float(advantages[i]),
+             **result.details(i)}
+            for i, (ex, lang) in enumerate(zip(examples, langs)) if logged[i]]
+
+
+def progress(cfg, first: int, total: int):
+    """The steps, with a bar (in a log file, a line every 30 s instead of a redraw each step)."""
+    import sys
+    from tqdm import tqdm
+    return tqdm(range(first, total), initial=first, total=total, disable=not cfg.progress,
+                desc=cfg.method, mininterval=0.1 if sys.stderr.isatty() else 30)
+
+
+def save_if_sound(run, step: int, completion_logprobs) -> None:
+    """A checkpoint of step ``step``, unless the model diverged: the last good one then stays."""
+    logprobs = lambda model, ids, mask, start: completion_logprobs(run, model, ids, mask, start)
+    if run.guard is None or run.guard.sound(run.model, logprobs):
+        save_checkpoint(run, step)
+        return
+    last = newest_checkpoint(run.cfg.out)
+    kept = f"the checkpoint of step {last[1]} stays" if last else "no checkpoint is kept"
+    print(f"[lrpo] warning: not saving step {step}: the model's last update or log-probs are "
+          f"non-finite; {kept}")
+
+
+def stopped(cfg, done: int, stop: dict):
+    """After Ctrl-C or SIGTERM: the step is saved; exit non-zero with the resume command."""
+    print(f"[lrpo] stopped at step {done}; continue with `python lrpo.py --out {cfg.out} --resume`")
+    raise SystemExit(128 + stop["requested"])
+
+
+def announce(run, total: int) -> None:
+    """What the run will do: data, steps (and how they were counted), devices, L."""
+    cfg = run.cfg
+    from evaluate import held_out_questions
+    held_out = len(held_out_questions(run.test, cfg.eval_size))
+    print(f"[lrpo] {cfg.method} on {cfg.data}: {len(run.train)} train questions, "
+          f"{f'{held_out} held out' if held_out else 'no evaluation'}, {total} steps of "
+          f"{cfg.questions_per_step}×{cfg.group_size} rollouts, {cfg.device} {cfg.dtype}, "
+          f"out {cfg.out}\n[lrpo] routed languages L ({len(run.router.languages)}): "
+          f"{','.join(run.router.languages)}")
+    rule = (f"--steps {cfg.steps}" if cfg.steps else f"{cfg.epochs:g} epochs × "
+            f"⌊{len(run.train)} / {cfg.questions_per_step}⌋ (official drop_last)")
+    print(f"[lrpo] steps: {rule} = {total}")
+
+
+def finish(run, metrics: dict, after: dict | None) -> dict:
+    """The last evaluation logged, the before/after table with the router's p(local), plots."""
+    from dataclasses import asdict
+    cfg, before = run.cfg, None
+    if after is not None:
+        append(cfg, "eval.jsonl", [after])
+        before = read(cfg.out, "eval.jsonl")[0]
+        from extras.plots import local_languages
+        router = router_local_share(cfg.out, local_languages(cfg.data))
+        print(before_after_table(before, after, router))
+    for path in plot_run(cfg.out):
+        print(f"[lrpo] wrote {path}")
+    return {"before": before, "after": after, "last": metrics, "config": asdict(cfg)}
+
+
+def plot_only(run_dir) -> dict:
+    for path in plot_run(run_dir):
+        print(path)
+    return {}
+
+
+@contextlib.contextmanager
+def locked_run(cfg):
+    """The model is checked first (a typo in --model is named before data loads); the run
+    folder's lock (taken by check_out_dir) is released at the end; a diverged run stops with
+    one line that says which checkpoint is kept."""
+    from data import DataError
+    from extras.divergence import Diverged
+    from extras.models import ModelLoadError, check_model, go_offline_if_unreachable, quiet_progress_bars
+    if cfg.threads:
+        import torch
+        torch.set_num_threads(cfg.threads)
+    quiet_progress_bars()
+    try:
+        try:
+            check_model(cfg.model, online=go_offline_if_unreachable())
+        except RuntimeError as e:
+            fail(str(e))
+        yield
+    except Diverged as e:
+        last = newest_checkpoint(cfg.out)
+        kept = f"the checkpoint of step {last[1]} is kept" if last else "no checkpoint was saved"
+        fail(f"{e}; {kept}; lower --lr (a new run), or raise --max-skipped")
+    except (DataError, ModelLoadError) as e:   # bad input, named in one line
+        fail(str(e))
+    finally:
+        release_lock(cfg.out)

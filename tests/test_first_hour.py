@@ -20,6 +20,7 @@ import torch
 
 import evaluate
 import lrpo
+from extras import cli
 import toy
 from extras import models, plots, runlog
 
@@ -81,12 +82,12 @@ def test_readme_lrpo_and_evaluate_commands_parse(monkeypatch):
 
 
 def test_help_is_grouped_with_examples_and_presets(capsys):
-    names = [n for group in lrpo.HELP_GROUPS.values() for n in group]
+    names = [n for group in cli.HELP_GROUPS.values() for n in group]
     assert sorted(names) == sorted(f.name for f in fields(lrpo.Config))   # each field in one group
     with pytest.raises(SystemExit):
         lrpo.parse_args(["--help"])
     text = capsys.readouterr().out
-    for title in lrpo.HELP_GROUPS:
+    for title in cli.HELP_GROUPS:
         assert f"\n{title}:\n" in text
     assert "python lrpo.py  " in text and "Presets:" in text and "cpu-demo" in text
     assert "[toy: 16, cpu-demo: 2, real: 256]" in " ".join(text.split())   # --questions-per-step
@@ -158,10 +159,10 @@ def test_library_progress_bars_are_quiet_off_a_terminal(monkeypatch):
 
 def test_held_out_questions_cover_every_language():
     test = toy.load_split("test")
-    picked = lrpo.held_out_questions(test, 24)
+    picked = evaluate.held_out_questions(test, 24)
     counts = {lang: sum(ex.lang == lang for ex in picked) for lang in toy.LANGS}
     assert counts == {lang: 4 for lang in toy.LANGS}
-    assert lrpo.held_out_questions(test, 10_000) == test                 # the default run: all, in order
+    assert evaluate.held_out_questions(test, 10_000) == test                 # the default run: all, in order
 
 
 def write_router_log(path, records):

@@ -232,9 +232,10 @@ def test_off_policy_updates_move_the_ratio(tmp_path, toy_model_and_tokenizer):
     assert row["train/skipped_steps"] == 0
 
 
-@pytest.mark.parametrize("agg,zero_advantages,fused", [(m, False, False) for m in loss.AGG_MODES]
-                         + [("token-mean", True, False), ("token-mean", False, True)])
-def test_policy_update_gradient_equals_verls_micro_batch_loop(tiny_qwen, agg, zero_advantages, fused):
+@pytest.mark.parametrize("agg,zero_advantages,variant", [(m, False, "core") for m in loss.AGG_MODES]
+                         + [("token-mean", True, "core"), ("token-mean", False, "fast update"),
+                            ("token-mean", False, "fast update, fused head")])
+def test_policy_update_gradient_equals_verls_micro_batch_loop(tiny_qwen, agg, zero_advantages, variant):
     """One update's gradient against verl 0.5's actor restated plainly, for every --loss-agg: the
     shuffled rows in micro-batches of `loss_micro_batch`, each aggregating (PG + β·k3) from a full
     forward at the rollout temperature with loss.agg_loss, divided by the number of micro-batches
@@ -269,10 +270,15 @@ def test_policy_update_gradient_equals_verls_micro_batch_loop(tiny_qwen, agg, ze
         def step(self):
             recorded["grads"] = [p.grad.clone() for p in params]
 
-    from extras import fast_training   # fused: the vocabulary head lrpo trains with on CUDA
-    logprobs = fast_training.token_logprobs if fused else rollout.token_logprobs
-    run = SimpleNamespace(cfg=cfg, model=model, reference=reference, optimizer=Recorder(), logprobs=logprobs)
-    lrpo.policy_update(run, roll, advantages, step=0)
+    # the fast twins lrpo runs on a GPU: the update of extras/fast_training.py, its fused head
+    from extras import fast_training
+    from extras.divergence import Guard
+    logprobs = fast_training.token_logprobs if "fused" in variant else rollout.token_logprobs
+    update = fast_training.policy_update if "fast" in variant else lrpo.policy_update
+    run = SimpleNamespace(cfg=cfg, model=model, reference=reference, optimizer=Recorder(), logprobs=logprobs,
+                          guard=Guard())
+    order = torch.randperm(8, generator=torch.Generator().manual_seed(lrpo.step_seed(cfg.seed, 0, 3)))
+    update(run, roll, advantages, order, 0)
 
     ids, mask, P = roll.input_ids, roll.attention_mask, roll.completion_start
     def full_logprobs(m):

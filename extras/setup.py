@@ -1,0 +1,116 @@
+"""What lrpo.set_up needs beyond the paper: loading the data and its held-out set, building the
+reward, the tag-following check, and choosing the fast paths on a GPU (not needed to understand LRPO).
+
+The held-out set follows the official data: ``example.py:19-66`` writes ``train.parquet`` and
+``test.parquet`` once (10% per language, seed 42), so a ``train`` file with its ``test`` twin
+beside it is used as given, as is a recipe's own test split; other data is split here.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import calibrate
+import data
+import rollout
+from extras import recipes, runlog
+
+
+def test_source(cfg) -> str | None:
+    """Where the held-out set comes from when the data has its own: --test-data, the test file
+    beside a train file, or "split" for a recipe's test split; None: split --data here."""
+    if cfg.test_data:
+        return None if cfg.test_data == "none" else cfg.test_data
+    path = Path(cfg.data)
+    if path.is_file() and "train" in path.stem:
+        twin = path.with_name(path.name.replace("train", "test"))
+        return str(twin) if twin.is_file() else None
+    return "split" if cfg.data in recipes.RECIPES and not path.exists() else None
+
+
+def load_data(cfg) -> tuple[list, list]:
+    """(train, test) Examples of --data; every bad row is a one-line DataError naming --data."""
+    try:
+        if cfg.data == "toy":
+            import toy
+            return toy.load_split("train"), toy.load_split("test")
+        examples = runlog.drop_duplicates(recipes.load_examples(cfg.data, recipe=cfg.recipe), cfg)
+        source = test_source(cfg)
+        if source is None:
+            return data.split_examples(examples, cfg.test_fraction, seed=cfg.seed)
+        if source == "split":
+            test = recipes.load_examples(cfg.data, recipe=cfg.recipe, split="test")
+        else:
+            test = recipes.load_examples(source, recipe=cfg.recipe)
+    except data.DataError as e:
+        raise data.DataError(f"--data: {e}") from None
+    where = f"{cfg.data} (its test split)" if source == "split" else f"{source} (as given)"
+    print(f"[data] held-out set: {len(test)} questions of {where}; --data is not split")
+    return examples, test
+
+
+def make_scorer(cfg):
+    """The reward of Eq. 2-5 (calibrate.RewardScorer) or the verifier's (extras/verifier.py)."""
+    lid = calibrate.make_lid(cfg.lid_rules or "ours")   # None: a run saved before the flag
+    if cfg.reward == "verifier":
+        from extras.verifier import VerifierScorer
+        return VerifierScorer(gate=cfg.gate, lid=lid)
+    try:   # stops with a one-line error when calibration is on without this encoder's statistics
+        return calibrate.RewardScorer(encoder=cfg.encoder, stats_path=cfg.stats, gate=cfg.gate,
+                                      calibration=cfg.calibration, lid=lid,
+                                      encoder_dtype=cfg.encoder_dtype)
+    except OSError as e:   # transformers' message for a missing hub id or folder
+        raise data.DataError(f"--encoder {cfg.encoder}: could not be loaded: {e}") from None
+
+
+def filter_prompts(cfg, train, test, tokenizer, languages) -> tuple[list, list]:
+    """The official 512-token prompt filter (max_prompt_length, filter_overlong_prompts)."""
+    if not cfg.max_prompt_tokens:
+        return train, test
+    kept = [data.filter_long_prompts(split, tokenizer, cfg.max_prompt_tokens, cfg.prompt_style,
+                                     languages) for split in (train, test)]
+    (train, n_train), (test, n_test) = kept
+    if n_train or n_test:
+        print(f"[data] dropped {n_train} training and {n_test} held-out questions whose prompt "
+              f"exceeds {cfg.max_prompt_tokens} tokens (official filter_overlong_prompts)")
+        runlog.check_data(cfg, train, test)
+    if data.describe_labels(train):
+        print(f"[data] {data.describe_labels(train)}")
+    return train, test
+
+
+def check_tags(cfg, model, tokenizer, train, languages) -> None:
+    """Routed rollouts are only rewarded in the tagged language: say if the policy ignores tags."""
+    if not cfg.check_tags or cfg.resume:
+        return
+    from extras.warm_start import tag_following
+    share = tag_following(model, tokenizer, train, languages, n=16, style=cfg.prompt_style)
+    print(f"[lrpo] the policy answers in the requested language in {share:.0%} of "
+          f"{min(16, len(train))} test prompts")
+    if share < 0.5:
+        print("[lrpo] warning: most routed rollouts will fail the language gate (reward 0). The "
+              "paper warm-starts the policy first (python -m extras.warm_start), or use "
+              "--prompt-style zero")
+
+
+def speed_paths(cfg, model, reference, update):
+    """(sample, logprobs, update): the core's functions (``update`` is lrpo.policy_update), or
+    their twins with the same values where they pay: CUDA-graph sampling in chunks that fit, the
+    fused vocabulary head, compiled layers and the device-resident update on a GPU; mini-batches
+    and PPO epochs (extras/fast_training.policy_update) anywhere."""
+    from extras import fast_training
+    sample, logprobs = rollout.sample, rollout.token_logprobs
+    on_gpu = cfg.device.startswith("cuda")
+    if on_gpu or cfg.rollout_batch:
+        from extras.fast_rollout import in_chunks, sample as fast_sample
+        sample = in_chunks(fast_sample, cfg.rollout_batch)
+    if on_gpu:
+        logprobs = fast_training.token_logprobs
+    if on_gpu or cfg.ppo_epochs > 1 or cfg.mini_batch:
+        update = fast_training.policy_update
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if cfg.compile:
+        for m in (model, reference):
+            if m is not None:
+                fast_training.compile_layers(m)
+    return sample, logprobs, update
