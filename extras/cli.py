@@ -96,14 +96,15 @@ def build_parser(config_cls, presets: dict) -> argparse.ArgumentParser:
     for f in fields(config_cls):
         shown = ", ".join([f"toy: {f.default}"] + [f"{name}: {values[f.name]}" for name, values
                                                    in presets.items() if f.name in values and name != "toy"])
-        kwargs = dict(default=argparse.SUPPRESS, help=f"{comments[f.name]} [{shown}]")
+        kwargs = dict(default=argparse.SUPPRESS)
         if f.name in CHOICES:
             kwargs["choices"] = CHOICES[f.name]
         if f.type is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kwargs["type"] = f.type
-        groups[f.name].add_argument("--" + f.name.replace("_", "-"), **kwargs)
+        groups[f.name].add_argument("--" + f.name.replace("_", "-"), help=f"{comments[f.name]} [{shown}]",
+                                    **kwargs)
     return parser
 
 
@@ -122,10 +123,9 @@ def choose_preset(named: dict) -> str:
     return "real"
 
 
-def default_out(named: dict, presets: dict) -> str:
+def default_out(named: dict) -> str:
     """runs/<method>-<data>-<model>-s<seed>: what tells two runs apart (runlog numbers it)."""
-    data_name = named["data"] if named["model"] == "toy" else presets["real"]["data"]
-    data_name = named.get("given_data") or data_name
+    data_name = named["data"]
     short = lambda name: Path(name.rstrip("/")).stem if name.endswith(
         (".jsonl", ".json", ".parquet", ".gguf")) else name.rstrip("/").split("/")[-1]
     return f"runs/{named['method']}-{short(data_name)}-{short(named['model'])}-s{named['seed']}"
@@ -161,13 +161,15 @@ def parse_args(argv, config_cls, presets: dict):
     """A Config from the command line (flags > preset > the built-in world's defaults)."""
     parser = build_parser(config_cls, presets)
     given = vars(parser.parse_args(argv))   # only the flags on the command line
-    named = {**asdict(config_cls()), **given, "given_data": given.get("data")}
-    out = named["out"] or runlog.default_out(default_out(named, presets), bool(given.get("resume")))
+    named = {**asdict(config_cls()), **given}
+    preset = with_preset(given, named, presets) if not given.get("resume") else {}
+    named = {**named, **preset, **given}
+    out = named["out"] or runlog.default_out(default_out(named), bool(given.get("resume")))
     if given.get("resume"):
         saved = runlog.resumed_config(given, out, MAY_CHANGE_ON_RESUME, fields(config_cls))
         cfg = config_cls(**as_saved_before_lid_rules(saved))
     else:
-        cfg = config_cls(**{**with_preset(given, named, presets), **given, "out": out})
+        cfg = config_cls(**{**preset, **given, "out": out})
     if cfg.steps is None and cfg.epochs is None:
         parser.error("give --steps or --epochs")
     cfg.logprob_micro_batch = cfg.logprob_micro_batch or 4 * cfg.micro_batch

@@ -20,7 +20,7 @@ import torch
 
 import evaluate
 import lrpo
-from extras import cli
+from extras import cli, setup
 import toy
 from extras import models, plots, runlog
 
@@ -100,7 +100,8 @@ def test_every_flag_of_every_cli_has_help():
                if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "add_argument"
                and "help" not in {k.arg for k in n.keywords} and path.name != "lrpo.py"]
     assert not missing
-    assert all(f.metadata.get("help") for f in fields(lrpo.Config))
+    comments = cli.field_comments(lrpo.Config)   # each field's comment is its --help
+    assert all(comments.get(f.name) for f in fields(lrpo.Config))
 
 
 def test_presets_follow_the_model_and_the_gpu(monkeypatch, capsys):
@@ -118,7 +119,7 @@ def test_presets_follow_the_model_and_the_gpu(monkeypatch, capsys):
 
 def test_a_model_typo_is_one_line_before_any_data(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(lrpo, "load_data", lambda cfg: pytest.fail("data loaded before --model was checked"))
+    monkeypatch.setattr(setup, "load_data", lambda cfg: pytest.fail("data loaded before --model was checked"))
     t0 = time.time()
     with pytest.raises(SystemExit) as e:
         lrpo.main(["--model", "smollm"])
@@ -253,4 +254,4 @@ def test_readme_smollm2_command_runs_as_written(monkeypatch, tmp_path, capsys):
     out = capsys.readouterr().out
     table = out[out.index("lang "):]
     assert [line.split()[0] for line in table.splitlines()[1:8]] == sorted(toy.LANGS) + ["all"]
-    assert result["config"]["preset"] == "cpu-demo" and (tmp_path / "runs/lrpo-smollm2-s0/checkpoint").is_dir()
+    assert result["config"]["preset"] == "cpu-demo" and (tmp_path / "runs/lrpo-toy-smollm2-s0/checkpoint").is_dir()

@@ -55,9 +55,12 @@ def test_a_real_run_announces_the_official_languages_and_step_count(tmp_path, mo
     questions = [data.Example(id=str(i), question="Wie?", answer="So.", lang="de", topic="general")
                  for i in range(600)]
     monkeypatch.setattr(lrpo, "set_up", lambda cfg: SimpleNamespace(
-        train=questions, test=[],
+        cfg=cfg, train=questions, test=[],
         router=SimpleNamespace(languages=lrpo.routed_languages(cfg, questions))))
     monkeypatch.setattr(lrpo, "train", lambda *a: {})
+    from extras import models
+    monkeypatch.setattr(models, "check_model", lambda *a, **k: None)   # "some/model" stands for any
+    (tmp_path / "run").mkdir()   # (set_up, which makes it, is replaced here)
     lrpo.main(["--model", "some/model", "--data", "d.jsonl", "--out", str(tmp_path / "run")])
     out = capsys.readouterr().out
     assert f"[lrpo] routed languages L (15): {','.join(OFFICIAL_L)}\n" in out

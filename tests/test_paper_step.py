@@ -51,7 +51,7 @@ def test_paper_step_smoke_runs_lrpos_loop(tmp_path):
     assert [s["step"] for s in result["steps"]] == [1, 2, 3, 4]
     for s in result["steps"]:
         assert s["skipped_steps"] == 0 and s["tokens"] > 0
-        assert s["update_s"] == pytest.approx(s["reference_s"] + s["forward_backward_s"], abs=0.5)
+        assert s["update_s"] >= s["reference_s"] + s["forward_backward_s"]   # the fast update's parts
         assert s["step_s"] >= s["rollout_s"] + s["reward_s"] + s["update_s"] - 1e-6
     metrics = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["tokens"] for m in metrics] == [s["tokens"] for s in result["steps"]]
