@@ -451,8 +451,8 @@ def policy_update(run: Run, roll, advantages: torch.Tensor, step: int) -> dict:
                 T = logp.shape[1]
                 pick = lambda x: None if x is None else x[micro][:, :T]
                 value, metrics = loss.policy_loss(
-                    logp.float(), pick(old_logp), advantages[micro], completion_mask[micro][:, :T],
-                    ref_logp=pick(ref_logp), kl_coef=cfg.kl_coef, weights=weights[picked][:, :T],
+                    logp.float(), pick(old_logp), advantages[micro], weights[picked][:, :T],
+                    ref_logp=pick(ref_logp), kl_coef=cfg.kl_coef,
                     entropy=None if entropy is None else entropy.detach())
                 value.backward()
                 for k, v in {**metrics, "loss": value.detach()}.items():   # summed on the device: no sync
