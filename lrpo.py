@@ -348,6 +348,8 @@ def set_up(cfg: Config) -> Run:
             if m is not None:
                 compile_layers(m)
     sample, logprobs = rollout.sample, rollout.token_logprobs
+    if not rollout.has_llama_forward(model, math.inf):   # Gemma 3 etc.: their transformers forward
+        from extras.any_model import sample
     if cfg.device.startswith("cuda") or cfg.rollout_batch:
         from extras.fast_rollout import in_chunks, sample   # same tokens, from CUDA graphs, in chunks that fit
         sample = in_chunks(sample, cfg.rollout_batch)
