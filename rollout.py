@@ -126,8 +126,7 @@ def _forward_kv_cache(model, cache: KVCache, input_ids, position_ids, key_mask) 
     """Run S new tokens per row, input_ids (B, S), writing their keys and values into cache
     slots [filled, filled + S); return the logits at the last position, (B, V) float32.
     key_mask (B, filled + S): 1 on slots that hold a real token, 0 on left padding."""
-    inner = model.model
-    B, S = input_ids.shape
+    inner, (B, S) = model.model, input_ids.shape
     start, end = cache.filled, cache.filled + S
     # Query slot s sees key slot j <= s if j holds a real token. A pad query also sees itself,
     # only so that its softmax row is not empty (its output is never used).

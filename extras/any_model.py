@@ -45,7 +45,8 @@ def check_args(model, tokenizer, prompts, max_new_tokens: int, *, temperature: f
             t for t in (row.tolist() if hasattr(row, "tolist") else row)
             if not isinstance(t, int) or not 0 <= t < n_embeddings]
         if bad:
-            raise ValueError(f"prompts[{i}]: token id {bad[0]!r} is not an int in [0, {n_embeddings})")
+            raise ValueError(f"prompts[{i}]: token id {bad[0]!r} is not an int in "
+                             f"[0, {n_embeddings})")
     if eos_token_ids is None:
         named = (getattr(tokenizer, "eos_token_id", None), model.generation_config.eos_token_id)
         eos_token_ids = [i for i in named if i not in (None, [])]

@@ -127,13 +127,14 @@ class _TargetLogProbs(torch.autograd.Function):
         hidden, weight, bias, targets, log_z = ctx.saved_tensors
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         accumulate = torch.promote_types(weight.dtype, torch.float32)   # bf16 chunks add in float32
-        grad_weight = torch.zeros_like(weight, dtype=accumulate) if ctx.needs_input_grad[1] else None
-        grad_bias = torch.zeros_like(bias, dtype=accumulate) if ctx.needs_input_grad[2] else None
+        needs = ctx.needs_input_grad
+        grad_weight = torch.zeros_like(weight, dtype=accumulate) if needs[1] else None
+        grad_bias = torch.zeros_like(bias, dtype=accumulate) if needs[2] else None
         for s in range(0, hidden.shape[0], ctx.chunk):
             h, g = hidden[s:s + ctx.chunk], grad_logp[s:s + ctx.chunk, None]
             logits, squashed = _chunk_logits(h, weight, bias, ctx.softcap, ctx.temperature)
             grad_logits = logits.sub_(log_z[s:s + ctx.chunk, None]).exp_().mul_(-g)   # −p · g
-            grad_logits.scatter_add_(1, targets[s:s + ctx.chunk, None], g)            # + 1[target] · g
+            grad_logits.scatter_add_(1, targets[s:s + ctx.chunk, None], g)   # + 1[target] · g
             grad_logits = grad_logits.div_(ctx.temperature)
             if squashed is not None:   # through the soft-cap: d(c·tanh(z / c))/dz = 1 − tanh²
                 grad_logits.mul_(1 - squashed.square_())
