@@ -302,8 +302,8 @@ def policy_update(run: Run, roll, advantages: torch.Tensor, order: torch.Tensor,
         logp = completion_logprobs(run, model, ids[rows], mask[rows], start).float()
         T = logp.shape[1]
         value, metrics = loss.policy_loss(
-            logp, None, advantages[rows], completion_mask[rows, :T], weights=weights[picked, :T],
-            ref_logp=None if ref_logp is None else ref_logp[rows, :T], kl_coef=cfg.kl_coef)
+            logp, None, advantages[rows], weights[picked, :T], kl_coef=cfg.kl_coef,
+            ref_logp=None if ref_logp is None else ref_logp[rows, :T])
         value.backward()
         terms.append({**metrics, "loss": value.detach()})
     params = [p for group in run.optimizer.param_groups for p in group["params"]]

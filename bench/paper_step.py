@@ -100,12 +100,12 @@ def install_probes(found: list) -> None:
     original_loss = loss.policy_loss
 
     @functools.wraps(original_loss)
-    def policy_loss(logp, old_logp, advantages, mask, **kw):
+    def policy_loss(logp, old_logp, advantages, weights, **kw):
         for name, t in (("logp", logp), ("old_logp", old_logp), ("ref_logp", kw.get("ref_logp")),
-                        ("advantages", advantages), ("weights", kw.get("weights"))):
+                        ("advantages", advantages), ("weights", weights)):
             if t is not None and not torch.isfinite(t).all():
                 note(f"loss input {name}", **(state["rows"] or {}))
-        value, metrics = original_loss(logp, old_logp, advantages, mask, **kw)
+        value, metrics = original_loss(logp, old_logp, advantages, weights, **kw)
         for name, v in {"loss": value, **metrics}.items():
             if not torch.isfinite(v).all():
                 note(f"loss term {name}", **(state["rows"] or {}))

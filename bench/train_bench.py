@@ -127,12 +127,12 @@ def kernel_breakdown(fn, cuda: bool = True) -> dict:
 def diagnose(run, model, reference, optimizer, tokenizer, scorer, questions, args, device, timer) -> dict:
     """Measurements behind the analysis of issue 13's missed targets (``--diagnose``):
 
-    1. the vocabulary projection of one log-prob chunk as ``rollout.token_logprobs`` runs it (a
-       strided (rows, positions, hidden) slice of the hidden states) against the same product on a
+    1. the vocabulary projection of one log-prob chunk of issue 13's chunked head (a strided
+       (rows, positions, hidden) slice of the hidden states) against the same product on a
        contiguous copy of the slice;
     2. one reference micro-batch (no grad) and one policy micro-batch (forward + backward) through
-       ``lrpo.completion_logprobs``, as is and with ``rollout._chunk_logprobs`` fed contiguous chunks
-       (a monkeypatch here, nothing changes in the core), with the largest difference of the log-probs;
+       ``lrpo.completion_logprobs`` (issue 13 also timed the chunked head fed contiguous chunks;
+       that head is gone: extras.fast_training.token_logprobs is the chunked one now);
     3. the reward's parts on 512 texts like the step's: fastText LID, the encoder's tokenizer calls
        alone (host CPU), and the encoder in float32 (as extras/encoders.HFEncoder loads it) against
        the same encoder cast to bf16.
@@ -140,7 +140,6 @@ def diagnose(run, model, reference, optimizer, tokenizer, scorer, questions, arg
     import torch.nn.functional as F
 
     import lrpo
-    import rollout
 
     def median_s(fn, n=5):
         fn()
@@ -178,18 +177,8 @@ def diagnose(run, model, reference, optimizer, tokenizer, scorer, questions, arg
         optimizer.zero_grad(set_to_none=True)
         model.eval()
 
-    original = rollout._chunk_logprobs
-    contiguous = lambda hidden, *rest: original(hidden.contiguous(), *rest)
-    logps = {}
-    for name, chunk_fn in (("as_is", original), ("contiguous_chunks", contiguous)):
-        rollout._chunk_logprobs = chunk_fn
-        try:
-            out[f"reference_micro_batch_s_{name}"] = median_s(ref_fwd)
-            out[f"policy_fwd_bwd_micro_batch_s_{name}"] = median_s(fwd_bwd)
-            logps[name] = ref_fwd().float()
-        finally:
-            rollout._chunk_logprobs = original
-    out["max_abs_logprob_diff_contiguous_vs_as_is"] = float((logps["as_is"] - logps["contiguous_chunks"]).abs().max())
+    out["reference_micro_batch_s_as_is"] = median_s(ref_fwd)
+    out["policy_fwd_bwd_micro_batch_s_as_is"] = median_s(fwd_bwd)
     out["micro_batch_rows"] = {"reference": R, "policy": mb}
 
     # 3. The reward's parts on 512 texts of the step's kind (256 random in-vocabulary tokens).

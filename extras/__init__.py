@@ -5,6 +5,7 @@ The paper's path is the top-level core (``lrpo.py`` → ``rollout.py``, ``calibr
 interfaces; each one's docstring says what it adds and why:
 
     fast_rollout.py     rollout.sample's CUDA-graph twin (fused, compiled, bucketed); batched generate
+    any_model.py        rollout.sample for any transformers model (Gemma 3), and its argument checks
     fast_training.py    bf16 training with float32 master weights and gradients; compiled layers
     models.py           the one model loader (toy, hub id, local folder, GGUF)
     encoders.py         sentence encoders behind calibrate.Encoder (offline e5, any HF encoder)

@@ -23,8 +23,9 @@ core decodes 52 steps/s, about what transformers.generate does; this path 336 st
 with its eager twin: for one seed they give identical tokens and log-probs. Against the core,
 the tokens are the same too (same noise, same token rule; tested in float32: on CPU greedy and
 sampled, on CUDA greedy), up to float rounding of the logits; in bf16 a near-tie may flip.
-``sample`` falls back to `rollout.sample` where this path does not apply (not CUDA, or a model
-type its fused forward does not support, e.g. Gemma 3) unless ``fast`` is given explicitly.
+``sample`` falls back to `extras.any_model.sample` (the core loop) where this path does not apply
+(not CUDA, or a model type its fused forward does not support, e.g. Gemma 3) unless ``fast`` is
+given explicitly.
 :func:`generate` is the batched text helper for evaluation and reports.
 """
 from __future__ import annotations
@@ -38,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 import rollout
+from extras import any_model
 from rollout import KVCache, Rollout, _log_probs, _position_ids, _top_k_top_p
 
 SUPPORTED_MODEL_TYPES = rollout.LLAMA_FAMILY
@@ -135,7 +137,7 @@ class _Decoder:
         config = model.config
         if config.model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(f"model_type {config.model_type!r} is not supported by the fast path "
-                             f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)}); fast=None uses rollout.sample")
+                             f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)}); fast=None uses any_model.sample")
         w_qkv, b_qkv, w_gate_up, b_gate_up = [], [], [], []
 
         def fuse(linears, weights, biases):  # one GEMM instead of several reading the same input
@@ -345,13 +347,13 @@ def sample(model, tokenizer, prompts, max_new_tokens: int, *, temperature: float
            check_every: int = 8) -> Rollout:
     """`rollout.sample`, fast. Same arguments and result, plus:
 
-    fast: None = CUDA graphs on CUDA for supported model types, and `rollout.sample` otherwise;
+    fast: None = CUDA graphs on CUDA for supported model types, and `any_model.sample` otherwise;
     True = this path (graphs on CUDA, eager steps elsewhere); False = this path's eager twin.
     check_every: how often (in steps) the graph path checks whether every row has finished.
     """
     core_args = dict(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, generator=generator,
                      suppress_eos=suppress_eos, eos_token_ids=eos_token_ids)
-    rollout._check_args(max_new_tokens, temperature, top_p, top_k)
+    any_model.check_args(model, tokenizer, prompts, max_new_tokens, **core_args)
     eos_ids, pad_id, banned = rollout._special_tokens(model, tokenizer, eos_token_ids, suppress_eos)
     prompt_ids, prompt_mask = rollout._prompt_batch(tokenizer, prompts, model, pad_id)
     device, dtype = prompt_ids.device, next(model.parameters()).dtype
@@ -365,10 +367,12 @@ def sample(model, tokenizer, prompts, max_new_tokens: int, *, temperature: float
     T = max_new_tokens
     L = -(-(P + T) // LENGTH_ROUND) * LENGTH_ROUND  # cache slots
     if fast is None:
-        if device.type != "cuda" or not rollout._has_own_forward(model, L):
-            return rollout.sample(model, tokenizer, prompts, max_new_tokens, **core_args)
+        if device.type != "cuda" or not rollout.has_llama_forward(model, L):
+            return any_model.sample(model, tokenizer, prompts, max_new_tokens, **core_args)
         fast = True
-    generator = rollout._make_generator(seed, generator, device)
+    if generator is None:   # as rollout.sample: with no seed either, from torch's global RNG
+        seed = int(torch.randint(2**62, ())) if seed is None else seed
+        generator = torch.Generator(device=device).manual_seed(seed)
     cfg = _SamplingConfig(temperature, top_k, top_p, eos_ids, banned, pad_id)
     dec = _Decoder.from_model(model, L)
     cache = KVCache(model, B, L)

@@ -78,71 +78,96 @@ def compile_layers(model) -> None:
 # ----------------------------------------------------------------------------------------------
 # Training log-probs without the vocabulary's logits in memory (the twin of rollout.token_logprobs)
 
+def _chunk_logits(h, weight, bias, softcap, temperature: float):
+    """float32 logits / T of one chunk of positions, with the head's bias and Gemma's
+    final_logit_softcapping c·tanh(z / c) where the model has them; also tanh(z / c) (or None),
+    which the backward needs for the soft-cap's derivative 1 − tanh²."""
+    at_least_fp32 = torch.promote_types(h.dtype, torch.float32)   # a float64 model stays float64
+    logits = (h @ weight.T).to(at_least_fp32)
+    if bias is not None:
+        logits += bias
+    squashed = None
+    if softcap:
+        squashed = torch.tanh(logits / softcap)
+        logits = squashed * softcap
+    return logits.div_(temperature), squashed
+
+
 class _TargetLogProbs(torch.autograd.Function):
-    """log softmax(h Wᵀ / T)[target] for N positions, in chunks of positions, keeping only the
+    """log softmax(head(h) / T)[target] for N positions, in chunks of positions, keeping only the
     log-normaliser per position for the backward (the "fused linear cross-entropy" of Liger and
     Apple's Cut Cross-Entropy, written with plain PyTorch ops).
 
-    rollout.token_logprobs checkpoints each chunk, so its backward re-runs the chunk's whole
-    forward (float cast, log-sum-exp, gather, the entropy's softmax) and then autograd's backward
-    of each op: about 17 MB of memory traffic per position for Qwen's 151,936 ids. Here the
+    rollout.token_logprobs keeps the float32 (N, V) logits and autograd's intermediates: about
+    17 MB of memory traffic per position for Qwen's 151,936 ids in the backward. Here the
     backward recomputes only the logits and forms ∂/∂logits = (1[j = target] − softmax_j) · g / T
     in place: about 8 MB per position, and the same values.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, temperature: float, chunk: int, with_entropy: bool):
-        logp = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    def forward(ctx, hidden, weight, bias, targets, temperature: float, softcap, chunk: int,
+                with_entropy: bool):
+        at_least_fp32 = torch.promote_types(hidden.dtype, torch.float32)
+        logp = torch.empty(hidden.shape[0], dtype=at_least_fp32, device=hidden.device)
         log_z, entropy = torch.empty_like(logp), torch.zeros_like(logp)
         for s in range(0, hidden.shape[0], chunk):
-            logits = (hidden[s:s + chunk] @ weight.T).float().div_(temperature)
+            logits, _ = _chunk_logits(hidden[s:s + chunk], weight, bias, softcap, temperature)
             log_z[s:s + chunk] = torch.logsumexp(logits, dim=-1)
-            logp[s:s + chunk] = logits.gather(1, targets[s:s + chunk, None]).squeeze(1) - log_z[s:s + chunk]
+            picked = logits.gather(1, targets[s:s + chunk, None]).squeeze(1)
+            logp[s:s + chunk] = picked - log_z[s:s + chunk]
             if with_entropy:   # H = log Z − E_p[logit]
                 entropy[s:s + chunk] = log_z[s:s + chunk] - (logits.softmax(-1) * logits).sum(-1)
-        ctx.save_for_backward(hidden, weight, targets, log_z)
-        ctx.temperature, ctx.chunk = temperature, chunk
+        ctx.save_for_backward(hidden, weight, bias, targets, log_z)
+        ctx.temperature, ctx.softcap, ctx.chunk = temperature, softcap, chunk
         ctx.mark_non_differentiable(entropy)
         return logp, entropy
 
     @staticmethod
     def backward(ctx, grad_logp, _grad_entropy):
-        hidden, weight, targets, log_z = ctx.saved_tensors
+        hidden, weight, bias, targets, log_z = ctx.saved_tensors
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        accumulate = torch.promote_types(weight.dtype, torch.float32)   # bf16 chunks add up in float32
-        grad_weight = torch.zeros_like(weight, dtype=accumulate) if ctx.needs_input_grad[1] else None
+        accumulate = torch.promote_types(weight.dtype, torch.float32)   # bf16 chunks add in float32
+        needs = ctx.needs_input_grad
+        grad_weight = torch.zeros_like(weight, dtype=accumulate) if needs[1] else None
+        grad_bias = torch.zeros_like(bias, dtype=accumulate) if needs[2] else None
         for s in range(0, hidden.shape[0], ctx.chunk):
-            h, g = hidden[s:s + ctx.chunk], grad_logp[s:s + ctx.chunk, None].float()
-            logits = (h @ weight.T).float().div_(ctx.temperature)
+            h, g = hidden[s:s + ctx.chunk], grad_logp[s:s + ctx.chunk, None]
+            logits, squashed = _chunk_logits(h, weight, bias, ctx.softcap, ctx.temperature)
             grad_logits = logits.sub_(log_z[s:s + ctx.chunk, None]).exp_().mul_(-g)   # −p · g
-            grad_logits.scatter_add_(1, targets[s:s + ctx.chunk, None], g)            # + 1[target] · g
-            grad_logits = grad_logits.div_(ctx.temperature).to(h.dtype)
+            grad_logits.scatter_add_(1, targets[s:s + ctx.chunk, None], g)   # + 1[target] · g
+            grad_logits = grad_logits.div_(ctx.temperature)
+            if squashed is not None:   # through the soft-cap: d(c·tanh(z / c))/dz = 1 − tanh²
+                grad_logits.mul_(1 - squashed.square_())
+            if grad_bias is not None:
+                grad_bias += grad_logits.sum(0).to(accumulate)
+            grad_logits = grad_logits.to(h.dtype)
             if grad_hidden is not None:
                 grad_hidden[s:s + ctx.chunk] = grad_logits @ weight
             if grad_weight is not None:
                 grad_weight += (grad_logits.T @ h).to(accumulate)
         grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
-        return grad_hidden, grad_weight, None, None, None, None
+        grad_bias = None if grad_bias is None else grad_bias.to(bias.dtype)
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None
 
 
-def token_logprobs(model, input_ids, attention_mask, completion_start: int, *, chunk_size: int = 4096,
-                   temperature: float = 1.0, return_entropy: bool = False):
+def token_logprobs(model, input_ids, attention_mask, completion_start: int, *,
+                   chunk_size: int = 4096, temperature: float = 1.0, return_entropy: bool = False):
     """rollout.token_logprobs with the vocabulary projection of :class:`_TargetLogProbs`: same
-    arguments, same values (tests/test_fast_training.py), less memory traffic. Models with a
-    logit soft-cap or a head bias (Gemma) take rollout.token_logprobs."""
+    arguments, same values and gradients (tests/test_fast_training.py), less memory traffic.
+    Body: ``base_model`` (also the text path of the multimodal Gemma 3 class); head:
+    ``get_output_embeddings()`` with its bias, and ``config.final_logit_softcapping`` where the
+    config has one (Gemma3ForCausalLM)."""
     import rollout
     head = model.get_output_embeddings()
-    if getattr(model.config, "final_logit_softcapping", None) or head.bias is not None:
-        return rollout.token_logprobs(model, input_ids, attention_mask, completion_start,
-                                      temperature=temperature, return_entropy=return_entropy)
+    softcap = getattr(model.config, "final_logit_softcapping", None)
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
                               position_ids=rollout._position_ids(attention_mask),
                               use_cache=False).last_hidden_state
     hidden = hidden[:, completion_start - 1:-1]   # the state at t−1 predicts token t
     B, T, H = hidden.shape
     targets = input_ids[:, completion_start:].reshape(-1)
-    logp, entropy = _TargetLogProbs.apply(hidden.reshape(B * T, H), head.weight, targets,
-                                          float(temperature), chunk_size, return_entropy)
+    logp, entropy = _TargetLogProbs.apply(hidden.reshape(B * T, H), head.weight, head.bias, targets,
+                                          float(temperature), softcap, chunk_size, return_entropy)
     logp = logp.view(B, T)
     return (logp, entropy.view(B, T)) if return_entropy else logp
 
@@ -199,8 +224,8 @@ def policy_update(run, roll, advantages: torch.Tensor, order: torch.Tensor, step
                 T = logp.shape[1]
                 pick = lambda x: None if x is None else x[micro][:, :T]
                 value, metrics = loss.policy_loss(
-                    logp.float(), pick(old_logp), advantages[micro], completion_mask[micro][:, :T],
-                    ref_logp=pick(ref_logp), kl_coef=cfg.kl_coef, weights=weights[picked][:, :T],
+                    logp.float(), pick(old_logp), advantages[micro], weights[picked][:, :T],
+                    ref_logp=pick(ref_logp), kl_coef=cfg.kl_coef,
                     entropy=None if entropy is None else entropy.detach())
                 value.backward()
                 terms.append({**metrics, "loss": value.detach()})

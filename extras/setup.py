@@ -97,8 +97,11 @@ def speed_paths(cfg, model, reference, update):
     their twins with the same values where they pay: CUDA-graph sampling in chunks that fit, the
     fused vocabulary head, compiled layers and the device-resident update on a GPU; mini-batches
     and PPO epochs (extras/fast_training.policy_update) anywhere."""
+    import math
     from extras import fast_training
     sample, logprobs = rollout.sample, rollout.token_logprobs
+    if not rollout.has_llama_forward(model, math.inf):   # Gemma 3 etc.: their transformers forward
+        from extras.any_model import sample
     on_gpu = cfg.device.startswith("cuda")
     if on_gpu or cfg.rollout_batch:
         from extras.fast_rollout import in_chunks, sample as fast_sample

@@ -132,3 +132,65 @@ def test_fused_token_logprobs_equal_the_core_values_and_gradients(tiny_qwen, tem
     assert grads[0].keys() == grads[1].keys() and "model.embed_tokens.weight" in grads[0]
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-7, atol=1e-10, msg=name)
+
+
+def _gemma3_text_softcapped():
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                              sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+                              initializer_range=0.5, final_logit_softcapping=3.0,
+                              tie_word_embeddings=False, pad_token_id=0)
+    config._attn_implementation = "sdpa"
+    return Gemma3ForCausalLM(config)
+
+
+def _qwen2_with_head_bias():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+                         initializer_range=0.5)
+    config._attn_implementation = "sdpa"
+    model = Qwen2ForCausalLM(config)
+    model.lm_head = torch.nn.Linear(32, 64, bias=True)
+    torch.nn.init.normal_(model.lm_head.bias, std=2.0)
+    return model
+
+
+@pytest.mark.parametrize("build", [_gemma3_text_softcapped, _qwen2_with_head_bias])
+def test_fused_token_logprobs_with_softcap_and_head_bias_equal_the_core(build):
+    """Gemma's final_logit_softcapping and a head bias in the fused head: the values, entropies
+    and every gradient (bias included) of rollout.token_logprobs (the model's own forward)."""
+    import rollout
+    from extras import fast_training
+    model = build().double().train()
+    gen = torch.Generator().manual_seed(4)
+    ids = torch.randint(1, 64, (3, 11), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    results = []
+    for fn, kw in ((rollout.token_logprobs, {}), (fast_training.token_logprobs, {"chunk_size": 4})):
+        model.zero_grad()
+        logp, entropy = fn(model, ids, mask, 4, temperature=0.8, return_entropy=True, **kw)
+        weights = torch.linspace(-1, 2, logp.numel(), dtype=logp.dtype).view_as(logp)
+        (logp * weights).sum().backward()
+        results.append((logp.detach(), entropy.detach(),
+                        {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (lp0, ent0, g0), (lp1, ent1, g1) = results
+    torch.testing.assert_close(lp1, lp0, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(ent1, ent0, rtol=1e-9, atol=1e-9)
+    assert g0.keys() == g1.keys() and "lm_head.weight" in g0
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=1e-7, atol=1e-10, msg=name)
+    # and the soft-cap / bias really act: without them the values differ
+    head = model.get_output_embeddings()
+    if head.bias is not None:
+        assert g0["lm_head.bias"].abs().sum() > 0
+    else:
+        cap = model.config.final_logit_softcapping
+        model.config.final_logit_softcapping = None
+        uncapped = fast_training.token_logprobs(model, ids, mask, 4, temperature=0.8)
+        model.config.final_logit_softcapping = cap
+        assert (uncapped - lp1).abs().max() > 0.05

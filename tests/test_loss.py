@@ -1,14 +1,21 @@
-"""Tests for loss.py against float64 hand computations (verl 0.5 formulas, spec §3.5)."""
+"""Tests for loss.py against float64 hand computations (verl 0.5 formulas: the official code's
+verl/trainer/ppo/core_algos.py), and token_weights against verl's agg_loss (tests/verl_agg.py)."""
 import math
 import statistics
 
 import pytest
 import torch
 
-from loss import (AGG_MODES, agg_loss, group_advantages, low_var_kl, masked_mean, policy_loss,
-                  token_weights)
+from loss import AGG_MODES, group_advantages, low_var_kl, masked_mean, policy_loss, token_weights
+from verl_agg import agg_loss
 
 F64 = torch.float64
+
+
+def token_mean(mask):
+    """LRPO's token-mean weights over one micro-batch holding every row: a masked mean."""
+    return token_weights(torch.as_tensor(mask, dtype=F64), "token-mean", rows_per_micro_batch=len(mask),
+                         max_len=len(mask[0]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -118,7 +125,7 @@ def test_policy_loss_matches_hand_computation_every_branch():
     assert sorted(v for v in k3.values() if abs(v) == 10) == [10.0, 10.0]
 
     loss, m = policy_loss(torch.tensor(logp, dtype=F64), torch.tensor(OLD, dtype=F64),
-                          torch.tensor(ADV, dtype=F64), torch.tensor(MASK),
+                          torch.tensor(ADV, dtype=F64), token_mean(MASK),
                           ref_logp=torch.tensor(ref, dtype=F64))
     assert loss.item() == pytest.approx(pg + 0.001 * kl, rel=1e-12)
     assert m["pg_loss"].item() == pytest.approx(pg, rel=1e-12)
@@ -144,18 +151,16 @@ def test_low_var_kl_values():
 def test_gradcheck_on_tiny_case():
     logp, ref = hand_case()
     old, ref, adv = torch.tensor(OLD, dtype=F64), torch.tensor(ref, dtype=F64), torch.tensor(ADV, dtype=F64)
-    ent = torch.rand(2, 4, dtype=F64, generator=torch.Generator().manual_seed(0), requires_grad=True)
     x = torch.tensor(logp, dtype=F64, requires_grad=True)
 
-    def f(lp, e):
-        return policy_loss(lp, old, adv, torch.tensor(MASK), ref_logp=ref, kl_coef=0.1,
-                           entropy=e, entropy_coef=0.01)[0]
+    def f(lp):
+        return policy_loss(lp, old, adv, token_mean(MASK), ref_logp=ref, kl_coef=0.1)[0]
 
     # No token sits within the 1e-6 finite-difference step of a clip or clamp boundary.
-    assert torch.autograd.gradcheck(f, (x, ent), eps=1e-6, atol=1e-8)
+    assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-8)
     # Clipped tokens carry no policy gradient: only the KL term moves them.
     x.grad = None
-    f(x, ent).backward()
+    f(x).backward()
     kl_only = torch.autograd.grad(0.1 * masked_mean(low_var_kl(x, ref), torch.tensor(MASK)), x)[0]
     for i, t in [(0, 0), (1, 0), (1, 2)]:  # upper clip, lower clip, dual clip
         assert x.grad[i, t].item() == pytest.approx(kl_only[i, t].item(), abs=1e-12)
@@ -178,9 +183,9 @@ def test_on_policy_loss_is_reinforce_plus_kl_value_and_gradient():
         return z.log_softmax(-1).gather(-1, tokens[..., None])[..., 0]
 
     logp = logp_of(logits)
-    loss, m = policy_loss(logp, logp.detach(), adv, mask, ref_logp=ref_logp)
+    loss, m = policy_loss(logp, logp.detach(), adv, token_mean(mask), ref_logp=ref_logp)
     (grad,) = torch.autograd.grad(loss, logits)
-    loss_none, _ = policy_loss(logp_of(logits), None, adv, mask, ref_logp=ref_logp)
+    loss_none, _ = policy_loss(logp_of(logits), None, adv, token_mean(mask), ref_logp=ref_logp)
 
     lp = logp_of(logits)
     # REINFORCE's surrogate −A·log π has the same gradient as −A·ρ at ρ = 1 (its value differs).
@@ -249,7 +254,7 @@ def test_entropy_metric_is_the_masked_mean_of_the_given_entropies():
     entropy = torch.distributions.Categorical(logits=logits).entropy()
     mask = torch.ones(2, 7)
     mask[1, 4:] = 0
-    _, m = policy_loss(torch.zeros(2, 7), None, torch.zeros(2), mask, entropy=entropy)
+    _, m = policy_loss(torch.zeros(2, 7), None, torch.zeros(2), token_mean(mask), entropy=entropy)
     assert m["entropy"].item() == pytest.approx((entropy * mask).sum().item() / 11, rel=1e-6)
 
 
@@ -283,9 +288,9 @@ def test_token_mean_weights_by_hand():
     # two micro-batches of 2 rows: tokens 3+1 and 2+2 -> weights 1/4/2 and 1/4/2; with one row
     # per micro-batch, 1/3/4, 1/1/4, 1/2/4, 1/2/4
     mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 0]], dtype=torch.float32)
-    w2 = token_weights(mask, "token-mean", rows_per_micro_batch=2)
+    w2 = token_weights(mask, "token-mean", rows_per_micro_batch=2, max_len=3)
     assert torch.allclose(w2, mask / 8)
-    w1 = token_weights(mask, "token-mean", rows_per_micro_batch=1)
+    w1 = token_weights(mask, "token-mean", rows_per_micro_batch=1, max_len=3)
     assert torch.allclose(w1[:, 0], torch.tensor([1 / 12, 1 / 4, 1 / 8, 1 / 8]))
 
 
@@ -293,11 +298,30 @@ def test_masked_mean_of_empty_mask_is_zero():
     assert masked_mean(torch.ones(2, 3), torch.zeros(2, 3)).item() == 0
 
 
-def test_policy_loss_bad_shapes_name_the_field():
-    x = torch.zeros(2, 3)
-    with pytest.raises(ValueError, match="ref_logp"):
-        policy_loss(x, x, torch.zeros(2), torch.ones(2, 3), ref_logp=torch.zeros(2, 4))
-    with pytest.raises(ValueError, match="advantages"):
-        policy_loss(x, x, torch.zeros(3), torch.ones(2, 3))
-    with pytest.raises(ValueError, match="clip_ratio_c"):
-        policy_loss(x, x, torch.zeros(2), torch.ones(2, 3), clip_ratio_c=1.0)
+def test_policy_loss_bad_shapes_fail_loudly():
+    # Shapes are the caller's contract (no checks in the core), but a mismatch must not broadcast
+    # silently into a wrong loss.
+    x, w = torch.zeros(2, 3), torch.ones(2, 3)
+    with pytest.raises(RuntimeError):
+        policy_loss(x, x, torch.zeros(2), w, ref_logp=torch.zeros(2, 4))
+    with pytest.raises(RuntimeError):
+        policy_loss(x, x, torch.zeros(3), w)
+    with pytest.raises(ValueError, match="unknown aggregation mode 'sum'"):
+        token_weights(w, "sum", rows_per_micro_batch=2, max_len=3)
+
+
+@pytest.mark.parametrize("mode", AGG_MODES)
+def test_policy_loss_is_the_weighted_sum_and_metrics_ignore_the_weights(mode):
+    # Every mode's weights give policy_loss = Σ w·ℓ (== verl's agg_loss over micro-batches), and
+    # the logged fractions are plain token means over the response, whatever the mode.
+    logp, ref = hand_case()
+    logp, old, adv = torch.tensor(logp, dtype=F64), torch.tensor(OLD, dtype=F64), torch.tensor(ADV, dtype=F64)
+    mask = torch.tensor(MASK, dtype=F64)
+    w = token_weights(mask, mode, rows_per_micro_batch=1, max_len=4)
+    loss, m = policy_loss(logp, old, adv, w, ref_logp=torch.tensor(ref, dtype=F64), kl_coef=0.0)
+    per_token = torch.tensor([[hand_token_loss(logp[i, t].item(), OLD[i][t], ADV[i])[0]
+                               for t in range(4)] for i in range(2)], dtype=F64)
+    expected = verl_minibatch_loss(per_token, mask, mode, 1, max_len=4)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12) and "kl_loss" not in m
+    assert m["pg_clipfrac"].item() == pytest.approx(2 / 7)
+    assert m["pg_clipfrac_lower"].item() == pytest.approx(1 / 7)

@@ -238,7 +238,7 @@ def test_off_policy_updates_move_the_ratio(tmp_path, toy_model_and_tokenizer):
 def test_policy_update_gradient_equals_verls_micro_batch_loop(tiny_qwen, agg, zero_advantages, variant):
     """One update's gradient against verl 0.5's actor restated plainly, for every --loss-agg: the
     shuffled rows in micro-batches of `loss_micro_batch`, each aggregating (PG + β·k3) from a full
-    forward at the rollout temperature with loss.agg_loss, divided by the number of micro-batches
+    forward at the rollout temperature with verl's agg_loss, divided by the number of micro-batches
     (batch-token-mean: each divided by the mini-batch's token count instead, DAPO's mean over the
     whole mini-batch). Our forwards hold a different number of rows (3) than verl's micro-batches
     (2), which must not change the gradient; rollouts of 6 tokens under --max-new-tokens 10 tell
@@ -248,6 +248,7 @@ def test_policy_update_gradient_equals_verls_micro_batch_loop(tiny_qwen, agg, ze
     from types import SimpleNamespace
     import torch
     import rollout
+    from verl_agg import agg_loss
     model, tok = tiny_qwen
     reference = copy.deepcopy(model)
     with torch.no_grad():   # make the reference differ, so the KL term has a gradient
@@ -299,9 +300,9 @@ def test_policy_update_gradient_equals_verls_micro_batch_loop(tiny_qwen, agg, ze
         d = (ref[rows] - logp[rows]).clamp(-20, 20)
         k3 = (d.exp() - d - 1).clamp(-10, 10)
         if agg == "batch-token-mean":
-            agg_ = lambda v: loss.agg_loss(v, m, agg, num_tokens_total=cmask.sum())
+            agg_ = lambda v: agg_loss(v, m, agg, num_tokens_total=cmask.sum())
         else:
-            agg_ = lambda v: loss.agg_loss(v, m, agg, max_len=10) / len(micro)   # Dr. GRPO: / --max-new-tokens
+            agg_ = lambda v: agg_loss(v, m, agg, max_len=10) / len(micro)   # Dr. GRPO: / --max-new-tokens
         total = total + agg_(pg) + 0.001 * agg_(k3)
     total.backward()
     for ours, verl in zip(recorded["grads"], [p.grad for p in params]):

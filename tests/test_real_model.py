@@ -86,7 +86,7 @@ def test_sampler_greedy_equals_generate(smollm2):
     """rollout.sample (its own KV-cache forward for Llama) == transformers generate, greedy, on
     left-padded prompts of unequal length in six scripts, with the model's real EOS set."""
     model, tok = smollm2
-    assert rollout._has_own_forward(model, 256)          # the readable forward, not HF's
+    assert rollout.has_llama_forward(model, 256)          # the readable forward, not HF's
     eos = tok.convert_tokens_to_ids("<|im_end|>")
     assert tok.eos_token_id == eos and model.generation_config.eos_token_id == eos
     questions = [("What is 2 + 3? Reply with the number only.", "en"), ("中国的首都是哪里？", "zh"),

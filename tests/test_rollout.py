@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import rollout
-from extras import fast_rollout
+from extras import any_model, fast_rollout
 
 CHARS = "abcdefghijklmnopqrstuvwxyz ,.?!0123456789"
 
@@ -18,6 +18,7 @@ CHARS = "abcdefghijklmnopqrstuvwxyz ,.?!0123456789"
 # fast path proper (CUDA graphs on CUDA; on the CPU its own loop with check_every, no graphs).
 SAMPLERS = {
     "core": rollout.sample,
+    "any_model": any_model.sample,   # the checked edge; Llama models keep the core's forward
     "fast_eager": functools.partial(fast_rollout.sample, fast=False),
     "fast": functools.partial(fast_rollout.sample, fast=True),
 }
@@ -172,25 +173,32 @@ def test_logprobs_equal_full_forward_and_token_logprobs(model, tokenizer, temper
     reference = full_forward_logprobs(model, out, temperature)
     torch.testing.assert_close(out.logprobs, reference, atol=1e-4, rtol=0)
     recomputed = rollout.token_logprobs(model, out.input_ids, out.attention_mask, out.completion_start,
-                                        chunk_size=8, temperature=temperature)
+                                        temperature=temperature)
     torch.testing.assert_close(out.logprobs, recomputed * out.completion_mask, atol=1e-4, rtol=0)
     assert (out.logprobs[out.completion_mask.bool()] < 0).all()
 
 
-def test_token_logprobs_chunking_entropy_and_gradients(model, tokenizer):
+def test_token_logprobs_entropy_and_gradients_equal_the_chunked_twin(model, tokenizer):
+    # The core's one log-softmax against extras.fast_training's chunked fused head (chunks of 5
+    # positions and one chunk of all): the same values and parameter gradients.
+    from extras import fast_training
     out = rollout.sample(model, tokenizer, PROMPTS, 10, seed=3)
+    model = copy.deepcopy(model).double()   # float64: different algorithms, no rounding to hide in
     args = (model, out.input_ids, out.attention_mask, out.completion_start)
-    model.zero_grad()
-    lp_small, ent = rollout.token_logprobs(*args, chunk_size=5, return_entropy=True)
-    (lp_small * out.completion_mask).sum().backward()
-    grads_small = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    lp_big = rollout.token_logprobs(*args, chunk_size=10_000)
-    (lp_big * out.completion_mask).sum().backward()
-    torch.testing.assert_close(lp_small, lp_big)
-    for a, p in zip(grads_small, model.parameters()):
-        torch.testing.assert_close(a, p.grad)
-    assert any(g.abs().sum() > 0 for g in grads_small)
+    results = []
+    for fn, kw in ((rollout.token_logprobs, {}), (fast_training.token_logprobs, {"chunk_size": 5}),
+                   (fast_training.token_logprobs, {"chunk_size": 10_000})):
+        model.zero_grad()
+        lp, ent = fn(*args, return_entropy=True, **kw)
+        (lp * out.completion_mask).sum().backward()
+        results.append((lp.detach(), ent, [p.grad.clone() for p in model.parameters()]))
+    for lp, entropy, grads in results[1:]:
+        torch.testing.assert_close(lp, results[0][0], rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(entropy, results[0][1], rtol=1e-10, atol=1e-10)
+        for a, b in zip(grads, results[0][2]):
+            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+    _, ent, grads = results[0]
+    assert any(g.abs().sum() > 0 for g in grads)
     model.zero_grad()
     with torch.no_grad():
         logits = model(input_ids=out.input_ids, attention_mask=out.attention_mask,
@@ -270,7 +278,7 @@ def test_max_new_tokens_and_batch_of_one(model, tokenizer):
     assert ids.prompt_ids.tolist() == [[3, 4, 5], [0, 0, 6]]
 
 
-@pytest.mark.parametrize("name", ["core", "fast"])
+@pytest.mark.parametrize("name", ["any_model", "fast"])   # the checks live at the edge (extras)
 @pytest.mark.parametrize("prompts, kwargs, match", [
     ([], {}, "non-empty"),
     (["ok", ""], {}, r"prompts\[1\] is empty"),
@@ -340,28 +348,30 @@ def test_top_k_top_p_equal_brute_force(top_k, top_p, temperature, expected):
 
 
 # ----------------------------------------------------------------------------------------------
-# Gemma 3: the model's own transformers forward and cache, through the same loop
+# Gemma 3: the model's own transformers forward and cache, through the same loop (extras.any_model)
 
 @pytest.mark.parametrize("which", ["gemma3_text", "gemma3_multimodal"])
 def test_gemma3_greedy_matches_generate_and_logprobs_match_forward(tokenizer, which, request):
     gemma = request.getfixturevalue(which)
-    assert not rollout._has_own_forward(gemma, 1000)
-    out = rollout.sample(gemma, tokenizer, PROMPTS, 40, temperature=0.0, suppress_eos=True)
+    assert not rollout.has_llama_forward(gemma, 1000)
+    with pytest.raises(ValueError, match="extras.any_model.sample"):   # never a silent wrong forward
+        rollout.sample(gemma, tokenizer, PROMPTS, 4)
+    out = any_model.sample(gemma, tokenizer, PROMPTS, 40, temperature=0.0, suppress_eos=True)
     assert torch.equal(out.completion_ids, hf_greedy(gemma, tokenizer, PROMPTS, 40, min_new_tokens=40))
     assert len(set(out.completion_ids[0].tolist())) > 3   # not a degenerate repetition
     # fast_rollout has no fused forward for Gemma: it hands the call to the core
     assert torch.equal(fast_rollout.sample(gemma, tokenizer, PROMPTS, 40, temperature=0.0,
                                            suppress_eos=True).completion_ids, out.completion_ids)
-    sampled = rollout.sample(gemma, tokenizer, PROMPTS, 30, temperature=0.8, seed=0)
+    sampled = any_model.sample(gemma, tokenizer, PROMPTS, 30, temperature=0.8, seed=0)
     reference = full_forward_logprobs(gemma, sampled, 0.8)   # the model's forward: soft-capped logits
     torch.testing.assert_close(sampled.logprobs, reference, atol=1e-4, rtol=0)
     recomputed = rollout.token_logprobs(gemma, sampled.input_ids, sampled.attention_mask,
-                                        sampled.completion_start, chunk_size=8, temperature=0.8)
+                                        sampled.completion_start, temperature=0.8)
     torch.testing.assert_close(recomputed * sampled.completion_mask, reference, atol=1e-4, rtol=0)
 
 
 def test_gemma3_text_softcapping_is_applied(gemma3_text, tokenizer, monkeypatch):
-    out = rollout.sample(gemma3_text, tokenizer, PROMPTS, 10, seed=0)
+    out = any_model.sample(gemma3_text, tokenizer, PROMPTS, 10, seed=0)
     capped = rollout.token_logprobs(gemma3_text, out.input_ids, out.attention_mask, out.completion_start)
     monkeypatch.setattr(gemma3_text.config, "final_logit_softcapping", None)
     uncapped = rollout.token_logprobs(gemma3_text, out.input_ids, out.attention_mask, out.completion_start)
