@@ -399,14 +399,14 @@ def set_up(cfg: Config) -> Run:
         raise data.DataError(f"--encoder {cfg.encoder}: could not be loaded: {e}") from None
     model, tokenizer = load_model(cfg.model, cfg.device, getattr(torch, cfg.dtype))
     if cfg.max_prompt_tokens:
-        train, n_train = data.filter_long_prompts(train, tokenizer, cfg.max_prompt_tokens, cfg.prompt_style, router.languages)
-        test, n_test = data.filter_long_prompts(test, tokenizer, cfg.max_prompt_tokens, cfg.prompt_style, router.languages)
+        train, n_train = recipes.filter_long_prompts(train, tokenizer, cfg.max_prompt_tokens, cfg.prompt_style, router.languages)
+        test, n_test = recipes.filter_long_prompts(test, tokenizer, cfg.max_prompt_tokens, cfg.prompt_style, router.languages)
         if n_train or n_test:
             print(f"[data] dropped {n_train} training and {n_test} held-out questions whose prompt exceeds "
                   f"{cfg.max_prompt_tokens} tokens (official filter_overlong_prompts)")
             runlog.check_data(cfg, train, test)
-    if data.describe_labels(train):
-        print(f"[data] {data.describe_labels(train)}")
+    if recipes.describe_labels(train):
+        print(f"[data] {recipes.describe_labels(train)}")
     if cfg.check_tags and not cfg.resume:   # routed rollouts are only rewarded when they come in the tagged language
         from extras.warm_start import tag_following
         share, n = tag_following(model, tokenizer, train, router.languages, n=16, style=cfg.prompt_style), min(16, len(train))
