@@ -54,6 +54,7 @@ from calibrate import in_language   # the reward's gate: same language, or langu
 from extras.benchmarks import (BENCHMARKS, LETTERS, MULTIPLE_CHOICE, Item, Record, eval_lang_code,
                         load_benchmark, score_care_pro, score_mgsm, score_multiple_choice, score_toy)
 from data import DataError
+from extras.recipes import read_rows
 
 MAX_NEW_TOKENS = {"mgsm": 512, "global-mmlu-lite": 64, "include-lite": 64, "care-pro": 256, "toy": 48}
 GROUP_KEYS = {"toy": "per_topic", "global-mmlu-lite": "per_cultural_label", "include-lite": "per_domain",
@@ -384,7 +385,7 @@ def read_predictions(path: str, items: list[Item], allow_missing: bool = False) 
         langs_of.setdefault(it.id, []).append(it.lang)
     found: dict[tuple, str] = {}
     ignored = 0
-    for i, row in data.read_rows(path):
+    for i, row in read_rows(path):
         where = f"{path}: row {i}"
         if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("prediction"), str):
             raise DataError(f"{where}: expected {{\"id\", \"prediction\": string}}, got {row!r:.120}")

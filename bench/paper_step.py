@@ -22,6 +22,7 @@ every prompt and response token of the step; the reference forward is timed but 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import sys
@@ -58,7 +59,7 @@ def build_inputs(work: Path, smoke: bool) -> tuple[str, str, str]:
         ModernBertModel(config).save_pretrained(encoder_dir)
         tok.save_pretrained(encoder_dir)
     if not data_file.exists():
-        rows = [ex.to_json() for split in ("train", "test") for ex in toy.load_split(split)]
+        rows = [dataclasses.asdict(ex) for split in ("train", "test") for ex in toy.load_split(split)]
         data_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return str(model_dir), str(data_file), str(encoder_dir)
 

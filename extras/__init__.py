@@ -14,7 +14,7 @@ interfaces; each one's docstring says what it adds and why:
     routers.py          discounted UCB and Thompson sampling (beyond the paper)
     plots.py            the router heatmap (the paper's Fig. 3a)
     runlog.py           the run folder: JSONL logs, checkpoints and resume, plots
-    recipes.py          load_examples: files, hub ids, recipes (HelpSteer3's multilingual domain, GSM8K)
+    recipes.py          loading: files, official formats, hub ids, recipes; the prompt-length filter
     label.py            the paper's topic/region labelling of a data file (App. A.2), with an LLM
     warm_start.py       the paper's warm-start SFT (§5.4) and the tag-following check
     benchmarks.py       what each evaluation benchmark is (evaluate.py runs them)

@@ -53,6 +53,7 @@ from typing import Callable
 
 import data
 from data import DataError
+from extras.recipes import read_rows
 
 MGSM_HUB_ID = "juletxara/mgsm"
 GMMLU_HUB_ID = "CohereForAI/Global-MMLU-Lite"
@@ -230,7 +231,7 @@ def load_benchmark(bench: str, source: str | None = None, *, langs: list[str] | 
     elif source and (Path(source).suffix in (".jsonl", ".json", ".parquet") or Path(source).exists()):
         convert = CONVERTERS[bench]
         items = [convert(row, f"{source}: row {i}", None, f"{Path(source).stem}-{i}")
-                 for i, row in data.read_rows(source)]
+                 for i, row in read_rows(source)]
     else:
         items = _hub_items(bench, source or HUB_IDS[bench], wanted)
     ids = [(it.id, it.lang) for it in items]

@@ -1,30 +1,198 @@
-"""Loading data: local files, hub dataset ids, and named datasets (recipes) into ``data.Example``s.
+"""Loading data into ``data.Example``s: local files, the official formats, hub ids, recipes.
 
-``load_examples(source)`` opens a JSONL/JSON/Parquet file or a hub id; rows go through a column
-mapping, a detected official format (data.py), or a recipe.
+What it adds to the core, and why outside it: data.py defines the record LRPO trains on; this
+file turns a user's rows into it, and every check of user data happens here, once, so the core
+receives clean Examples. Each bad row raises ``data.DataError`` naming the file, row and field.
 
-``load_examples("helpsteer3")`` (or ``--data helpsteer3``) loads a recipe's hub dataset;
-``recipe="helpsteer3"`` converts a local file holding the same raw rows (a raw HelpSteer3 file is
-also detected without it). A recipe's ``convert(row, where, row_id)`` returns an Example, or a
-short reason why the row is skipped; the loader counts skipped rows by reason. Errors name the
-file, the row and the field (``where``).
-
-* ``helpsteer3``: the paper's training data (§4.2, App. A.1), HelpSteer3's multilingual domain.
-* ``gsm8k``: English math word problems with a numeric answer, for the verifier reward.
+* :func:`read_rows` reads JSONL, JSON arrays and Parquet (UTF-8; a BOM is accepted).
+* Rows become Examples through a column mapping (dotted names reach nested fields), or the
+  official code's own formats (its verl parquet and its source JSON), detected when no mapping
+  is given.
+* ``load_examples("helpsteer3")`` (or ``--data helpsteer3``) loads a recipe's hub dataset;
+  ``recipe="helpsteer3"`` converts a local file holding the same raw rows (a raw HelpSteer3 file
+  is also detected without it). A recipe's ``convert(row, where, row_id)`` returns an Example,
+  or a short reason why the row is skipped; the loader counts skipped rows by reason.
+  ``helpsteer3`` is the paper's training data (§4.2, App. A.1), HelpSteer3's multilingual
+  domain; ``gsm8k`` is English math word problems with a numeric answer, for the verifier.
+* After loading, before training (lrpo.set_up): :func:`filter_long_prompts`, the official
+  512-token prompt filter, and :func:`describe_labels`, what unlabelled data hides from the
+  router.
 """
 from __future__ import annotations
 
+import codecs
 import itertools
+import json
 import re
 from collections import Counter
-from pathlib import Path
-from typing import Iterator, NamedTuple
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, NamedTuple
 
-from data import (DEFAULT_COLUMNS, SCHEMA_NAMES, SCHEMAS, DataError, Example, UNLABELLED_TOPIC, as_regions,
-                  detect_schema, example_from_row, lang_code, read_rows)
+from data import (ROLLOUT_LANGUAGES, UNLABELLED_TOPIC, DataError, Example, as_regions,
+                  build_prompt, lang_code)
 
+
+# ----------------------------------------------------------------------------------------------
+# Reading rows
+
+def _utf8(raw: bytes, path: Path, row: int | None = None) -> str:
+    """``raw`` decoded (a UTF-8 BOM is dropped), or a DataError naming the file and row."""
+    try:
+        return raw.decode("utf-8-sig" if row is None else "utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        where = f"row {row}" if row else f"line {line}"
+        raise DataError(f"{path}: {where}: not valid UTF-8 (byte {raw[e.start]:#x} at offset "
+                        f"{e.start}); save the file as UTF-8") from None
+
+
+def read_rows(path: str | Path) -> Iterable[tuple[int, dict]]:
+    """Yield (row number, row dict) from a JSONL, JSON-array or Parquet file (1-based rows)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq  # lazy: only Parquet users pay for pyarrow
+        for i, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+            yield i, row
+    elif path.suffix == ".json":
+        try:
+            rows = json.loads(_utf8(path.read_bytes(), path))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(rows, list):
+            raise DataError(f"{path}: a .json file must hold a list of rows")
+        yield from enumerate(rows, start=1)
+    elif path.suffix == ".jsonl":
+        with path.open("rb") as f:
+            for i, raw in enumerate(f, start=1):
+                bom = i == 1 and raw.startswith(codecs.BOM_UTF8)
+                line = _utf8(raw[len(codecs.BOM_UTF8):] if bom else raw, path, i)
+                if not line.strip():
+                    continue
+                try:
+                    yield i, json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}: row {i}: not valid JSON ({e.msg})") from None
+    else:
+        raise DataError(f"{path}: unsupported file type {path.suffix!r} "
+                        "(use .jsonl, .json or .parquet)")
+
+
+# ----------------------------------------------------------------------------------------------
+# Rows to Examples: a column mapping, or the official formats
+
+
+# Column mappings: Example field -> column in the file; a dotted name reaches into nested
+# objects ("reward_model.ground_truth"). Missing optional columns are fine.
+DEFAULT_COLUMNS = {"id": "id", "question": "question", "answer": "answer", "lang": "lang",
+                   "topic": "topic", "region": "region", "answer_number": "answer_number",
+                   "key": "key"}
+REQUIRED_FIELDS = ("question", "answer", "lang")
+# The official data, read as is (both are detected when no mapping is given):
+# * "verl": the parquet rows that examples/data_preprocess/example.py:40-55 writes, where
+#   prompt = [{"role": "user", "content": query}], ability = topic, the chosen response is
+#   reward_model.ground_truth, and extra_info holds the language name and the region(s);
+# * "source": the JSON that example.py:19-38 reads (query, chosen, topic, language, region).
+SCHEMAS = {
+    "lrpo": DEFAULT_COLUMNS,
+    "verl": {"id": "extra_info.index", "question": "prompt", "answer": "reward_model.ground_truth",
+             "lang": "extra_info.language", "topic": "ability", "region": "extra_info.region"},
+    "source": {"question": "query", "answer": "chosen", "lang": "language", "topic": "topic",
+               "region": "region"},
+}
+
+SCHEMA_NAMES = {"verl": "the official verl parquet rows (prompt, ability, "
+                        "reward_model.ground_truth, extra_info.language, extra_info.region)",
+                "source": "the official source JSON (query, chosen, topic, language, region)",
+                "helpsteer3": "raw nvidia/HelpSteer3 rows (recipe helpsteer3)"}
+
+
+def detect_schema(row) -> str:
+    """Which schema a file's first row is written in: "verl", "source", "helpsteer3" (raw rows
+    of nvidia/HelpSteer3, read with that recipe), or "lrpo" (this project's own columns)."""
+    if isinstance(row, dict):
+        if "prompt" in row and "reward_model" in row:
+            return "verl"
+        if "query" in row and "chosen" in row:
+            return "source"
+        if {"context", "response1", "response2", "overall_preference"} <= row.keys():
+            return "helpsteer3"
+    return "lrpo"
+
+
+def get_column(row: dict, column: str, where: str):
+    """``row[column]``, or for a dotted name the nested value; None where absent."""
+    if column in row:
+        return row[column]
+    value, path = row, []
+    for part in column.split("."):
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise DataError(f"{where}: column '{column}': '{'.'.join(path)}' is a "
+                            f"{type(value).__name__}, not an object")
+        value, path = value.get(part), path + [part]
+    return value
+
+
+def question_text(value, where: str, column: str):
+    """A question column holds the text, or (verl's ``prompt``) a chat of one user turn."""
+    if not isinstance(value, list):
+        return value
+    if len(value) != 1 or not isinstance(value[0], dict) or value[0].get("role") != "user":
+        raise DataError(f"{where}: field 'question' (column '{column}') is a chat of "
+                        f"{len(value)} turns; LRPO's prompt is one user turn")
+    return value[0].get("content")
+
+
+def example_from_row(row: dict, columns: dict | None = None, *, where: str,
+                     default_id: str | None = None) -> Example:
+    """Build an Example from one raw row through a column mapping; errors name ``where``."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected an object, got {type(row).__name__}")
+    cols = {**DEFAULT_COLUMNS, **(columns or {})}
+    unknown = set(columns or {}) - set(DEFAULT_COLUMNS)
+    if unknown:
+        raise DataError(f"column mapping names unknown fields {sorted(unknown)}; "
+                        f"fields are {list(DEFAULT_COLUMNS)}")
+
+    def get(name):
+        value = get_column(row, cols[name], where)
+        return question_text(value, where, cols[name]) if name == "question" else value
+
+    for name in REQUIRED_FIELDS:
+        value = get(name)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise DataError(f"{where}: missing or empty field '{name}' (column '{cols[name]}')")
+        if not isinstance(value, str):
+            raise DataError(f"{where}: field '{name}' (column '{cols[name]}') must be a string, "
+                            f"got {type(value).__name__}")
+    number = get("answer_number")
+    if number is not None and number != "":
+        try:
+            number = float(str(number).replace(",", ""))
+        except ValueError:
+            raise DataError(f"{where}: field 'answer_number' (column '{cols['answer_number']}') "
+                            f"is not a number: {number!r}") from None
+    else:
+        number = None
+    ex_id = get("id")
+    if ex_id is None:
+        if default_id is None:
+            raise DataError(f"{where}: missing field 'id' (column '{cols['id']}')")
+        ex_id = default_id
+    topic = get("topic")
+    return Example(id=str(ex_id), question=get("question"), answer=get("answer"),
+                   lang=lang_code(get("lang"), f"{where}: field 'lang'"),
+                   topic=str(topic) if topic not in (None, "") else UNLABELLED_TOPIC,
+                   region=as_regions(get("region"), where), answer_number=number,
+                   key=None if get("key") in (None, "") else str(get("key")))
+
+
+# ----------------------------------------------------------------------------------------------
+# Recipes: named datasets whose rows need converting
 
 def helpsteer3_example(row: dict, where: str, row_id: str) -> Example | str:
     """``nvidia/HelpSteer3`` (subset ``preference``) -> Example, or why the row is skipped.
@@ -53,7 +221,7 @@ def helpsteer3_example(row: dict, where: str, row_id: str) -> Example | str:
         return "not in the multilingual domain"
     lang = lang_code(row["language"], f"{where}: field 'language'")
     context = row["context"]
-    if not isinstance(context, list) or not context or not all(isinstance(t, dict) for t in context):
+    if not (isinstance(context, list) and context and all(isinstance(t, dict) for t in context)):
         raise DataError(f"{where}: field 'context' must be a non-empty list of turns")
     if len(context) != 1 or context[0].get("role") != "user":
         return "multi-turn"
@@ -87,7 +255,8 @@ def gsm8k_example(row: dict, where: str, row_id: str) -> Example:
     try:
         number = float(final.strip().replace(",", ""))
     except ValueError:
-        raise DataError(f"{where}: field 'answer' ends in a non-number: {final.strip()!r}") from None
+        raise DataError(f"{where}: field 'answer' ends in a non-number: "
+                        f"{final.strip()!r}") from None
     reference = _CALC.sub("", solution).strip() + f"\nThe answer is {final.strip()}."
     return Example(id=row_id, question=row["question"], answer=reference, lang="en",
                    topic="math", answer_number=number)
@@ -112,6 +281,21 @@ RECIPES: dict[str, Recipe] = {
 
 # ----------------------------------------------------------------------------------------------
 # Loading: a local file, a hub dataset id, or a recipe
+
+def _hub_rows(hub_id: str, recipe, split: str):
+    try:
+        import datasets  # lazy: heavy, and never needed for the built-in world
+    except ImportError:
+        raise DataError(f"{hub_id}: loading a hub dataset needs the 'datasets' package") from None
+    config = recipe.config if recipe else None
+    hub_split = recipe.splits.get(split, split) if recipe else split
+    try:
+        ds = datasets.load_dataset(hub_id, config, split=hub_split)
+    except Exception as e:  # noqa: BLE001 - surface any hub/network failure with the id
+        raise DataError(f"{hub_id}: could not load split {hub_split!r} from the hub or the "
+                        f"local cache ({type(e).__name__}: {e})") from None
+    return enumerate(ds, start=1)
+
 
 class Source(NamedTuple):
     """The rows of one data source and how each becomes an Example."""
@@ -178,16 +362,52 @@ def load_examples(source: str, *, recipe: str | None = None, columns: dict | Non
     return examples
 
 
-def _hub_rows(hub_id: str, recipe, split: str):
-    try:
-        import datasets  # lazy: heavy, and never needed for the built-in world
-    except ImportError:
-        raise DataError(f"{hub_id}: loading a hub dataset needs the 'datasets' package") from None
-    config = recipe.config if recipe else None
-    hub_split = recipe.splits.get(split, split) if recipe else split
-    try:
-        ds = datasets.load_dataset(hub_id, config, split=hub_split)
-    except Exception as e:  # noqa: BLE001 - surface any hub/network failure with the id
-        raise DataError(f"{hub_id}: could not load split {hub_split!r} from the hub or the "
-                        f"local cache ({type(e).__name__}: {e})") from None
-    return enumerate(ds, start=1)
+# ----------------------------------------------------------------------------------------------
+# After loading: the official prompt-length filter, what the labels let the router learn
+
+# data.max_prompt_length=512, filter_overlong_prompts=True (examples/grpo_trainer/run_lrpo.sh:11,13)
+OFFICIAL_MAX_PROMPT_TOKENS = 512
+
+
+def filter_long_prompts(examples: list[Example], tokenizer,
+                        max_prompt_tokens: int = OFFICIAL_MAX_PROMPT_TOKENS, style: str = "tag",
+                        langs: Iterable[str] = tuple(ROLLOUT_LANGUAGES)
+                        ) -> tuple[list[Example], int]:
+    """(kept, number dropped): drop questions whose longest prompt over the languages ``langs``
+    and the question's own exceeds ``max_prompt_tokens`` tokens, measured as the official filter
+    does (verl/utils/dataset/multilingual_rl_dataset.py:221-262: chat template with generation
+    prompt, no special tokens). Its tag lacked the f (line 222), measuring the literal
+    ``<|out_lang_{ln}|>``; the real tags are measured here."""
+    kept = []
+    for ex in examples:
+        prompts = [build_prompt(tokenizer, ex.question, lang, style)
+                   for lang in dict.fromkeys([*langs, ex.lang])]
+        ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        if max(len(x) for x in ids) <= max_prompt_tokens:
+            kept.append(ex)
+    return kept, len(examples) - len(kept)
+
+
+def describe_labels(examples: list[Example]) -> str:
+    """A one-line note of what the router cannot learn from unlabelled data ("" if nothing).
+
+    The router conditions on the topic (table A of Eq. 1) and, for regional questions, the
+    region(s) (table B); unlabelled questions all share topic "general" and have no region.
+    """
+    n = len(examples)
+    topics = Counter(e.topic for e in examples)
+    notes = []
+    if set(topics) == {UNLABELLED_TOPIC}:
+        notes.append("no topics in the data: the router's topic table (Eq. 1, A) has a single "
+                     "row, so routing cannot depend on what a question is about")
+    elif topics[UNLABELLED_TOPIC]:
+        notes.append(f"{topics[UNLABELLED_TOPIC]} of {n} questions have no topic "
+                     f"(topic '{UNLABELLED_TOPIC}')")
+    if not any(e.region for e in examples):
+        notes.append("no regions in the data: the router's region table (Eq. 1, B) cannot learn")
+    else:
+        bare = sum(1 for e in examples if e.topic.lower() in ("regional knowledge", "regional")
+                   and not e.region)
+        if bare:
+            notes.append(f"{bare} regional questions have no region")
+    return "; ".join(notes) + "; label it with python -m extras.label" if notes else ""

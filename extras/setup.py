@@ -66,15 +66,15 @@ def filter_prompts(cfg, train, test, tokenizer, languages) -> tuple[list, list]:
     """The official 512-token prompt filter (max_prompt_length, filter_overlong_prompts)."""
     if not cfg.max_prompt_tokens:
         return train, test
-    kept = [data.filter_long_prompts(split, tokenizer, cfg.max_prompt_tokens, cfg.prompt_style,
+    kept = [recipes.filter_long_prompts(split, tokenizer, cfg.max_prompt_tokens, cfg.prompt_style,
                                      languages) for split in (train, test)]
     (train, n_train), (test, n_test) = kept
     if n_train or n_test:
         print(f"[data] dropped {n_train} training and {n_test} held-out questions whose prompt "
               f"exceeds {cfg.max_prompt_tokens} tokens (official filter_overlong_prompts)")
         runlog.check_data(cfg, train, test)
-    if data.describe_labels(train):
-        print(f"[data] {data.describe_labels(train)}")
+    if recipes.describe_labels(train):
+        print(f"[data] {recipes.describe_labels(train)}")
     return train, test
 
 

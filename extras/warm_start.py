@@ -13,7 +13,7 @@ option, "Zero", skips the SFT and asks for the language in a system prompt (``--
     python -m extras.warm_start check --model ws/                               # tag-following share
     python lrpo.py --model ws/                                                  # then train
 
-``--prompts`` rows need ``question`` and ``lang`` (any data.py-readable file with a column map).
+``--prompts`` rows need ``question`` and ``lang`` (any file extras/recipes.py reads).
 The teacher sees the question with the target language's Zero system prompt (data.py), which is
 our reading of "language-conditioned prompts"; the paper does not print its prompt. Pairs whose
 answer fails the reward's own language gate are dropped (counted). :func:`tag_following` is what

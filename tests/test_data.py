@@ -1,4 +1,4 @@
-"""data.py: languages, the prompt tag, loaders and their errors, recipes, the split."""
+"""data.py (languages, the prompt tag, the split) and extras/recipes.py (loaders, their errors, recipes)."""
 import json
 
 import pytest
@@ -226,28 +226,53 @@ def test_filter_long_prompts_measures_the_longest_language(toy_tokenizer):
     short, long_ = ex(0, "Hi"), ex(1, "word " * 400)
     lengths = {code: len(toy_tokenizer(data.build_prompt(toy_tokenizer, "Hi", code), add_special_tokens=False)["input_ids"])
                for code in data.ROLLOUT_LANGUAGES}
-    kept, dropped = data.filter_long_prompts([short, long_], toy_tokenizer)
+    kept, dropped = recipes.filter_long_prompts([short, long_], toy_tokenizer)
     assert kept == [short] and dropped == 1
     # the limit is inclusive, and the longest tag decides
-    assert data.filter_long_prompts([short], toy_tokenizer, max(lengths.values())) == ([short], 0)
-    assert data.filter_long_prompts([short], toy_tokenizer, max(lengths.values()) - 1) == ([], 1)
+    assert recipes.filter_long_prompts([short], toy_tokenizer, max(lengths.values())) == ([short], 0)
+    assert recipes.filter_long_prompts([short], toy_tokenizer, max(lengths.values()) - 1) == ([], 1)
     # the question's own language counts too, and the Zero style measures its system prompts
     bn = ex(2, "Hi", "bn")
     n_bn = len(toy_tokenizer(data.build_prompt(toy_tokenizer, "Hi", "bn", "zero"), add_special_tokens=False)["input_ids"])
-    assert data.filter_long_prompts([bn], toy_tokenizer, n_bn - 1, style="zero", langs=["en"]) == ([], 1)
-    assert data.filter_long_prompts([bn], toy_tokenizer, n_bn, style="zero", langs=["en"])[1] == 0
+    assert recipes.filter_long_prompts([bn], toy_tokenizer, n_bn - 1, style="zero", langs=["en"]) == ([], 1)
+    assert recipes.filter_long_prompts([bn], toy_tokenizer, n_bn, style="zero", langs=["en"])[1] == 0
 
 
 def test_describe_labels():
     def ex(topic="general", region=()):
         return Example(id="x", question="q", answer="a", lang="zh", topic=topic, region=region)
-    note = data.describe_labels([ex(), ex()])
+    note = recipes.describe_labels([ex(), ex()])
     assert note.startswith("no topics in the data") and "no regions in the data: the router's region table (Eq. 1, B) cannot learn" in note
     assert note.endswith("label it with python -m extras.label") and "\n" not in note
-    note = data.describe_labels([ex("Regional Knowledge", ("China",)), ex("Regional Knowledge"), ex()])
+    note = recipes.describe_labels([ex("Regional Knowledge", ("China",)), ex("Regional Knowledge"), ex()])
     assert note == "1 of 3 questions have no topic (topic 'general'); 1 regional questions have no region; label it with python -m extras.label"
-    assert data.describe_labels([ex("Regional Knowledge", ("China",)), ex("Translation")]) == ""
-    assert data.describe_labels(recipes.load_examples(str(FIXTURES / "official_verl.parquet"))) == ""
+    assert recipes.describe_labels([ex("Regional Knowledge", ("China",)), ex("Translation")]) == ""
+    assert recipes.describe_labels(recipes.load_examples(str(FIXTURES / "official_verl.parquet"))) == ""
+
+
+def test_regions_normalise_to_a_tuple_and_bad_ones_name_the_row():
+    import numpy as np
+    for none in (None, "", "none", "None", [], ()):
+        assert data.as_regions(none) == ()
+    assert data.as_regions("China") == ("China",)
+    assert data.as_regions(["China", None, "Japan"]) == ("China", "Japan")   # official drops None
+    assert data.as_regions(np.array(["China", "Japan"], dtype=object)) == ("China", "Japan")
+    with pytest.raises(DataError, match=r"^f\.jsonl: row 2: field 'region' must be a string or"):
+        data.as_regions([1], "f.jsonl: row 2")
+
+
+def test_invalid_utf8_names_the_file_and_the_row_or_line(tmp_path):
+    jsonl = tmp_path / "latin.jsonl"
+    jsonl.write_bytes(b'{"q": 1}\n{"q": "Fr\xe4ge"}\n')
+    with pytest.raises(DataError, match=r"latin\.jsonl: row 2: not valid UTF-8 \(byte 0xe4 at offset 9\)"):
+        list(recipes.read_rows(jsonl))
+    array = tmp_path / "latin.json"
+    array.write_bytes(b'[\n{"q": 1},\n{"q": "Fr\xe4ge"}\n]')
+    with pytest.raises(DataError, match=r"latin\.json: line 3: not valid UTF-8 \(byte 0xe4"):
+        list(recipes.read_rows(array))
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b'\xef\xbb\xbf{"q": 1}\n\n{"q": 2}\n')
+    assert list(recipes.read_rows(bom)) == [(1, {"q": 1}), (3, {"q": 2})]   # blank lines keep numbering
 
 
 def test_data_imports_neither_toy_nor_the_recipes():

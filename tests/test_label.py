@@ -184,7 +184,7 @@ def test_label_through_an_openai_compatible_endpoint(tmp_path, fake_api, monkeyp
     # the output trains: labelled topics and regions, the unlabelled row is "general"
     examples = recipes.load_examples(str(out))
     assert sorted(e.topic for e in examples).count("general") == 1
-    assert "1 regional questions have no region" in data.describe_labels(examples)
+    assert "1 regional questions have no region" in recipes.describe_labels(examples)
 
     # a rerun asks nothing; --retry-unlabelled asks again only about the two failures
     before = len(api.requests)

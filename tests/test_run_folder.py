@@ -18,8 +18,7 @@ import pytest
 import torch
 
 import lrpo
-from extras import setup, cli
-from extras import runlog
+from extras import cli, recipes, runlog, setup
 from test_runlog import Crash, crash_points, make_run, snapshot, train_a_little
 
 ROOT = Path(lrpo.__file__).parent
@@ -293,7 +292,7 @@ def test_invalid_utf8_is_one_line_naming_file_and_row(tmp_path, monkeypatch):
     one_line_error(err)
     bad_json = write(tmp_path / "latin.json", b"[\n" + b",\n".join(lines) + b"\n]")
     with pytest.raises(Exception, match=r"latin\.json: line 4: not valid UTF-8"):
-        list(__import__("data").read_rows(bad_json))
+        list(recipes.read_rows(bad_json))
 
 
 def test_a_utf8_bom_is_accepted(tmp_path):
