@@ -2,7 +2,7 @@
 
 The paper reports every benchmark per language and summarises it as **Seen / Unseen / Avg**:
 "Seen" languages are the training (rollout) languages L, "Unseen" the held-out ones, and Avg the
-mean over all languages, which equals the Seen/Unseen mean weighted by language counts (spec §6).
+mean over all languages, which equals the Seen/Unseen mean weighted by language counts (paper Table 1).
 With acc_ℓ the accuracy in language ℓ of a benchmark's language set 𝓛_b:
 
     Seen = mean_{ℓ ∈ 𝓛_b ∩ L} acc_ℓ      Unseen = mean_{ℓ ∈ 𝓛_b \\ L} acc_ℓ      Avg = mean_{ℓ ∈ 𝓛_b} acc_ℓ
@@ -13,7 +13,7 @@ How each benchmark is scored (loaders, schemas and scoring rules: ``benchmarks.p
 
 * **mGSM / mGSM-v2**: 0-shot greedy answer; correct iff the final number equals the gold number,
   decided by the reward's own verifier ``extras.verifier.verify_number`` (any digits, any script; the
-  paper does not say how it extracts mGSM answers, spec §8.12).
+  paper does not say how it extracts mGSM answers).
 * **Global-MMLU-Lite, Include-Lite**: the paper uses lm-eval-harness, i.e. log-likelihood of
   the option letters after "...\\nAnswer:" (``--mc-scoring loglik``, needs the model). The
   default ``extract`` reads the letter out of a greedy answer, robust to languages and scripts

@@ -45,14 +45,14 @@ from extras import cli, runlog, setup
 class Config:
     preset: str = None             # toy / cpu-demo (smollm2 without a GPU) / real (other models)
     model: str = "toy"             # hub id, folder or .gguf of an instruct model; toy = built-in
-    data: str = "toy"              # toy, a recipe (helpsteer3, gsm8k), a .jsonl/.parquet file, hub id
+    data: str = "toy"              # toy, a recipe (helpsteer3, gsm8k), a .jsonl/.parquet, a hub id
     recipe: str = None             # convert the rows of --data with a named recipe
     test_data: str = None          # held-out file; default: test.* beside a train.* --data, or the
     # recipe's test split; else (or 'none') --test-fraction of --data is held out
     test_fraction: float = 0.1     # held-out share per language when --data has no test split
     keep_duplicates: bool = False  # keep repeated rows of --data (dropped and counted by default)
     langs: str = None              # rollout languages L besides the data's, comma-separated
-    # (default: the built-in world's 6; other data: the official 15, multilingual_rl_dataset.py:39-55)
+    # (default: the built-in world's 6; else the official 15, multilingual_rl_dataset.py:39-55)
     prompt_style: str = "tag"      # the official <|out_lang_xx|> tag, or the paper's Zero prompt
     max_prompt_tokens: int = 512   # drop longer prompts (official max_prompt_length; 0 keeps all)
     # the method: router and group (Alg. 1)
@@ -65,8 +65,8 @@ class Config:
     router_eps_decay: float = 0.995  # ε ← max(0, ε0 · decay^step)
     router_norm: str = "zscore"    # normalise per-language means before the EMA (Eq. 7: none)
     router_regions: str = "regional-topics"  # region rows for Regional Knowledge (code), any, none
-    untopiced: str = "uniform"     # questions without a topic: uniform (lang_policy.py:131-134), learn
-    router_prior: str = None       # JSON {"topic": {name: {lang: w}}, "region": ...}: a start (Table 4)
+    untopiced: str = "uniform"     # no topic: routed uniformly (lang_policy.py:131-134), or learn
+    router_prior: str = None       # JSON {"topic": {name: {lang: w}}, "region": ...} (Table 4)
     scale_router_schedule: bool = False  # under 256 questions/step, scale M and decays per rollout
     # the reward (Eq. 2–5)
     reward: str = "similarity"     # calibrated similarity to the reference, or extras/verifier.py
@@ -95,14 +95,14 @@ class Config:
     # the run
     seed: int = 0                  # seed of every random draw
     out: str = None                # run folder; default runs/<method>-<data>-<model>-s<seed>[-2...]
-    resume: bool = False           # continue --out from its newest checkpoint and saved configuration
-    max_skipped: int = 3           # stop after this many optimizer steps in a row skipped (non-finite)
+    resume: bool = False           # continue --out: its newest checkpoint, its saved configuration
+    max_skipped: int = 3           # stop after this many non-finite updates skipped in a row
     eval_every: int = 50           # steps between held-out evaluations (0: start and end only)
     eval_size: int = 10_000        # held-out questions per evaluation (0: none; None: all)
     save_every: int = 50           # steps between checkpoints (0: only at the end)
     samples_per_step: int = 2      # questions whose completions are logged each step
     progress: bool = True          # progress bar
-    check_tags: bool = False       # first measure how often the policy answers in the tagged language
+    check_tags: bool = False       # first measure how often the policy follows the language tag
     plot: str = None               # only redraw the plots of this run folder
     # speed and memory: the same results
     device: str = None             # default: cuda if available, else cpu
@@ -116,16 +116,16 @@ class Config:
     rollout_batch: int = None      # rollouts per sampler call (default: all that fit in memory)
 
 
-# The paper's run (run_lrpo.sh): 256 questions × 8 rollouts of up to 1,024 tokens, lr 1e-6, 4 epochs,
-# verl's micro-batches of 4, validation every 5 steps and a checkpoint every 10 (lines 65-66).
+# The paper's run (run_lrpo.sh): 256 questions × 8 rollouts of up to 1,024 tokens, lr 1e-6,
+# 4 epochs, verl's micro-batches of 4, validation every 5 steps, a checkpoint every 10 (:65-66).
 REAL = dict(data="helpsteer3", encoder=calibrate.PAPER_ENCODER, stats=str(calibrate.PAPER_STATS),
             questions_per_step=256, max_new_tokens=1024, lr=1e-6, micro_batch=8, loss_micro_batch=4,
             steps=None, epochs=4.0, eval_size=None, eval_every=5, save_every=10, threads=None,
             scale_router_schedule=True, check_tags=True, lid_rules="official")
 # A real pretrained model on a CPU in minutes (--model smollm2 without a GPU): the built-in world's
 # questions and offline reward, 2 questions × 8 rollouts of 16 tokens, 4 held-out per language.
-CPU_DEMO = dict(questions_per_step=2, max_new_tokens=16, lr=1e-6, micro_batch=16, loss_micro_batch=4,
-                eval_size=24, steps=4)
+CPU_DEMO = dict(questions_per_step=2, max_new_tokens=16, lr=1e-6, micro_batch=16,
+                loss_micro_batch=4, eval_size=24, steps=4)
 PRESETS = {"toy": {}, "cpu-demo": CPU_DEMO, "real": REAL}
 OFFICIAL_QUESTIONS_PER_STEP = 256
 
@@ -172,7 +172,8 @@ def router_options(cfg: Config) -> dict:
     official run does at 256 (B = 64: M = 20 steps, τ decay 0.999^¼ per step)."""
     scale = cfg.questions_per_step / OFFICIAL_QUESTIONS_PER_STEP if cfg.scale_router_schedule else 1
     regional = {"regional-topics": ("regional knowledge", "regional"), "any": None, "none": ()}
-    options = dict(alpha=cfg.router_alpha, update_every=max(1, round(cfg.router_update_every / scale)),
+    every = max(1, round(cfg.router_update_every / scale))
+    options = dict(alpha=cfg.router_alpha, update_every=every,
                    tau_decay=cfg.router_tau_decay ** scale, eps_decay=cfg.router_eps_decay ** scale,
                    group_norm=cfg.router_norm, regional_topics=regional[cfg.router_regions],
                    uniform_topics=(data.UNLABELLED_TOPIC,) if cfg.untopiced == "uniform" else ())
@@ -289,9 +290,10 @@ def policy_update(run: Run, roll, advantages: torch.Tensor, order: torch.Tensor,
     cfg, model = run.cfg, run.model
     ids, mask, start = roll.input_ids, roll.attention_mask, roll.completion_start
     completion_mask = roll.completion_mask.float()
-    ref_logp = None if run.reference is None else frozen_logprobs(run, run.reference, ids, mask, start)
+    ref_logp = frozen_logprobs(run, run.reference, ids, mask, start) if run.reference else None
     weights = loss.token_weights(completion_mask[order], cfg.loss_agg,
-                                 rows_per_micro_batch=cfg.loss_micro_batch, max_len=cfg.max_new_tokens)
+                                 rows_per_micro_batch=cfg.loss_micro_batch,
+                                 max_len=cfg.max_new_tokens)
     by_length = mask[order].sum(1).argsort(stable=True)
     run.optimizer.zero_grad(set_to_none=True)
     model.train()
@@ -313,10 +315,12 @@ def policy_update(run: Run, roll, advantages: torch.Tensor, order: torch.Tensor,
         run.optimizer.step()
     model.eval()
     # the loss terms are each pass's share of one loss: summed; the other metrics: averaged
-    shares = {k: sum(float(t[k]) for t in terms) for k in ("loss", "pg_loss", "kl_loss") if k in terms[0]}
+    shares = {k: sum(float(t[k]) for t in terms) for k in ("loss", "pg_loss", "kl_loss")
+              if k in terms[0]}
     means = {k: float(np.mean([float(t[k]) for t in terms])) for k in terms[0] if k not in shares}
     return {**{f"train/{k}": v for k, v in {**shares, **means}.items()},
-            "train/grad_norm": 0.0 if skipped else float(grad_norm), "train/skipped_steps": int(skipped)}
+            "train/grad_norm": 0.0 if skipped else float(grad_norm),
+            "train/skipped_steps": int(skipped)}
 
 
 def train_step(run: Run, step: int) -> tuple[dict, list]:
@@ -324,7 +328,8 @@ def train_step(run: Run, step: int) -> tuple[dict, list]:
     cfg, clock = run.cfg, runlog.PhaseClock(run.cfg.device, new_step=True)
     # 1. B questions, and the K languages of each one's rollouts (Alg. 1)
     run.router.begin_step(step)
-    questions = [run.train[i] for i in questions_for_step(len(run.train), step, cfg.questions_per_step, cfg.seed)]
+    picked = questions_for_step(len(run.train), step, cfg.questions_per_step, cfg.seed)
+    questions = [run.train[i] for i in picked]
     langs_per_q = run.router.allocate(questions, cfg.group_size, cfg.orig_lang_min,
                                       np.random.default_rng(step_seed(cfg.seed, step, SEED_ROUTE)))
     examples = [q for q, langs in zip(questions, langs_per_q) for _ in langs]
@@ -333,8 +338,8 @@ def train_step(run: Run, step: int) -> tuple[dict, list]:
     # 2. sample y_k ~ π(· | x, ℓ_k)
     prompts = [data.build_prompt(run.tokenizer, ex.question, lang, cfg.prompt_style)
                for ex, lang in zip(examples, langs)]
-    roll = run.sample(run.model, run.tokenizer, prompts, cfg.max_new_tokens, temperature=cfg.temperature,
-                      seed=step_seed(cfg.seed, step, SEED_SAMPLE))
+    roll = run.sample(run.model, run.tokenizer, prompts, cfg.max_new_tokens,
+                      temperature=cfg.temperature, seed=step_seed(cfg.seed, step, SEED_SAMPLE))
     clock.lap("rollout")
     # 3. rewards (Eq. 2–5); 4. the router learns from them (Eq. 6, 7), logged before its update
     result = score(run, examples, langs, roll.texts, group_ids)
@@ -348,7 +353,8 @@ def train_step(run: Run, step: int) -> tuple[dict, list]:
     clock.lap("reward")
     # 6. the policy-gradient update with the KL term, over shuffled rows
     shuffle = torch.Generator().manual_seed(step_seed(cfg.seed, step, SEED_SHUFFLE))
-    update = run.update(run, roll, advantages, torch.randperm(len(examples), generator=shuffle), step)
+    order = torch.randperm(len(examples), generator=shuffle)
+    update = run.update(run, roll, advantages, order, step)
     clock.lap("update")
     metrics = {"step": step + 1, **result.metrics(), **update, **router_metrics,
                **{f"adv/{k}": v for k, v in adv_metrics.items()}, **clock.totals,
@@ -395,7 +401,8 @@ def main(argv=None) -> dict:
         first = runlog.load_checkpoint(run) if cfg.resume else 0
         total = total_steps(cfg, len(run.train))
         if first >= total:
-            print(f"[lrpo] {cfg.out} is at step {first} of {total}: nothing to do (--steps N > {first})")
+            print(f"[lrpo] {cfg.out} is at step {first} of {total}: nothing to do "
+                  f"(--steps N > {first} runs on)")
             return {}
         runlog.write_config(cfg)
         runlog.announce(run, total)

@@ -1,4 +1,4 @@
-"""The paper's evaluation benchmarks: their data and their scoring rules (paper §4.3, App. B.3, C.2; spec §6).
+"""The paper's evaluation benchmarks: their data and their scoring rules (paper §4.3, App. B.3, C.2).
 
 What a benchmark *is* lives here; how it is run (generation, log-likelihood, reports, the
 command line) lives in ``evaluate.py``.
