@@ -2,7 +2,7 @@
 
 The paper reports every benchmark per language and summarises it as **Seen / Unseen / Avg**:
 "Seen" languages are the training (rollout) languages L, "Unseen" the held-out ones, and Avg the
-mean over all languages, which equals the Seen/Unseen mean weighted by language counts (paper Table 1).
+mean over all languages, which equals the Seen/Unseen mean weighted by language counts.
 With acc_ℓ the accuracy in language ℓ of a benchmark's language set 𝓛_b:
 
     Seen = mean_{ℓ ∈ 𝓛_b ∩ L} acc_ℓ      Unseen = mean_{ℓ ∈ 𝓛_b \\ L} acc_ℓ      Avg = mean_{ℓ ∈ 𝓛_b} acc_ℓ
