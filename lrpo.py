@@ -290,7 +290,8 @@ def policy_update(run: Run, roll, advantages: torch.Tensor, order: torch.Tensor,
     cfg, model = run.cfg, run.model
     ids, mask, start = roll.input_ids, roll.attention_mask, roll.completion_start
     completion_mask = roll.completion_mask.float()
-    ref_logp = frozen_logprobs(run, run.reference, ids, mask, start) if run.reference else None
+    reference = run.reference
+    ref_logp = None if reference is None else frozen_logprobs(run, reference, ids, mask, start)
     weights = loss.token_weights(completion_mask[order], cfg.loss_agg,
                                  rows_per_micro_batch=cfg.loss_micro_batch,
                                  max_len=cfg.max_new_tokens)
