@@ -268,8 +268,9 @@ def make_scorer(cfg: Config):
         from extras.verifier import VerifierScorer
         return VerifierScorer(gate=cfg.gate, lid=lid)
     # stops with a one-line error when calibration is on without statistics of this encoder
-    return calibrate.RewardScorer(encoder=cfg.encoder, stats_path=cfg.stats, gate=cfg.gate,
-                                  calibration=cfg.calibration, lid=lid, encoder_dtype=cfg.encoder_dtype)
+    from extras.fast_reward import FastRewardScorer   # calibrate.RewardScorer from files, cached
+    return FastRewardScorer(encoder=cfg.encoder, stats_path=cfg.stats, gate=cfg.gate,
+                            calibration=cfg.calibration, lid=lid, encoder_dtype=cfg.encoder_dtype)
 
 
 def router_options(cfg: Config) -> dict:

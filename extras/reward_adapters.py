@@ -180,7 +180,7 @@ def _build_scorer(config: dict[str, Any]):
             "+custom_reward_function.reward_kwargs.stats_path) or set LRPO_STATS_PATH; "
             "calibration='none' scores raw similarity" % config["calibration"])
     # The encoder named by config["encoder"] is loaded by calibrate.load_encoder.
-    return _project("calibrate").RewardScorer(
+    return _project("extras.fast_reward").FastRewardScorer(
         encoder=config["encoder"], stats_path=config["stats_path"], calibration=config["calibration"],
         lam=config["lam"], gate=config["gate"], device=config["device"])
 
