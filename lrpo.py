@@ -43,6 +43,7 @@ from extras import recipes
 import loss
 import rollout
 from extras import runlog
+from extras.router_log import log_router
 
 
 # ----------------------------------------------------------------------------------------------
@@ -278,10 +279,9 @@ def router_options(cfg: Config) -> dict:
     per step, so that at B questions per step the router updates and anneals per rollout seen as
     the official run does at 256 (e.g. B = 64: M = 20 steps, τ decay 0.999^¼ per step)."""
     scale = cfg.questions_per_step / OFFICIAL_QUESTIONS_PER_STEP if cfg.scale_router_schedule else 1.0
-    regional = {"regional-topics": ("regional knowledge", "regional"), "any": None, "none": ()}[cfg.router_regions]
     options = dict(alpha=cfg.router_alpha, update_every=max(1, round(cfg.router_update_every / scale)),
                    tau_decay=cfg.router_tau_decay ** scale, eps_decay=cfg.router_eps_decay ** scale,
-                   group_norm=cfg.router_norm, regional_topics=regional,
+                   group_norm=cfg.router_norm, region_rows=cfg.router_regions,
                    uniform_topics=(data.UNLABELLED_TOPIC,) if cfg.untopiced == "uniform" else ())
     if cfg.router_prior:
         try:
@@ -501,7 +501,7 @@ def train_step(run: Run, step: int) -> tuple[dict, list]:
     # 3. rewards (Eq. 2–5), 4. the router learns from them (Eq. 6, 7)
     result = score(run, examples, langs, roll.texts, group_ids)
     run.router.observe([ex.topic for ex in examples], [ex.region for ex in examples], langs, result.reward.tolist())
-    run.router.log_probabilities(f"{cfg.out}/router.jsonl", step + 1)   # what this step drew from
+    log_router(run.router, f"{cfg.out}/router.jsonl", step + 1)   # what this step drew from
     router_metrics = run.router.end_step()
     # 5. group-normalised advantages over each question's mixed-language group
     rewards = torch.tensor(result.reward, dtype=torch.float32)

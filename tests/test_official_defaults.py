@@ -14,6 +14,7 @@ import lrpo
 from bandit import make_router
 from extras import pair_stats
 from extras.fast_reward import FastRewardScorer
+from extras.router_log import log_router
 
 OFFICIAL_L = "ar de en es fr id it ja ko nl pl pt ru vi zh".split()
 
@@ -182,7 +183,7 @@ def test_questions_without_a_topic_are_routed_uniformly(tmp_path, untopiced):
         langs = r.allocate([question], 8, 2, np.random.default_rng(step))[0]
         r.observe(["general"] * 8, [()] * 8, langs, [float(lang == "ja") for lang in langs])
         r.end_step()
-    assert "general" in r.q_topic   # its rewards still update a row, as the code's "None" row
+    assert "general" in r.A   # its rewards still update a row, as the code's "None" row
     ja = r.probabilities("general")["ja"]
     assert ja == pytest.approx(1 / 3) if untopiced == "uniform" else ja > 0.4
 
@@ -192,10 +193,10 @@ def test_questions_without_a_topic_are_routed_uniformly(tmp_path, untopiced):
 
 def test_router_rows_are_logged_with_softmax_and_epsilon_mix(tmp_path):
     r = make_router("lrpo", ["en", "zh", "ja"])
-    r.q_topic["chat"] = np.log([1.0, 2.0, 1.0])
-    r.q_region["China"] = np.log([1.0, 1.0, 2.0])
+    r.A["chat"] = np.log([1.0, 2.0, 1.0])
+    r.B["China"] = np.log([1.0, 1.0, 2.0])
     r.begin_step(0)   # τ = 1, ε = 0.2
-    rows = r.log_probabilities(tmp_path / "router.jsonl", 1)["rows"]
+    rows = log_router(r, tmp_path / "router.jsonl", 1)["rows"]
     assert rows["topic:chat"]["softmax"] == pytest.approx({"en": 0.25, "zh": 0.5, "ja": 0.25})
     assert rows["topic:chat"]["effective"] == pytest.approx(
         {"en": 0.8 * 0.25 + 0.2 / 3, "zh": 0.8 * 0.5 + 0.2 / 3, "ja": 0.8 * 0.25 + 0.2 / 3})
