@@ -285,9 +285,10 @@ class RewardScorer:
         return quality, uncalibrated
 
     def score(self, responses: Sequence[str], target_langs: Sequence[str],
-              references: Sequence[str], reference_langs: Sequence[str]) -> RewardResult:
+              references: Sequence[str], reference_langs: Sequence[str],
+              group_ids: Sequence | None = None) -> RewardResult:
         """Rewards of rollouts y_k (requested in ``target_langs`` ℓ_k) against the references z
-        of their questions (written in ``reference_langs`` ℓ_x), codes or English names."""
+        of their questions (in ``reference_langs`` ℓ_x); ``group_ids``: for extras.fast_reward."""
         targets = [lang_code(x, f"target_langs[{i}]") for i, x in enumerate(target_langs)]
         ref_langs = [lang_code(x, f"reference_langs[{i}]") for i, x in enumerate(reference_langs)]
         preds, gate = self.languages(responses, targets)

@@ -68,7 +68,7 @@ class FastRewardScorer(RewardScorer):
     def _timed(self, phase: str, fn, *args):
         t0 = time.perf_counter()
         out = fn(*args)
-        self._clock.timings[phase] = time.perf_counter() - t0
+        self._clock.__dict__.setdefault("timings", {})[phase] = time.perf_counter() - t0
         return out
 
     def languages(self, responses, targets):

@@ -97,7 +97,8 @@ repository root before importing ``calibrate`` or ``extras.verifier``. A relativ
 resolved against the reward worker's working directory: give an absolute one.
 
 Threads: verl may call the reward from several threads at once. One scorer per configuration is
-built under a lock (so an encoder is loaded once), and ``RewardScorer`` locks its embedding cache.
+built under a lock (so an encoder is loaded once), and ``FastRewardScorer`` locks its embedding
+cache.
 """
 from __future__ import annotations
 
@@ -186,7 +187,7 @@ def _build_scorer(config: dict[str, Any]):
 
 
 def get_scorer(config: dict[str, Any]):
-    """The cached ``RewardScorer`` / ``VerifierScorer`` for a configuration (built on first use)."""
+    """The cached ``FastRewardScorer`` / ``VerifierScorer`` of a configuration (built on first use)."""
     key = tuple(sorted((k, v) for k, v in config.items() if k != "output"))
     # Held while building: threads asking for a new configuration at once must not each load
     # an encoder (a GPU model per thread) and keep different caches.

@@ -423,7 +423,7 @@ def test_core_scorer_equals_the_fast_one_without_its_cache(tmp_path):
         enc = FakeEncoder()
         table = load_table(stats) if calibration != "none" else None
         core = RewardScorer(enc, table, calibration, lam=0.7)
-        res = core.score(*batch[:4])
+        res = core.score(*batch)   # the same call as every scorer's (group ids are optional)
         for name in ("reward", "raw_similarity", "calibrated_similarity", "gate", "lid_prob"):
             np.testing.assert_array_equal(getattr(res, name), getattr(fast, name))
         assert (res.predicted_lang, res.uncalibrated) == (fast.predicted_lang, fast.uncalibrated)
