@@ -2,35 +2,29 @@
 
 A question x (language ℓ_x, topic t, regions g) gets K rollouts: K_on in ℓ_x, then K − K_on drawn
     p(ℓ | x) = (1 − ε) · softmax((A[t] + 𝟙[g ≠ ∅] · Σ_g B[g]) / τ)_ℓ + ε / |L|         (Eq. 1)
-with τ = max(τ_min, τ0 · d_τ^n), ε = max(ε_min, ε0 · d_ε^n). Every rollout's reward r enters a
-buffer; every M steps r̄_{t,g,ℓ} = mean r (Eq. 6), then A_{t,ℓ} ← (1 − α) A_{t,ℓ} + α r̄ and
+from the topic matrix A and the region matrix B (rows: topics, regions; columns: L), with
+τ = max(τ_min, τ0 · d_τ^n), ε = max(ε_min, ε0 · d_ε^n). Every rollout's reward r enters a buffer;
+every M steps r̄_{t,g,ℓ} = mean r (Eq. 6), then A_{t,ℓ} ← (1 − α) A_{t,ℓ} + α r̄ and
 B_{g,ℓ} ← (1 − α) B_{g,ℓ} + α r̄ (Eq. 7), and the buffer is cleared. A and B start at 0: uniform.
-Where the official code differs (reference/LRPO_SPEC.md §3.2, §3.6, §8), the code is the default:
+Where the official code (verl/utils/lang_policy.py) differs, the code is the default:
 * group_norm="zscore": each (t, g) bucket's r̄ become (r̄ − mean) / (pop. std + norm_eps) before
   the EMA; "none" is Eq. 7 as printed, "center" only subtracts the mean.
-* B counts only for regional_topics ("Regional Knowledge", the built-in world's "regional"; any
-  case); regional_topics=None is the paper's 𝟙[g ≠ ∅].
+* region_rows="regional-topics": B counts only for regional_topics ("Regional Knowledge", the
+  built-in world's "regional"; any case); "any" is the paper's 𝟙[g ≠ ∅]; "none": topic-only.
 * Several regions: Eq. 1 sums their rows; the update makes one bucket per region, and A[t] takes
   one EMA step per bucket, in buffer order.
-* fixed_topics (default "translation") are never routed, all K in ℓ_x. Their rewards are buffered,
-  as are the K_on own-language ones; rollouts in a language outside L are not.
-* n is the router's own step counter (kept in state_dict), not the trainer's step.
-* uniform_topics (lrpo.py passes data.UNLABELLED_TOPIC): a question without a topic is routed
-  uniformly, as the code's sample() adds no row for topic None (lang_policy.py:131-134); its
-  rewards still update a row of its own, which no draw reads, as the code's "None" row.
-Ablations. Table 2: the FixedRouter mixes "grpo", "input-dominant", "english-dominant", "uniform".
-Table 4 "w/o uniform init": topic_prior / region_prior, {name: {lang: weight}} giving logits log w
-(log 1e-6 for unlisted languages), as the code's mix strings, e.g. {"Reasoning / Logic": {"en": 6,
-"zh": 2}}; "w/o annealing": tau_decay=1, eps_decay=1. Also: Eq. 7 without normalisation is
-group_norm="none"; topic-only routing (no B at all) is regional_topics=(). Table 7 (mean vs
-quantile calibration) is calibrate.py's, not the router's.
-Beyond the paper: UCB and Thompson sampling, extras/routers.py (its own make_router).
+* fixed_topics (default "translation") are never routed, all K in ℓ_x; their rewards and the K_on
+  own-language ones are buffered, not those of a language outside L. n counts the router's steps.
+* uniform_topics (lrpo.py passes data.UNLABELLED_TOPIC) are routed uniformly, as the code's
+  sample() adds no row for topic None (lang_policy.py:131-134); their rewards still update a row.
+Ablations: Table 2's FixedRouter mixes "grpo", "input-dominant", "english-dominant", "uniform";
+Table 4 "w/o uniform init": topic_prior / region_prior {name: {lang: weight}} giving logits log w,
+as the code's mix strings ("en:6,zh:2"); "w/o annealing": tau_decay = eps_decay = 1. Beyond the
+paper: UCB and Thompson sampling (extras/routers.py); the per-step log: extras/router_log.py.
 """
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 
@@ -38,58 +32,41 @@ import data
 
 METHODS = ("lrpo", "grpo", "uniform", "input-dominant", "english-dominant")
 GROUP_NORMS = ("zscore", "center", "none")
+REGION_ROWS = ("regional-topics", "any", "none")   # when B's rows count (module docstring)
 # share of the K rollouts in ℓ_x (None: K_on, the rest uniform over L)
 FIXED_MIXES = {"grpo": 1.0, "input-dominant": 0.75, "english-dominant": 0.25, "uniform": None}
-
-
-def _topic_set(value, option) -> frozenset:
-    if isinstance(value, str):   # ("translation") without its comma would be a set of letters
-        raise ValueError(f"{option} is a sequence of topic names, not one string: {value!r}")
-    return frozenset(str(t).lower() for t in value)
+PRIOR_FLOOR = 1e-6   # the weight of a language a prior leaves out (the code's mix strings)
+MIN_TAU = 1e-6       # τ never divides by less, whatever τ_min a caller sets
 
 
 def _prior_logits(mix: dict, languages: list[str]) -> np.ndarray:
-    """The code's "en:6,zh:2" mix strings as {lang: weight}: logits log w, log 1e-6 if unlisted."""
-    unknown = set(mix) - set(languages)
-    if unknown:
-        raise ValueError(f"a prior names languages {sorted(unknown)} outside {languages}")
-    return np.log([max(float(mix.get(lang, 0.0)), 1e-6) for lang in languages])
+    """A prior row {lang: weight} as logits log w, log PRIOR_FLOOR where unlisted."""
+    return np.log([max(float(mix.get(lang, 0.0)), PRIOR_FLOOR) for lang in languages])
 
 
 class LanguageRouter:
-    """The paper's router: tables A (topic × L) and B (region × L), Eq. 1 draws, Eq. 6–7 updates."""
+    """The paper's router: A (topic × L) and B (region × L), Eq. 1 draws, Eq. 6–7 updates."""
     name = "lrpo"
-    learns = True   # its distributions change, so log_probabilities writes them
-    tables = True   # Eq. 1's A and B rows exist (log_probabilities writes each one)
+    learns = True   # its distributions change: it buffers rewards and logs τ, ε and entropy
 
     def __init__(self, languages, *, alpha=0.1, update_every=5, tau0=1.0, tau_min=0.3,
                  tau_decay=0.999, eps0=0.2, eps_min=0.0, eps_decay=0.995, group_norm="zscore",
-                 norm_eps=1e-6, fixed_topics=("translation",),
+                 norm_eps=1e-6, fixed_topics=("translation",), region_rows="regional-topics",
                  regional_topics=("regional knowledge", "regional"), topic_prior=None,
                  region_prior=None, uniform_topics=()):
         self.languages = [str(lang) for lang in languages]
-        if not self.languages or len(set(self.languages)) != len(self.languages):
-            raise ValueError(f"languages must be a non-empty list without repeats, got {languages!r}")
         self.index = {lang: i for i, lang in enumerate(self.languages)}
-        self.fixed_topics = _topic_set(fixed_topics, "fixed_topics")
-        self.uniform_topics = _topic_set(uniform_topics, "uniform_topics")
-        self.regional_topics = (None if regional_topics is None
-                                else _topic_set(regional_topics, "regional_topics"))
-        if group_norm not in GROUP_NORMS:
-            raise ValueError(f"group_norm must be one of {GROUP_NORMS}, got {group_norm!r}")
-        checks = {"alpha": 0 < alpha <= 1, "update_every": int(update_every) >= 1, "tau0": tau0 > 0,
-                  "tau_min": tau_min > 0, "tau_decay": 0 < tau_decay <= 1, "eps0": 0 <= eps0 <= 1,
-                  "eps_min": 0 <= eps_min <= 1, "eps_decay": 0 < eps_decay <= 1, "norm_eps": norm_eps >= 0}
-        for option, ok in checks.items():
-            if not ok:
-                raise ValueError(f"{self.name} router: option {option} is out of range")
+        topic_lists = (fixed_topics, uniform_topics, regional_topics)   # matched in any case
+        self.fixed_topics, self.uniform_topics, self.regional_topics = (
+            frozenset(str(t).lower() for t in ts) for ts in topic_lists)
+        self.region_rows = region_rows
         self.alpha, self.update_every = float(alpha), int(update_every)
         self.group_norm, self.norm_eps = group_norm, float(norm_eps)
         self.tau0, self.tau_min, self.tau_decay = float(tau0), float(tau_min), float(tau_decay)
         self.eps0, self.eps_min, self.eps_decay = float(eps0), float(eps_min), float(eps_decay)
-        # A and B; rows absent here are zeros (uniform), created when first updated
-        self.q_topic = {str(t): _prior_logits(w, self.languages) for t, w in (topic_prior or {}).items()}
-        self.q_region = {str(g): _prior_logits(w, self.languages) for g, w in (region_prior or {}).items()}
+        # the paper's A and B, one row per topic / region; absent rows are zeros (uniform)
+        self.A = {str(t): _prior_logits(w, self.languages) for t, w in (topic_prior or {}).items()}
+        self.B = {str(g): _prior_logits(w, self.languages) for g, w in (region_prior or {}).items()}
         self.steps_done = 0     # the code's lang_policy_step: end_step() calls so far
         self.last_step = None   # the trainer's step, a label only
         self.seen: dict[tuple, int] = {}   # routed context -> questions routed there
@@ -101,7 +78,10 @@ class LanguageRouter:
         return str(topic).lower() in self.fixed_topics
 
     def is_regional(self, topic) -> bool:
-        return self.regional_topics is None or str(topic).lower() in self.regional_topics
+        """Whether B's rows count for this topic (region_rows)."""
+        if self.region_rows == "regional-topics":
+            return str(topic).lower() in self.regional_topics
+        return self.region_rows == "any"
 
     def context(self, topic, region=()) -> tuple:
         """(topic, the regions the router conditions on): none for a non-regional topic."""
@@ -119,23 +99,23 @@ class LanguageRouter:
         return {"tau": self.tau, "eps": self.eps} if self.learns else {}
 
     def _probs(self, context) -> np.ndarray:
+        """Eq. 1 for a context (topic, regions)."""
         topic, regions = context
         if topic.lower() in self.uniform_topics:
             return np.full(len(self.languages), 1.0 / len(self.languages))
-        z = self.q_topic.get(topic, np.zeros(len(self.languages))).copy()
+        z = self.A.get(topic, np.zeros(len(self.languages))).copy()
         for g in regions:
-            z += self.q_region.get(g, 0.0)
-        z = z / max(self.tau, 1e-6)
+            z += self.B.get(g, 0.0)
+        z = z / max(self.tau, MIN_TAU)
         soft = np.exp(z - z.max())
         return (1.0 - self.eps) * soft / soft.sum() + self.eps / len(self.languages)
 
     def probabilities(self, topic, region=(), input_lang=None) -> dict[str, float]:
         """The distribution a routed slot is drawn from (Eq. 1 with ε); input_lang is not used."""
-        p = self._probs(self.context(topic, region))
-        return {lang: float(p[i]) for i, lang in enumerate(self.languages)}
+        return dict(zip(self.languages, map(float, self._probs(self.context(topic, region)))))
 
     def _draw(self, contexts, n_slots, rng) -> list[list[str]]:
-        # inverse CDF of the ε-mixture, one uniform per slot (the code draws "explore?" first: same law)
+        # inverse CDF of the ε-mixture, one uniform per slot (the code first draws "explore?")
         cache = {c: self._probs(c) for c in dict.fromkeys(contexts)}
         cdf = np.cumsum(np.stack([cache[c] for c in contexts]), axis=1)
         u = rng.random((len(contexts), n_slots))
@@ -146,15 +126,17 @@ class LanguageRouter:
         """Algorithm 1: for each example its K languages, the K_on in ℓ_x first."""
         K, K_on = int(group_size), int(orig_lang_min)
         if K < 1 or not 0 <= K_on <= K:
-            raise ValueError(f"need group_size >= 1 and 0 <= orig_lang_min <= group_size, got {K}, {K_on}")
+            raise ValueError(f"need group_size >= 1 and 0 <= orig_lang_min <= group_size, "
+                             f"got {K}, {K_on}")
         if not isinstance(rng, np.random.Generator):   # the one source of randomness: exact resume
             raise TypeError(f"rng must be a numpy.random.Generator, "
                             f"got {type(rng).__module__}.{type(rng).__name__}")
         out, routed, contexts = [], [], []
         for i, ex in enumerate(examples):
-            lang = getattr(ex, "lang", None)
-            if not (isinstance(lang, str) and lang and hasattr(ex, "topic") and hasattr(ex, "region")):
-                raise ValueError(f"examples[{i}] needs .lang (a language code), .topic and .region: {ex!r}")
+            if not (isinstance(getattr(ex, "lang", None), str) and ex.lang
+                    and hasattr(ex, "topic") and hasattr(ex, "region")):
+                raise ValueError(f"examples[{i}] needs .lang (a language code), .topic and "
+                                 f".region: {ex!r}")
             if self.is_fixed(ex.topic):
                 out.append([ex.lang] * K)
                 continue
@@ -179,16 +161,16 @@ class LanguageRouter:
             r = float(r)
             if not math.isfinite(r):
                 raise ValueError(f"observe: rewards[{i}] is {r}; rewards must be finite")
-            # a fixed router keeps nothing; as the code, a language outside L has no column to update
+            # a fixed router keeps nothing; as the code, a language outside L has no column
             if lang in self.index and self.learns:
                 self.buffer.append((str(t), data.as_regions(g), lang, r))
 
     def _update(self, buffer) -> None:
-        # Eq. 6 per (topic, region, language), exactly as the code aggregates: several regions give
-        # one key each, no region gives "None"
+        # Eq. 6 per (topic, region, language), as the code aggregates: several regions give one
+        # key each, no region the key None (the code's "None" row)
         rewards: dict[tuple, list] = {}
         for topic, regions, lang, r in buffer:
-            for g in regions or ("None",):
+            for g in regions or (None,):
                 rewards.setdefault((topic, g, lang), []).append(r)
         means = {key: sum(v) / len(v) for key, v in rewards.items()}
         buckets: dict[tuple, list] = {}
@@ -201,12 +183,10 @@ class LanguageRouter:
                 m = m - mu
             elif self.group_norm == "zscore":
                 m = (m - mu) / (sd + self.norm_eps)
-            j, a = self.index[lang], self.alpha   # Eq. 7, B only for regional topics (code)
-            row = self.q_topic.setdefault(topic, np.zeros(len(self.languages)))
-            row[j] = (1 - a) * row[j] + a * m
-            if g != "None" and self.is_regional(topic):
-                row = self.q_region.setdefault(g, np.zeros(len(self.languages)))
-                row[j] = (1 - a) * row[j] + a * m
+            rows = [(self.A, topic)] + [(self.B, g)] * (g is not None and self.is_regional(topic))
+            for table, key in rows:   # Eq. 7: B only for regional topics (code)
+                cells, j = table.setdefault(key, np.zeros(len(self.languages))), self.index[lang]
+                cells[j] = (1 - self.alpha) * cells[j] + self.alpha * m
 
     def end_step(self, entropy: bool = True) -> dict:
         """Close a step; every update_every-th one learns from the buffer and clears it. Returns
@@ -219,20 +199,20 @@ class LanguageRouter:
         if due:
             self.buffer.clear()
         metrics = {"router/updated": float(updated), "router/step": float(self.steps_done),
-                   "router/buffer": float(len(self.buffer)), "router/contexts": float(len(self.seen)),
+                   "router/buffer": float(len(self.buffer)),
+                   "router/contexts": float(len(self.seen)),
                    **{f"router/{k}": v for k, v in self.schedule().items()}}
         if entropy and self.learns and self.seen:
             ps = [p[p > 0] for p in map(self._probs, self.seen)]
             metrics["router/entropy"] = float(np.mean([-(p * np.log(p)).sum() for p in ps]))
         return metrics
 
-    # -- state and logs -------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"router": self.name, "languages": list(self.languages), "steps_done": self.steps_done,
+        return {"router": self.name, "languages": self.languages[:], "steps_done": self.steps_done,
                 "seen": [[t, list(g), n] for (t, g), n in self.seen.items()],
                 "buffer": [[t, list(g), lang, r] for t, g, lang, r in self.buffer],
-                "q_topic": {k: v.tolist() for k, v in self.q_topic.items()},
-                "q_region": {k: v.tolist() for k, v in self.q_region.items()}}
+                "A": {k: v.tolist() for k, v in self.A.items()},
+                "B": {k: v.tolist() for k, v in self.B.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         for key, mine in (("router", self.name), ("languages", self.languages)):
@@ -242,47 +222,10 @@ class LanguageRouter:
         self.steps_done = int(state["steps_done"])
         self.seen = {(t, tuple(g)): int(n) for t, g, n in state["seen"]}
         self.buffer = [(t, tuple(g), lang, float(r)) for t, g, lang, r in state["buffer"]]
-        self.q_topic = {k: np.array(v, dtype=np.float64) for k, v in state["q_topic"].items()}
-        self.q_region = {k: np.array(v, dtype=np.float64) for k, v in state["q_region"].items()}
+        saved = {t: state[t] if t in state else state[old]   # runs saved before issue 20: q_*
+                 for t, old in (("A", "q_topic"), ("B", "q_region"))}
+        self.A, self.B = ({k: np.array(v, np.float64) for k, v in saved[t].items()} for t in "AB")
         self.begin_step(self.last_step)
-
-    def row_probabilities(self) -> dict[str, dict[str, dict[str, float]]]:
-        """Each row of A and B alone, as the code logs them (lang_policy.py:97-121): its softmax
-        at the current τ and the ε-mixed one, keyed "topic:<t>" and "region:<g>". Rows are those
-        learned or drawn from so far (the code's defaultdict makes a row when sample() reads it)."""
-        if not self.tables:
-            return {}
-        topics = dict.fromkeys([*self.q_topic, *(t for t, _ in self.seen
-                                                  if t.lower() not in self.uniform_topics)])
-        regions = dict.fromkeys([*self.q_region, *(g for _, gs in self.seen for g in gs)])
-        zero = np.zeros(len(self.languages))
-        out = {}
-        for kind, names, table in (("topic", topics, self.q_topic),
-                                   ("region", regions, self.q_region)):
-            for name in names:
-                z = table.get(name, zero) / max(self.tau, 1e-6)
-                soft = np.exp(z - z.max())
-                soft /= soft.sum()
-                mixed = (1.0 - self.eps) * soft + self.eps / len(self.languages)
-                out[f"{kind}:{name}"] = {"softmax": dict(zip(self.languages, soft.tolist())),
-                                         "effective": dict(zip(self.languages, mixed.tolist()))}
-        return out
-
-    def log_probabilities(self, path, step) -> dict | None:
-        """Append one JSONL record: the routed-slot distribution of every context seen so far
-        ("probs", Fig. 3a's data) and every table row alone ("rows", the code's log). lrpo.py
-        calls it before end_step, so it shows what the step's draws used, as the code logs
-        before its update (ray_trainer.py:684-697)."""
-        if not self.learns:
-            return None   # nothing changes over training
-        probs = {(f"{t} | {'+'.join(g)}" if g else t): self.probabilities(t, g) for t, g in self.seen}
-        record = {"step": step, "router": self.name, **self.schedule(), "probs": probs,
-                  "rows": self.row_probabilities()}
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        return record
 
 
 class FixedRouter(LanguageRouter):
@@ -293,12 +236,8 @@ class FixedRouter(LanguageRouter):
     learns = False
 
     def __init__(self, languages, mix="uniform", *, english="en", fixed_topics=("translation",)):
-        if mix not in FIXED_MIXES:
-            raise ValueError(f"unknown fixed mix {mix!r}; choose one of {', '.join(FIXED_MIXES)}")
         self.name, self.share, self.english = mix, FIXED_MIXES[mix], str(english)
         super().__init__(languages, fixed_topics=fixed_topics)
-        if self.share not in (None, 1.0) and self.english not in self.index:
-            raise ValueError(f"{mix} router: english={self.english!r} is not among {self.languages}")
 
     def allocate(self, examples, group_size, orig_lang_min, rng) -> list[list[str]]:
         if self.share is not None:
@@ -327,12 +266,10 @@ class FixedRouter(LanguageRouter):
 
 def make_router(method: str, languages, **options):
     """The router of a method (METHODS): "lrpo" is the paper's, the rest are FixedRouter mixes
-    (ucb and thompson: extras/routers.py). Options are the chosen class's keyword arguments."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}"
-                         " (ucb, thompson: extras.routers.make_router)")
-    build = LanguageRouter if method == "lrpo" else lambda langs, **o: FixedRouter(langs, method, **o)
-    try:
-        return build(languages, **options)
-    except TypeError as e:
-        raise TypeError(f"router {method!r}: {e} (see its class's options)") from None
+    (ucb and thompson: extras/routers.py). Options are the chosen class's keyword arguments,
+    checked by extras/router_checks.py (imported here: the checks are not the algorithm)."""
+    from extras.router_checks import check_router   # the options, checked once, at this edge
+    check_router(method, languages, options)
+    if method == "lrpo":
+        return LanguageRouter(languages, **options)
+    return FixedRouter(languages, method, **options)

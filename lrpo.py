@@ -36,6 +36,7 @@ import calibrate
 import data
 import loss
 from extras import cli, runlog, setup
+from extras.router_log import log_router
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,11 +172,10 @@ def router_options(cfg: Config) -> dict:
     per step, so at B questions per step the router updates and anneals per rollout seen as the
     official run does at 256 (B = 64: M = 20 steps, τ decay 0.999^¼ per step)."""
     scale = cfg.questions_per_step / OFFICIAL_QUESTIONS_PER_STEP if cfg.scale_router_schedule else 1
-    regional = {"regional-topics": ("regional knowledge", "regional"), "any": None, "none": ()}
     every = max(1, round(cfg.router_update_every / scale))
     options = dict(alpha=cfg.router_alpha, update_every=every,
                    tau_decay=cfg.router_tau_decay ** scale, eps_decay=cfg.router_eps_decay ** scale,
-                   group_norm=cfg.router_norm, regional_topics=regional[cfg.router_regions],
+                   group_norm=cfg.router_norm, region_rows=cfg.router_regions,
                    uniform_topics=(data.UNLABELLED_TOPIC,) if cfg.untopiced == "uniform" else ())
     if cfg.router_prior:
         try:
@@ -346,7 +346,7 @@ def train_step(run: Run, step: int) -> tuple[dict, list]:
     result = score(run, examples, langs, roll.texts, group_ids)
     run.router.observe([ex.topic for ex in examples], [ex.region for ex in examples], langs,
                        result.reward.tolist())
-    run.router.log_probabilities(f"{cfg.out}/router.jsonl", step + 1)
+    log_router(run.router, f"{cfg.out}/router.jsonl", step + 1)
     router_metrics = run.router.end_step()
     # 5. group-normalised advantages over each question's mixed-language group
     rewards = torch.tensor(result.reward, dtype=torch.float32)

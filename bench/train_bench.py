@@ -7,7 +7,7 @@ bf16 compute with float32 master weights, float32 gradient accumulation and floa
 for the k3 KL. The step runs the project's own functions, as ``lrpo.train_step`` does:
 
     router.allocate → extras.fast_rollout.sample (EOS suppressed: every rollout has --new-tokens)
-    → calibrate.RewardScorer (fastText LID + a random-init mmBERT-small-shaped encoder on the GPU)
+    → extras.fast_reward.FastRewardScorer (fastText LID + a random-init mmBERT-small-shaped encoder on the GPU)
     → loss.group_advantages → extras.fast_training.policy_update (what lrpo.py runs on a GPU)
       (reference log-probs, shuffled rows, loss.token_weights, micro-batched fwd/bwd, AdamW step)
 
@@ -245,7 +245,7 @@ def main() -> None:
     import numpy as np
 
     import bandit
-    import calibrate
+    from extras.fast_reward import FastRewardScorer
     import loss as L
     import lrpo
     import toy
@@ -277,8 +277,8 @@ def main() -> None:
     from extras.divergence import Guard
     run = SimpleNamespace(cfg=cfg, model=model, reference=reference, optimizer=optimizer, logprobs=logprobs,
                           guard=Guard())
-    scorer = calibrate.RewardScorer(encoder=random_encoder_dir(tokenizer, args.smoke), device=device,
-                                    calibration="none")
+    scorer = FastRewardScorer(encoder=random_encoder_dir(tokenizer, args.smoke), device=device,
+                              calibration="none")
     router = bandit.make_router("lrpo", list(toy.LANGS))
 
     gen = torch.Generator().manual_seed(0)

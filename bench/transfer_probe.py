@@ -345,12 +345,13 @@ def diagnose_reward(group: int = 8, seed: int = 0, log=print) -> dict:
     import numpy as np
 
     import calibrate
+    from extras.fast_reward import FastRewardScorer
     import loss
     import rollout
     torch.set_num_threads(1)
     t0 = time.time()
     model, tokenizer = toy.load_model_and_tokenizer(log=log)
-    scorer = calibrate.RewardScorer(stats_path=calibrate.TOY_STATS)
+    scorer = FastRewardScorer(stats_path=calibrate.TOY_STATS)
     examples = toy.build_examples()
     rows = []
     for i in range(0, len(examples), 64):

@@ -17,9 +17,9 @@ lr 1e-6, one optimizer step per generation batch (on-policy: 512 completions, mi
   so a static cache would run uncompiled.
 * Gradient checkpointing is off (``--gradient-checkpointing`` turns TRL's default back on), as in
   our step at this shape.
-* Reward: ``extras.reward_adapters.make_trl_reward`` around the same ``calibrate.RewardScorer`` as
-  train_bench.py (fastText LID + a random-init mmBERT-small-shaped encoder on the GPU,
-  uncalibrated). Our sampler only draws ids the tokenizer knows (the toy tokenizer's 1,536); HF
+* Reward: ``extras.reward_adapters.make_trl_reward`` around the same
+  ``extras.fast_reward.FastRewardScorer`` as train_bench.py (fastText LID + a random-init
+  mmBERT-small-shaped encoder on the GPU, uncalibrated). Our sampler only draws ids the tokenizer knows (the toy tokenizer's 1,536); HF
   generate draws from all 151,936 rows, whose text would be nearly empty, so the reward wrapper
   decodes ``completion_ids`` modulo the tokenizer's size: the texts then have our length.
   ``--reward trivial`` uses a constant-time reward instead (issue 13's earlier TRL run).
@@ -91,7 +91,7 @@ def main() -> None:
     import trl
     from transformers import TrainerCallback
 
-    import calibrate
+    from extras.fast_reward import FastRewardScorer
     import toy
     from extras.reward_adapters import make_trl_reward
     from train_bench import QWEN25_15B, SMOKE, build_policy, random_encoder_dir
@@ -126,8 +126,8 @@ def main() -> None:
 
     # Reward: ours, through the TRL adapter.
     if args.reward == "lrpo":
-        scorer = calibrate.RewardScorer(encoder=random_encoder_dir(tokenizer, args.smoke), device=device,
-                                        calibration="none")
+        scorer = FastRewardScorer(encoder=random_encoder_dir(tokenizer, args.smoke), device=device,
+                                  calibration="none")
         inner = make_trl_reward(scorer=scorer, name="lrpo_reward")
 
         def lrpo_reward(prompts, completions, completion_ids=None, **kwargs):

@@ -9,9 +9,12 @@ interfaces; each one's docstring says what it adds and why:
     fast_training.py    bf16 training with float32 master weights and gradients; compiled layers
     models.py           the one model loader (toy, hub id, local folder, GGUF)
     encoders.py         sentence encoders behind calibrate.Encoder (offline e5, any HF encoder)
-    pair_stats.py       the offline pair-statistics builder for calibration, and its CLI
+    language_id.py      fastText lid.176 behind calibrate.LanguageID (official top-1, our rules)
+    pair_stats.py       pair statistics for calibration: the offline builder and CLI, the file reader
+    fast_reward.py      calibrate.RewardScorer from flags and files, with cache, lock and timings
     verifier.py         a numeric-answer reward (GSM8K/mGSM-style data)
     routers.py          discounted UCB and Thompson sampling (beyond the paper)
+    router_log.py       the router's per-step JSONL log (contexts and table rows)
     plots.py            the router heatmap (the paper's Fig. 3a)
     runlog.py           the run folder: JSONL logs, checkpoints and resume, plots
     recipes.py          loading: files, official formats, hub ids, recipes; the prompt-length filter

@@ -97,7 +97,8 @@ repository root before importing ``calibrate`` or ``extras.verifier``. A relativ
 resolved against the reward worker's working directory: give an absolute one.
 
 Threads: verl may call the reward from several threads at once. One scorer per configuration is
-built under a lock (so an encoder is loaded once), and ``RewardScorer`` locks its embedding cache.
+built under a lock (so an encoder is loaded once), and ``FastRewardScorer`` locks its embedding
+cache.
 """
 from __future__ import annotations
 
@@ -180,13 +181,13 @@ def _build_scorer(config: dict[str, Any]):
             "+custom_reward_function.reward_kwargs.stats_path) or set LRPO_STATS_PATH; "
             "calibration='none' scores raw similarity" % config["calibration"])
     # The encoder named by config["encoder"] is loaded by calibrate.load_encoder.
-    return _project("calibrate").RewardScorer(
+    return _project("extras.fast_reward").FastRewardScorer(
         encoder=config["encoder"], stats_path=config["stats_path"], calibration=config["calibration"],
         lam=config["lam"], gate=config["gate"], device=config["device"])
 
 
 def get_scorer(config: dict[str, Any]):
-    """The cached ``RewardScorer`` / ``VerifierScorer`` for a configuration (built on first use)."""
+    """The cached ``FastRewardScorer`` / ``VerifierScorer`` of a configuration (built on first use)."""
     key = tuple(sorted((k, v) for k, v in config.items() if k != "output"))
     # Held while building: threads asking for a new configuration at once must not each load
     # an encoder (a GPU model per thread) and keep different caches.

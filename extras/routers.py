@@ -26,6 +26,7 @@ import math
 import numpy as np
 
 from bandit import LanguageRouter
+from extras.router_checks import check_common
 
 
 class _DiscountedRouter(LanguageRouter):
@@ -190,7 +191,5 @@ def make_router(method: str, languages, **options):
     if method not in METHODS:
         raise ValueError(f"unknown router {method!r}; extras.routers has {', '.join(METHODS)}")
     build = UCBRouter if method == "ucb" else ThompsonRouter
-    try:
-        return build(languages, **options)
-    except TypeError as e:
-        raise TypeError(f"router {method!r}: {e} (see its class's options)") from None
+    check_common(method, build, languages, options)
+    return build(languages, **options)

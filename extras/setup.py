@@ -49,15 +49,16 @@ def load_data(cfg) -> tuple[list, list]:
 
 
 def make_scorer(cfg):
-    """The reward of Eq. 2-5 (calibrate.RewardScorer) or the verifier's (extras/verifier.py)."""
+    """The reward of Eq. 2-5 (calibrate.RewardScorer, with extras/fast_reward.py's cache) or the
+    verifier's (extras/verifier.py)."""
     lid = calibrate.make_lid(cfg.lid_rules or "ours")   # None: a run saved before the flag
     if cfg.reward == "verifier":
         from extras.verifier import VerifierScorer
         return VerifierScorer(gate=cfg.gate, lid=lid)
+    from extras.fast_reward import FastRewardScorer   # calibrate.RewardScorer from files, cached
     try:   # stops with a one-line error when calibration is on without this encoder's statistics
-        return calibrate.RewardScorer(encoder=cfg.encoder, stats_path=cfg.stats, gate=cfg.gate,
-                                      calibration=cfg.calibration, lid=lid,
-                                      encoder_dtype=cfg.encoder_dtype)
+        return FastRewardScorer(encoder=cfg.encoder, stats_path=cfg.stats, gate=cfg.gate,
+                                calibration=cfg.calibration, lid=lid, encoder_dtype=cfg.encoder_dtype)
     except OSError as e:   # transformers' message for a missing hub id or folder
         raise data.DataError(f"--encoder {cfg.encoder}: could not be loaded: {e}") from None
 

