@@ -22,10 +22,8 @@ The command line (extras/cli.py), the run folder (extras/runlog.py), the data lo
 Every random draw of step s is seeded from (seed, s), so ``--resume`` repeats a stopped run.
 """
 import copy
-import json
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -177,13 +175,7 @@ def router_options(cfg: Config) -> dict:
                    tau_decay=cfg.router_tau_decay ** scale, eps_decay=cfg.router_eps_decay ** scale,
                    group_norm=cfg.router_norm, region_rows=cfg.router_regions,
                    uniform_topics=(data.UNLABELLED_TOPIC,) if cfg.untopiced == "uniform" else ())
-    if cfg.router_prior:
-        try:
-            prior = json.loads(Path(cfg.router_prior).read_text(encoding="utf-8"))
-            options.update(topic_prior=prior.get("topic"), region_prior=prior.get("region"))
-        except (OSError, ValueError, AttributeError) as e:
-            raise data.DataError(f"--router-prior {cfg.router_prior}: {e}") from None
-    return options
+    return {**options, **setup.router_prior(cfg.router_prior)}   # a non-uniform start (Table 4)
 
 
 def make_optimizer(model, cfg: Config):

@@ -48,6 +48,18 @@ def load_data(cfg) -> tuple[list, list]:
     return examples, test
 
 
+def router_prior(path: str | None) -> dict:
+    """The router's prior tables from a JSON file {"topic": {name: {lang: w}}, "region": ...}."""
+    if not path:
+        return {}
+    import json
+    try:
+        prior = json.loads(Path(path).read_text(encoding="utf-8"))
+        return {"topic_prior": prior.get("topic"), "region_prior": prior.get("region")}
+    except (OSError, ValueError, AttributeError) as e:
+        raise data.DataError(f"--router-prior {path}: {e}") from None
+
+
 def make_scorer(cfg):
     """The reward of Eq. 2-5 (calibrate.RewardScorer, with extras/fast_reward.py's cache) or the
     verifier's (extras/verifier.py)."""

@@ -62,8 +62,9 @@ def test_every_module_level_name_is_defined_before_it_is_used(name):
     for node in tree.body:
         if not isinstance(node, (ast.FunctionDef, ast.ClassDef)):
             continue
+        local = {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
         for inner in ast.walk(node):
-            if isinstance(inner, ast.Name) and isinstance(inner.ctx, ast.Load) \
+            if isinstance(inner, ast.Name) and isinstance(inner.ctx, ast.Load) and inner.id not in local \
                     and defined_at.get(inner.id, 0) > node.lineno:
                 pytest.fail(f"{name}:{inner.lineno} uses {inner.id}, defined below at line "
                             f"{defined_at[inner.id]}")
