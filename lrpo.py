@@ -151,7 +151,7 @@ class Run:
     guard: Any            # extras/divergence.py: names non-finite values, stops a diverged run
     sample: Callable      # rollout.sample, or its CUDA-graph twin (extras/fast_rollout.py)
     logprobs: Callable    # rollout.token_logprobs, or its fused-head twin (extras/fast_training.py)
-    update: Callable      # policy_update below, or its twin with mini-batches and PPO epochs
+    update: Callable      # None: policy_update below; or its twin with mini-batches, PPO epochs
 
 
 def routed_languages(cfg: Config, examples) -> list[str]:
@@ -212,7 +212,7 @@ def set_up(cfg: Config) -> Run:
     if cfg.kl_coef > 0:
         device = "cpu" if cfg.ref_on_cpu else cfg.device
         reference = copy.deepcopy(model).to(device).requires_grad_(False)
-    fast = setup.speed_paths(cfg, model, reference, policy_update)
+    fast = setup.speed_paths(cfg, model, reference)
     return Run(cfg, train, test, model, reference, tokenizer, scorer, router,
                make_optimizer(model, cfg), Guard(cfg.max_skipped), *fast)
 
@@ -347,7 +347,7 @@ def train_step(run: Run, step: int) -> tuple[dict, list]:
     # 6. the policy-gradient update with the KL term, over shuffled rows
     shuffle = torch.Generator().manual_seed(step_seed(cfg.seed, step, SEED_SHUFFLE))
     order = torch.randperm(len(examples), generator=shuffle)
-    update = run.update(run, roll, advantages, order, step)
+    update = (run.update or policy_update)(run, roll, advantages, order, step)
     clock.lap("update")
     metrics = {"step": step + 1, **result.metrics(), **update, **router_metrics,
                **{f"adv/{k}": v for k, v in adv_metrics.items()}, **clock.totals,

@@ -105,14 +105,14 @@ def check_tags(cfg, model, tokenizer, train, languages) -> None:
               "--prompt-style zero")
 
 
-def speed_paths(cfg, model, reference, update):
-    """(sample, logprobs, update): the core's functions (``update`` is lrpo.policy_update), or
+def speed_paths(cfg, model, reference):
+    """(sample, logprobs, update): the core's functions (update None: lrpo.policy_update), or
     their twins with the same values where they pay: CUDA-graph sampling in chunks that fit, the
     fused vocabulary head, compiled layers and the device-resident update on a GPU; mini-batches
     and PPO epochs (extras/fast_training.policy_update) anywhere."""
     import math
     from extras import fast_training
-    sample, logprobs = rollout.sample, rollout.token_logprobs
+    sample, logprobs, update = rollout.sample, rollout.token_logprobs, None
     if not rollout.has_llama_forward(model, math.inf):   # Gemma 3 etc.: their transformers forward
         from extras.any_model import sample
     on_gpu = cfg.device.startswith("cuda")
