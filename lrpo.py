@@ -370,8 +370,10 @@ def train(run: Run, first: int, total: int, stop: dict) -> dict:
     if first == 0 and held_out:
         runlog.append(cfg, "eval.jsonl", [evaluate(0)])
     metrics = {}
-    for step in runlog.progress(cfg, first, total):
+    bar = runlog.progress(cfg, first, total)
+    for step in bar:
         metrics, samples = train_step(run, step)
+        bar.set_postfix(reward=f"{metrics['reward']:.3f}", gate=f"{metrics['gate']:.2f}", refresh=False)
         runlog.append(cfg, "metrics.jsonl", [metrics])
         runlog.append(cfg, "samples.jsonl", samples)
         done = step + 1
