@@ -24,6 +24,7 @@ A finished run (its ``answers.json``) is reused, so an interrupted experiment co
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
@@ -33,6 +34,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +80,34 @@ def score_splits(model, tokenizer) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
+# The frozen world: a pre-registered run checks it before training anything
+
+def world_hash(cfg=None) -> str:
+    """sha256 of the world's text, exactly as ``toy._cache_key`` keys the warm start: the warm-start
+    corpus and every question of the world (in this process, so a patched world counts)."""
+    cfg = cfg or toy.WorldConfig()
+    text = json.dumps([toy.sft_pairs(cfg), [asdict(e) for e in toy.build_examples(cfg)]],
+                      ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def warm_start_key() -> str:
+    """The warm-start cache key (world text, WORLD_VERSION, model and warm-start settings)."""
+    return toy._cache_key(toy.WorldConfig(), toy.ModelConfig(), toy.WarmStartConfig())
+
+
+def check_world(expected_hash: str, expected_key: str) -> None:
+    """Refuse to run on any world but the frozen one (one line naming what differs)."""
+    got_hash, got_key = world_hash(), warm_start_key()
+    if got_hash != expected_hash:
+        raise SystemExit(f"world text hash {got_hash[:16]}… is not the frozen {expected_hash[:16]}…: "
+                         "the world changed since the pre-registration")
+    if got_key != expected_key:
+        raise SystemExit(f"warm-start key {got_key} is not the frozen {expected_key}: the warm "
+                         "start's settings or toy.WORLD_VERSION changed since the pre-registration")
+
+
+# ----------------------------------------------------------------------------------------------
 # Running the methods
 
 def run_one(method: str, seed: int, args) -> dict:
@@ -87,7 +117,8 @@ def run_one(method: str, seed: int, args) -> dict:
     if answers.exists():
         return json.loads(answers.read_text())
     t0 = time.time()
-    cmd = [sys.executable, str(ROOT / "lrpo.py"), "--method", method, "--seed", str(seed),
+    entry = getattr(args, "entry", [str(ROOT / "lrpo.py")])   # confirm.py: lrpo.py in its world
+    cmd = [sys.executable, *entry, "--method", method, "--seed", str(seed),
            "--steps", str(args.steps), "--out", str(out), "--no-progress", "--eval-size", "0",
            "--save-every", "50", "--threads", str(args.threads), "--device", args.device, "--no-compile",
            "--dtype", "float32", *shlex.split(args.lrpo_args)]
@@ -108,8 +139,9 @@ def run_one(method: str, seed: int, args) -> dict:
     return result
 
 
-def strict_by_question(result: dict, split: str, group: str | None) -> dict:
-    return {(r["id"], r["lang"]): r["strict"] for r in result[split] if group is None or r["group"] == group}
+def strict_by_question(result: dict, split: str, group: str | None, langs=None) -> dict:
+    return {(r["id"], r["lang"]): r["strict"] for r in result[split]
+            if (group is None or r["group"] == group) and (langs is None or r["lang"] in langs)}
 
 
 def mean(rows, key="strict", **where) -> float:
@@ -133,30 +165,57 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 10_000, seed: i
 
 def compare(results: list[dict], baselines, group=HEADLINE, split="test") -> dict:
     """Δ = LRPO − b on the cell, its bootstrap interval and one-sided p, Holm over ``baselines``."""
-    def matrix(method):
-        runs = sorted((r for r in results if r["method"] == method), key=lambda r: r["seed"])
-        per_seed = [strict_by_question(r, split, group) for r in runs]
-        keys = sorted(per_seed[0])
-        return [r["seed"] for r in runs], keys, np.array([[s[k] for k in keys] for s in per_seed], dtype=float)
-    seeds, keys, lrpo = matrix("lrpo")
+    tests = compare_pairs(results, [(f"lrpo-{b}", "lrpo", b, group, None) for b in baselines], split)
+    return {b: tests[f"lrpo-{b}"] for b in baselines}
+
+
+def cell_matrix(results: list[dict], method: str, group, langs=None, split="test"):
+    """Seeds, question keys and the (seeds × questions) strict 0/1 matrix of one method's cell."""
+    runs = sorted((r for r in results if r["method"] == method), key=lambda r: r["seed"])
+    if not runs:
+        raise SystemExit(f"no finished run of method {method!r}")
+    per_seed = [strict_by_question(r, split, group, langs) for r in runs]
+    keys = sorted(per_seed[0])
+    if not keys or any(sorted(s) != keys for s in per_seed):
+        raise SystemExit(f"{method}: the cell {group} {langs or ''} is empty or differs between seeds")
+    return [r["seed"] for r in runs], keys, np.array([[s[k] for k in keys] for s in per_seed], dtype=float)
+
+
+def compare_pairs(results: list[dict], pairs, split="test", margin: float = 0.0,
+                  holm: bool = True) -> dict:
+    """Paired bootstrap of a − b for each ``(name, a, b, group, langs)``, Holm over all pairs.
+
+    ``margin`` > 0 turns "better" into "not worse by more than margin" (p = P(Δ* ≤ −margin)).
+    ``holm=False`` judges each at 95% (an intersection-union claim needs no adjustment)."""
     out = {}
-    for b in baselines:
-        b_seeds, b_keys, other = matrix(b)
+    for name, a, b, group, langs in pairs:
+        seeds, keys, x = cell_matrix(results, a, group, langs, split)
+        b_seeds, b_keys, y = cell_matrix(results, b, group, langs, split)
         if b_seeds != seeds or b_keys != keys:
-            raise SystemExit(f"lrpo and {b} were not run on the same seeds and questions")
-        boot = paired_bootstrap(lrpo, other)
-        out[b] = {"delta": float((lrpo - other).mean()), "ci95": np.percentile(boot, [2.5, 97.5]).tolist(),
-                  "p_one_sided": float(np.mean(boot <= 0)), "boot": boot}
+            raise SystemExit(f"{a} and {b} were not run on the same seeds and questions")
+        boot = paired_bootstrap(x, y)
+        out[name] = {"a": a, "b": b, "n_seeds": len(seeds), "n_questions": len(keys),
+                     "delta": float((x - y).mean()), "ci95": np.percentile(boot, [2.5, 97.5]).tolist(),
+                     "p_one_sided": float(np.mean(boot <= -margin)), "boot": boot}
     # Holm: the smallest p is judged at α/m, the next at α/(m−1), ...; the matching two-sided
-    # intervals are 1 − 2α/m, ... (α = 0.025 per side: 98.3%, 97.5%, 95% for three baselines)
-    for rank, b in enumerate(sorted(out, key=lambda b: out[b]["p_one_sided"])):
-        level = 0.05 / (len(out) - rank)
-        lo, hi = np.percentile(out[b]["boot"], [100 * level / 2, 100 * (1 - level / 2)])
-        out[b]["holm"] = {"level": 1 - level, "ci": [float(lo), float(hi)],
-                          "verdict": "LRPO better" if lo > 0 else "LRPO worse" if hi < 0 else "no detectable difference"}
-    for b in out:
-        del out[b]["boot"]
+    # intervals are 1 − 2α/m, ... (α = 0.025 per side: 98.3%, 97.5%, 95% for three comparisons)
+    for rank, name in enumerate(sorted(out, key=lambda n: out[n]["p_one_sided"])):
+        level = 0.05 / (len(out) - rank) if holm else 0.05
+        lo, hi = np.percentile(out[name]["boot"], [100 * level / 2, 100 * (1 - level / 2)])
+        out[name]["holm"] = {"level": 1 - level, "ci": [float(lo), float(hi)],
+                             "verdict": verdict(lo, hi, margin, out[name]["a"])}
+    for name in out:
+        del out[name]["boot"]
     return out
+
+
+def verdict(lo: float, hi: float, margin: float, a: str) -> str:
+    """The decision rule for an interval of a − b (with a margin: non-inferiority of a)."""
+    who = "LRPO " if a == "lrpo" else ""
+    if margin:
+        return "not worse" if lo > -margin else "worse by more than the margin" if hi < -margin \
+            else "no decision"
+    return who + "better" if lo > 0 else who + "worse" if hi < 0 else "no detectable difference"
 
 
 def router_local_probability(folder: Path) -> tuple[list[int], list[float]]:
