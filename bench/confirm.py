@@ -69,9 +69,14 @@ EXPERIMENTS = {
 
 
 def use_world(world: str) -> None:
-    """Patch ``toy`` in this process to the named world ("current": toy.py as it is)."""
+    """Patch ``toy`` in this process to the named world ("current": toy.py as it is). A child run
+    inherits the parent's ``$LRPO_CACHE``, already the world's own folder: kept, not nested."""
+    import os
     import transfer_probe
+    cache = os.environ.get("LRPO_CACHE")
     transfer_probe.use_world(world)
+    if cache and Path(cache).name == f"probe-{world}":
+        os.environ["LRPO_CACHE"] = cache
 
 
 def weights_sha() -> str:
