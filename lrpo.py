@@ -46,8 +46,7 @@ class Config:
     model: str = "toy"             # hub id, folder or .gguf of an instruct model; toy = built-in
     data: str = "toy"              # toy, a recipe (helpsteer3, gsm8k), a .jsonl/.parquet, a hub id
     recipe: str = None             # convert the rows of --data with a named recipe
-    test_data: str = None          # held-out file; default: test.* beside a train.* --data, or the
-    # recipe's test split; else (or 'none') --test-fraction of --data is held out
+    test_data: str = None          # held-out file: test.* beside train.*, a recipe's; none: split
     test_fraction: float = 0.1     # held-out share per language when --data has no test split
     keep_duplicates: bool = False  # keep repeated rows of --data (dropped and counted by default)
     langs: str = None              # rollout languages L besides the data's, comma-separated
@@ -294,11 +293,13 @@ def policy_update(run: Run, roll, advantages: torch.Tensor, order: torch.Tensor,
     for i in range(0, len(order), cfg.micro_batch):
         picked = by_length[i:i + cfg.micro_batch]
         rows = order[picked]
-        logp = completion_logprobs(run, model, ids[rows], mask[rows], start).float()
+        out = completion_logprobs(run, model, ids[rows], mask[rows], start, entropy=i == 0)
+        logp, entropy = out if i == 0 else (out, None)   # the entropy is only logged: one pass's
         T = logp.shape[1]
         value, metrics = loss.policy_loss(
-            logp, None, advantages[rows], weights[picked, :T], kl_coef=cfg.kl_coef,
-            ref_logp=None if ref_logp is None else ref_logp[rows, :T])
+            logp.float(), None, advantages[rows], weights[picked, :T], kl_coef=cfg.kl_coef,
+            ref_logp=None if ref_logp is None else ref_logp[rows, :T],
+            entropy=None if entropy is None else entropy.detach())
         value.backward()
         terms.append({**metrics, "loss": value.detach()})
     params = [p for group in run.optimizer.param_groups for p in group["params"]]
@@ -310,7 +311,8 @@ def policy_update(run: Run, roll, advantages: torch.Tensor, order: torch.Tensor,
     # the loss terms are each pass's share of one loss: summed; the other metrics: averaged
     shares = {k: sum(float(t[k]) for t in terms) for k in ("loss", "pg_loss", "kl_loss")
               if k in terms[0]}
-    means = {k: float(np.mean([float(t[k]) for t in terms])) for k in terms[0] if k not in shares}
+    means = {k: float(np.mean([float(t[k]) for t in terms if k in t]))
+             for k in terms[0] if k not in shares}
     return {**{f"train/{k}": v for k, v in {**shares, **means}.items()},
             "train/grad_norm": 0.0 if skipped else float(grad_norm),
             "train/skipped_steps": int(skipped)}
@@ -373,7 +375,7 @@ def train(run: Run, first: int, total: int, stop: dict) -> dict:
     bar = runlog.progress(cfg, first, total)
     for step in bar:
         metrics, samples = train_step(run, step)
-        bar.set_postfix(reward=f"{metrics['reward']:.3f}", gate=f"{metrics['gate']:.2f}", refresh=False)
+        bar.set_postfix(reward=f"{metrics['reward']:.3f}", refresh=False)
         runlog.append(cfg, "metrics.jsonl", [metrics])
         runlog.append(cfg, "samples.jsonl", samples)
         done = step + 1
