@@ -26,7 +26,8 @@ def finite_flags(logp: torch.Tensor, metrics: dict) -> dict:
 def first_non_finite(model, grad: bool) -> str | None:
     """The first parameter whose gradient (or value) holds a NaN or an infinity."""
     for name, p in model.named_parameters():
-        t = p.grad if grad else p
+        master = getattr(p, "master", None)   # MasterWeightAdamW keeps the gradient on its master
+        t = (p.grad if p.grad is not None or master is None else master.grad) if grad else p
         if t is not None and not torch.isfinite(t).all():
             return name
     return None

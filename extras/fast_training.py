@@ -35,6 +35,7 @@ class MasterWeightAdamW:
         self.param_groups = self.inner.param_groups   # clip_grad_norm_ over these clips in float32
         for p, m in zip(self.params, self.masters):
             p.register_post_accumulate_grad_hook(self._accumulate_into(m))
+            p.master = m   # where extras/divergence.py finds the gradient to name
 
     @staticmethod
     def _accumulate_into(master):
@@ -150,26 +151,46 @@ class _TargetLogProbs(torch.autograd.Function):
         return grad_hidden, grad_weight, grad_bias, None, None, None, None, None
 
 
+def left_aligned(input_ids, attention_mask, completion_start: int):
+    """Each row moved left by its prompt's padding, which then trails the row (columns wrap).
+
+    A left-padded row leaves query positions whose every key is padding. On an H100 the
+    memory-efficient attention kernel's backward returns NaN in the query gradient of such rows
+    (measured: NaN first in layer 27's q_proj gradient, finite k/v gradients; BENCHMARKS.md, issue
+    18), and one NaN row poisons the whole gradient. Trailing padding sees the row's tokens, and
+    position ids follow the mask, so every value is unchanged. Returns (ids, mask, prompt lengths).
+    """
+    prompt_len = attention_mask[:, :completion_start].sum(1)
+    width = input_ids.shape[1]
+    cols = (torch.arange(width, device=input_ids.device)[None] + (completion_start - prompt_len)[:, None]) % width
+    return input_ids.gather(1, cols), attention_mask.gather(1, cols), prompt_len
+
+
 def token_logprobs(model, input_ids, attention_mask, completion_start: int, *,
                    chunk_size: int = 4096, temperature: float = 1.0, return_entropy: bool = False):
-    """rollout.token_logprobs with the vocabulary projection of :class:`_TargetLogProbs`: same
-    arguments, same values and gradients (tests/test_fast_training.py), less memory traffic.
+    """rollout.token_logprobs with the vocabulary projection of :class:`_TargetLogProbs`, on
+    left-aligned rows (:func:`left_aligned`): same arguments, same values and gradients
+    (tests/test_fast_training.py), less memory traffic, no NaN from padded query rows on a GPU.
     Body: ``base_model`` (also the text path of the multimodal Gemma 3 class); head:
     ``get_output_embeddings()`` with its bias, and ``config.final_logit_softcapping`` where the
     config has one (Gemma3ForCausalLM)."""
     import rollout
     head = model.get_output_embeddings()
     softcap = getattr(model.config, "final_logit_softcapping", None)
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                              position_ids=rollout._position_ids(attention_mask),
+    ids, mask, prompt_len = left_aligned(input_ids, attention_mask, completion_start)
+    first = int(prompt_len.min())   # the shortest prompt: every answer starts at or after it
+    hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=rollout._position_ids(mask),
                               use_cache=False).last_hidden_state
-    hidden = hidden[:, completion_start - 1:-1]   # the state at t−1 predicts token t
-    B, T, H = hidden.shape
-    targets = input_ids[:, completion_start:].reshape(-1)
-    logp, entropy = _TargetLogProbs.apply(hidden.reshape(B * T, H), head.weight, head.bias, targets,
-                                          float(temperature), softcap, chunk_size, return_entropy)
-    logp = logp.view(B, T)
-    return (logp, entropy.view(B, T)) if return_entropy else logp
+    hidden = hidden[:, first - 1:-1]   # the state at t−1 predicts token t
+    B, W, H = hidden.shape
+    logp, entropy = _TargetLogProbs.apply(hidden.reshape(B * W, H), head.weight, head.bias,
+                                          ids[:, first:].reshape(-1), float(temperature), softcap,
+                                          chunk_size, return_entropy)
+    # row b's answer starts at column prompt_len[b]: gather the (B, T) completion positions back
+    T = input_ids.shape[1] - completion_start
+    at = torch.arange(T, device=ids.device)[None] + (prompt_len - first)[:, None]
+    logp = logp.view(B, W).gather(1, at)
+    return (logp, entropy.view(B, W).gather(1, at)) if return_entropy else logp
 
 
 # ----------------------------------------------------------------------------------------------

@@ -182,8 +182,8 @@ def test_fused_token_logprobs_with_softcap_and_head_bias_equal_the_core(build):
     torch.testing.assert_close(lp1, lp0, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(ent1, ent0, rtol=1e-9, atol=1e-9)
     assert g0.keys() == g1.keys() and "lm_head.weight" in g0
-    for name in g0:
-        torch.testing.assert_close(g1[name], g0[name], rtol=1e-7, atol=1e-10, msg=name)
+    for name in g0:   # Gemma's RMSNorms compute in float32 even in a float64 model: 1e-7 rounding
+        torch.testing.assert_close(g1[name], g0[name], rtol=1e-6, atol=1e-7, msg=name)
     # and the soft-cap / bias really act: without them the values differ
     head = model.get_output_embeddings()
     if head.bias is not None:
@@ -194,3 +194,50 @@ def test_fused_token_logprobs_with_softcap_and_head_bias_equal_the_core(build):
         uncapped = fast_training.token_logprobs(model, ids, mask, 4, temperature=0.8)
         model.config.final_logit_softcapping = cap
         assert (uncapped - lp1).abs().max() > 0.05
+
+
+def test_left_aligned_rows_keep_a_kernel_that_fails_on_all_padding_queries_finite(tiny_qwen, monkeypatch):
+    """Issue 18's non-finite gradient, recreated by value. Measured on an H100 (BENCHMARKS.md): the
+    memory-efficient attention kernel's backward writes NaN into the query gradient of a row whose
+    every key is padding, which a left-padded prompt has. Here attention is wrapped to do exactly
+    that. On the left-padded layout (the core's, which lrpo used on the GPU before the fix) the
+    gradient turns NaN; the fused head's left-aligned rows give finite gradients, and the same
+    values as the core's without the faulty kernel."""
+    import torch.nn.functional as F
+    import rollout
+    from extras import fast_training
+    model, _ = tiny_qwen
+    model.config._attn_implementation = "sdpa"
+    gen = torch.Generator().manual_seed(5)
+    ids = torch.randint(3, 1500, (3, 14), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    mask[1, :1] = 0
+    aligned_ids, aligned_mask, prompt_len = fast_training.left_aligned(ids, mask, 6)
+    assert prompt_len.tolist() == [2, 5, 6]
+    assert (aligned_mask.cumsum(1) > 0).all()   # every query position sees a real key
+    assert aligned_ids[0, :2].tolist() == ids[0, 4:6].tolist()   # row 0's prompt starts the row
+
+    def grads(fn):
+        model.zero_grad()
+        logp = fn(model, ids, mask, 6)
+        (logp * mask[:, 6:]).sum().backward()
+        return logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    clean_core = grads(rollout.token_logprobs)
+    real_sdpa = F.scaled_dot_product_attention
+
+    def faulty_sdpa(q, k, v, attn_mask=None, **kw):
+        out = real_sdpa(q, k, v, attn_mask=attn_mask, **kw)
+        if attn_mask is not None and attn_mask.dtype == torch.bool and q.requires_grad:
+            empty = ~attn_mask.any(-1, keepdim=True)   # query rows with no visible key
+            q.register_hook(lambda g: g.masked_fill(empty, float("nan")))
+        return out
+    monkeypatch.setattr(F, "scaled_dot_product_attention", faulty_sdpa)
+    _, core_grads = grads(rollout.token_logprobs)
+    assert any(not torch.isfinite(g).all() for g in core_grads.values())   # the kernel's fault acts
+    logp, fused_grads = grads(fast_training.token_logprobs)
+    assert all(torch.isfinite(g).all() for g in fused_grads.values())
+    torch.testing.assert_close(logp * mask[:, 6:], clean_core[0] * mask[:, 6:], atol=1e-5, rtol=0)
+    for name, g in clean_core[1].items():
+        torch.testing.assert_close(fused_grads[name], g, atol=1e-5, rtol=1e-4, msg=name)
