@@ -48,8 +48,10 @@ def build_inputs(work: Path, smoke: bool) -> tuple[str, str, str]:
         config = Qwen2Config(**(SMOKE if smoke else QWEN25_15B), eos_token_id=tok.eos_token_id,
                              pad_token_id=tok.pad_token_id, torch_dtype="bfloat16")
         torch.manual_seed(0)
-        model = Qwen2ForCausalLM(config).to(torch.float32 if smoke else torch.bfloat16)
+        with torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu"):   # fast init
+            model = Qwen2ForCausalLM(config).to(torch.float32 if smoke else torch.bfloat16)
         model.save_pretrained(model_dir)
+        del model
         tok.save_pretrained(model_dir)
     if not encoder_dir.exists():
         shape = dict(MMBERT_SMALL, vocab_size=2048, num_hidden_layers=2) if smoke else MMBERT_SMALL
