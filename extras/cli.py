@@ -94,8 +94,9 @@ def build_parser(config_cls, presets: dict) -> argparse.ArgumentParser:
     groups = {name: titled[title] for title, names in HELP_GROUPS.items() for name in names}
     comments = field_comments(config_cls)
     for f in fields(config_cls):
-        shown = ", ".join([f"toy: {f.default}"] + [f"{name}: {values[f.name]}" for name, values
-                                                   in presets.items() if f.name in values and name != "toy"])
+        overrides = [f"{name}: {values[f.name]}" for name, values in presets.items()
+                     if f.name in values and name != "toy"]
+        shown = ", ".join([f"toy: {f.default}"] + overrides) if overrides else f"default: {f.default}"
         kwargs = dict(default=argparse.SUPPRESS)
         if f.name in CHOICES:
             kwargs["choices"] = CHOICES[f.name]
