@@ -23,7 +23,7 @@ Every random draw of step s is seeded from (seed, s), so ``--resume`` repeats a 
 """
 import copy
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np

@@ -529,7 +529,7 @@ def load_checkpoint(run) -> int:
             _remove(out / FAILED)
             folder.rename(out / FAILED)
             continue
-        path = _put_in_place(folder)   # after a crash mid-save, the newest complete one goes back
+        _put_in_place(folder)          # after a crash mid-save, the newest complete one goes back
         for name in (TMP, OLD):        # and what is left of the others goes
             _remove(out / name)
         trim_logs(out, step)

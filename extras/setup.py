@@ -113,12 +113,13 @@ def speed_paths(cfg, model, reference):
     import math
     from extras import fast_training
     sample, logprobs, update = rollout.sample, rollout.token_logprobs, None
-    if not rollout.has_llama_forward(model, math.inf):   # Gemma 3 etc.: their transformers forward
-        from extras.any_model import sample
     on_gpu = cfg.device.startswith("cuda")
-    if on_gpu or cfg.rollout_batch:
+    if on_gpu or cfg.rollout_batch:   # (it falls back to extras/any_model.py for other families)
         from extras.fast_rollout import in_chunks, sample as fast_sample
         sample = in_chunks(fast_sample, cfg.rollout_batch)
+    elif not rollout.has_llama_forward(model, math.inf):   # Gemma 3 etc.: their own forward
+        from extras.any_model import sample as any_sample
+        sample = any_sample
     if on_gpu:
         logprobs = fast_training.token_logprobs
     if on_gpu or cfg.ppo_epochs > 1 or cfg.mini_batch:
