@@ -304,7 +304,8 @@ def policy_update(run: Run, roll, advantages: torch.Tensor, order: torch.Tensor,
         terms.append({**metrics, "loss": value.detach()})
     params = [p for group in run.optimizer.param_groups for p in group["params"]]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-    skipped = not run.guard.check(model, grad_norm, terms, step)   # non-finite: named, not taken
+    # a non-finite loss or gradient: the step is named and not taken (extras/divergence.py)
+    skipped = not run.guard.check(model, grad_norm, terms, step, (ids[:2], mask[:2], start))
     if not skipped:
         run.optimizer.step()
     model.eval()

@@ -35,7 +35,6 @@ import torch
 
 from bench.train_bench import MMBERT_SMALL, QWEN25_15B, SMOKE, H100_BF16_DENSE
 
-PHASES = ("rollout", "reward", "update_reference", "update_forward_backward", "update_optimizer")
 
 
 def build_inputs(work: Path, smoke: bool) -> tuple[str, str, str]:

@@ -15,14 +15,6 @@ class Diverged(Exception):
     """The run cannot go on: its message is the one line for the user."""
 
 
-def finite_flags(logp: torch.Tensor, metrics: dict) -> dict:
-    """Whether the log-probs and each loss term of a micro-batch are finite, as device tensors
-    (read once per optimizer step: a read per micro-batch would wait for the GPU each time)."""
-    flags = {"logits/log-probs": torch.isfinite(logp).all()}
-    flags.update({k: torch.isfinite(torch.as_tensor(v)).all() for k, v in metrics.items()})
-    return flags
-
-
 def first_non_finite(model, grad: bool) -> str | None:
     """The first parameter whose gradient (or value) holds a NaN or an infinity."""
     for name, p in model.named_parameters():
@@ -36,25 +28,28 @@ def first_non_finite(model, grad: bool) -> str | None:
 class Guard:
     def __init__(self, max_in_a_row: int = 3):
         self.max_in_a_row, self.in_a_row = max_in_a_row, 0
-        self.terms: set[str] = set()   # non-finite loss terms seen in the current optimizer step
-        self.flags: list[dict] = []    # finite_flags of its micro-batches, not yet read
-        self.probe = None              # a few rows of the last batch: (ids, mask, start)
+        self.probe = None   # a few rows of the last batch, (ids, mask, start), for `sound`
 
-    def saw(self, logp, metrics) -> None:
-        self.flags.append(finite_flags(logp, metrics))
+    def check(self, model, grad_norm, terms: list[dict], step: int, probe=None) -> bool:
+        """Whether the optimizer may step: the gradient norm and every micro-batch's loss terms
+        (``terms``, device tensors) are finite. A skip is named; the k-th in a row stops the run.
+        ``probe``: rows of this batch whose log-probs `sound` checks before a save."""
+        self.probe = probe
+        # one read per loss term, not per micro-batch: each read waits for the GPU
+        names = dict.fromkeys(k for metrics in terms for k in metrics)
+        finite = {k: torch.stack([torch.isfinite(torch.as_tensor(m[k])).all() for m in terms if k in m])
+                  .all() for k in names}
+        bad = sorted(k for k, ok in finite.items() if not bool(ok))
+        if torch.isfinite(grad_norm) and not bad:
+            self.stepped(model, step)
+            return True
+        self.skipped(model, step, bad)
+        return False
 
-    def bad_terms(self) -> set[str]:
-        """The non-finite terms of this optimizer step's micro-batches (reads the flags)."""
-        for flags in self.flags:
-            self.terms.update(k for k, ok in flags.items() if not bool(ok))
-        self.flags.clear()
-        return self.terms
-
-    def skipped(self, model, step: int) -> None:
+    def skipped(self, model, step: int, bad_terms: list[str]) -> None:
         """An optimizer step skipped on a non-finite loss term or gradient: say why; stop at the
         k-th in a row."""
-        why = ", ".join(sorted(self.bad_terms())) or f"gradient of {first_non_finite(model, grad=True)}"
-        self.terms.clear()
+        why = ", ".join(bad_terms) or f"gradient of {first_non_finite(model, grad=True)}"
         self.in_a_row += 1
         print(f"[lrpo] warning: step {step + 1}: non-finite {why}; skipped an optimizer step "
               f"({self.in_a_row} in a row)")
@@ -62,20 +57,7 @@ class Guard:
             raise Diverged(f"the run diverged: {self.in_a_row} optimizer steps in a row skipped on "
                            f"non-finite values (last: {why}) at step {step + 1}")
 
-    def check(self, model, grad_norm, terms: list[dict], step: int) -> bool:
-        """Whether the optimizer may step: the gradient norm and every micro-batch's loss terms
-        (``terms``, device tensors) are finite. A skip is named; the k-th in a row stops the run."""
-        for metrics in terms:
-            self.flags.append({k: torch.isfinite(torch.as_tensor(v)).all() for k, v in metrics.items()})
-        if not torch.isfinite(grad_norm) or self.bad_terms():
-            self.skipped(model, step)
-            return False
-        self.stepped(model, step)
-        return True
-
     def stepped(self, model, step: int) -> None:
-        self.terms.clear()
-        self.flags.clear()
         self.in_a_row = 0
         bad = first_non_finite(model, grad=False)
         if bad is not None:

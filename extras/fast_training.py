@@ -253,7 +253,7 @@ def policy_update(run, roll, advantages: torch.Tensor, order: torch.Tensor, step
             params = [p for group in optimizer.param_groups for p in group["params"]]
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             clock.lap("update_forward_backward")
-            if not run.guard.check(model, grad_norm, terms, step):   # named; not taken
+            if not run.guard.check(model, grad_norm, terms, step, (ids[:2], mask[:2], start)):
                 skipped += 1
                 optimizer.zero_grad(set_to_none=True)
                 continue

@@ -280,6 +280,11 @@ def test_policy_update_gradient_equals_verls_micro_batch_loop(tiny_qwen, agg, ze
                           guard=Guard())
     order = torch.randperm(8, generator=torch.Generator().manual_seed(lrpo.step_seed(cfg.seed, 0, 3)))
     update(run, roll, advantages, order, 0)
+    # the guard keeps rows of this batch, so a model whose log-probs turned non-finite is not saved
+    probe_ids, probe_mask, probe_start = run.guard.probe
+    assert probe_ids.shape[0] == 2 and probe_start == roll.completion_start
+    assert run.guard.sound(model, lambda m, *rows: torch.zeros(2, 3))
+    assert not run.guard.sound(model, lambda m, *rows: torch.full((2, 3), float("nan")))
 
     ids, mask, P = roll.input_ids, roll.attention_mask, roll.completion_start
     def full_logprobs(m):
