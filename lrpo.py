@@ -207,10 +207,8 @@ def set_up(cfg: Config) -> Run:
     model, tokenizer = load_model(cfg.model, cfg.device, getattr(torch, cfg.dtype))
     train, test = setup.filter_prompts(cfg, train, test, tokenizer, router.languages)
     setup.check_tags(cfg, model, tokenizer, train, router.languages)
-    reference = None
-    if cfg.kl_coef > 0:
-        device = "cpu" if cfg.ref_on_cpu else cfg.device
-        reference = copy.deepcopy(model).to(device).requires_grad_(False)
+    device = "cpu" if cfg.ref_on_cpu else cfg.device   # the reference's; none without a KL term
+    reference = copy.deepcopy(model).to(device).requires_grad_(False) if cfg.kl_coef > 0 else None
     fast = setup.speed_paths(cfg, model, reference)
     return Run(cfg, train, test, model, reference, tokenizer, scorer, router,
                make_optimizer(model, cfg), Guard(cfg.max_skipped), *fast)
@@ -263,12 +261,13 @@ def completion_logprobs(run: Run, model, ids, mask, start, entropy=False):
 def frozen_logprobs(run: Run, model, ids, mask, start):
     """Log-probs of every rollout under a model not trained now (the reference, or the old
     policy of an off-policy update), padded back to the full completion width."""
-    width, out = ids.shape[1] - start, []
+    out = torch.zeros(ids.shape[0], ids.shape[1] - start, device=ids.device)
+    by_length = mask.sum(1).argsort()   # passes over rows of similar length pad less
     for i in range(0, ids.shape[0], run.cfg.logprob_micro_batch):
-        rows = slice(i, i + run.cfg.logprob_micro_batch)
-        logp = completion_logprobs(run, model, ids[rows], mask[rows], start).float().to(ids.device)
-        out.append(torch.nn.functional.pad(logp, (0, width - logp.shape[1])))
-    return torch.cat(out)
+        rows = by_length[i:i + run.cfg.logprob_micro_batch]
+        logp = completion_logprobs(run, model, ids[rows], mask[rows], start)
+        out[rows, :logp.shape[1]] = logp.float().to(ids.device)
+    return out
 
 
 def policy_update(run: Run, roll, advantages: torch.Tensor, order: torch.Tensor, step: int) -> dict:
