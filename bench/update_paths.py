@@ -7,7 +7,7 @@ the weights) and the same rows:
   through ``extras.fast_training.token_logprobs`` with the padding mask given to attention
   (``mask_attention=True``: commit cd819e8's layout, which SDPA must run on its memory-efficient
   kernel) and without it (plain causal attention on left-aligned rows, what lrpo runs now);
-* the reference's no-grad forward over 256 rows in passes of 32 (``--logprob-micro-batch``), in
+* the reference's no-grad forward over 128 rows in passes of 32 (``--logprob-micro-batch``), in
   the rows' shuffled order (as ``lrpo.frozen_logprobs`` took them before) and sorted by length
   (as it does now), each with and without the mask.
 
@@ -84,7 +84,7 @@ def main() -> None:
     if args.compile:
         fast_training.compile_layers(model)
     params = sum(p.numel() for p in model.parameters())
-    n_ref = 32 if args.smoke else 256
+    n_ref = 32 if args.smoke else 128
     ids, mask, start = paper_rows(n_ref, shape["vocab_size"], max_new)
     ids, mask = ids.to(device), mask.to(device)
     by_length = mask.sum(1).argsort()
