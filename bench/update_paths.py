@@ -1,22 +1,24 @@
-"""The update's two passes at the paper's row shape, each way lrpo has computed them (issue 18).
+"""The update's two passes at the paper's row shape, timed on one GPU (issue 18).
 
 One call times, on the same random-init Qwen2.5-1.5B-shaped model (bf16; speed does not depend on
 the weights) and the same rows:
 
-* the forward/backward of one training micro-batch (8 rows, the real preset's ``--micro-batch``),
-  through ``extras.fast_training.token_logprobs`` with the padding mask given to attention
-  (``mask_attention=True``: commit cd819e8's layout, which SDPA must run on its memory-efficient
-  kernel) and without it (plain causal attention on left-aligned rows, what lrpo runs now);
+* the forward/backward of one training micro-batch (8 rows, the real preset's ``--micro-batch``)
+  through ``extras.fast_training.token_logprobs``, what lrpo trains with on a GPU;
 * the reference's no-grad forward over 128 rows in passes of 32 (``--logprob-micro-batch``), in
-  the rows' shuffled order (as ``lrpo.frozen_logprobs`` took them before) and sorted by length
-  (as it does now), each with and without the mask.
+  the rows' shuffled order (as ``lrpo.frozen_logprobs`` took them up to commit 5049b20) and sorted
+  by length (as it does now): the baseline and the change in the same run.
 
-Rows: prompts of 19–36 tokens left-padded to 40 and answers of 1–1,024 tokens whose lengths follow
-the paper-shape bench's step 2 (mean ~770; ``bench/paper_step.py``); a training micro-batch is 8
-neighbours in length order, as ``policy_update`` groups them. MFU = 6 (training) or 2 (reference)
-· params · real tokens / seconds / 989 TFLOP/s.
+Commit 5049b20 also timed the attention without its padding mask (plain causal attention on the
+left-aligned rows): on the H100 it gave the same log-probs to the bit and the same time (220.3 vs
+220.6 ms a micro-batch), so that change was taken out again (BENCHMARKS.md, issue 18).
 
-    python bench/update_paths.py            # on the GPU, about a minute
+Rows: prompts of 19–36 tokens left-padded to 40 and answers of 256–1,024 tokens, a quarter at the
+cap (mean ~800, as the paper-shape bench's rollouts; ``bench/paper_step.py``); a training
+micro-batch is 8 neighbours in length order, as ``policy_update`` groups them. MFU = 6 (training)
+or 2 (reference) · params · real tokens / seconds / 989 TFLOP/s.
+
+    python bench/update_paths.py            # on the GPU, under a minute
     python bench/update_paths.py --smoke    # tiny shapes on the CPU: checks the script
 """
 from __future__ import annotations
@@ -93,14 +95,12 @@ def main() -> None:
     results = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
                "params": params, "compile": args.compile}
 
-    def fwd_bwd(mask_attention: bool):
-        def go():
-            model.zero_grad(set_to_none=True)
-            logp = lrpo.completion_logprobs(run, model, ids[micro], mask[micro], start)
-            (logp.float() * mask[micro, start:start + logp.shape[1]]).sum().backward()
-        return go
+    def fwd_bwd():
+        model.zero_grad(set_to_none=True)
+        logp = lrpo.completion_logprobs(run, model, ids[micro], mask[micro], start)
+        (logp.float() * mask[micro, start:start + logp.shape[1]]).sum().backward()
 
-    def reference(mask_attention: bool, sort: bool):
+    def reference(sort: bool):
         rows = by_length if sort else torch.arange(n_ref, device=device)
 
         @torch.no_grad()
@@ -110,30 +110,17 @@ def main() -> None:
                 lrpo.completion_logprobs(run, model, ids[chunk], mask[chunk], start)
         return go
 
-    for name, mask_attention, fn, tokens, flops_per in (
-            ("train micro-batch, mask to attention (cd819e8)", True, fwd_bwd, mask[micro].sum(), 6),
-            ("train micro-batch, causal, no mask (now)", False, fwd_bwd, mask[micro].sum(), 6),
-            ("reference, shuffled passes, mask (cd819e8)", True, lambda m: reference(m, False), mask.sum(), 2),
-            ("reference, shuffled passes, no mask", False, lambda m: reference(m, False), mask.sum(), 2),
-            ("reference, sorted passes, no mask (now)", False, lambda m: reference(m, True), mask.sum(), 2)):
-        run.cfg = lrpo.Config(temperature=1.0)
-        run.logprobs = lambda *a, mask_attention=mask_attention, **kw: fast_training.token_logprobs(
-            *a, mask_attention=mask_attention, **kw)
+    run.cfg, run.logprobs = lrpo.Config(temperature=1.0), fast_training.token_logprobs
+    for name, fn, tokens, flops_per in (
+            ("train micro-batch (8 rows)", fwd_bwd, mask[micro].sum(), 6),
+            ("reference, shuffled passes (to 5049b20)", reference(False), mask.sum(), 2),
+            ("reference, sorted passes (now)", reference(True), mask.sum(), 2)):
         model.train() if flops_per == 6 else model.eval()
-        seconds, peak = timed(fn(mask_attention), device, args.repeats)
+        seconds, peak = timed(fn, device, args.repeats)
         mfu = flops_per * params * int(tokens) / seconds / H100_BF16_DENSE
         results[name] = {"s": round(seconds, 4), "mfu": round(mfu, 3), "peak_gib": round(peak, 1),
                          "real_tokens": int(tokens)}
-        print(f"{name:52s} {seconds * 1e3:9.1f} ms  MFU {mfu:6.1%}  peak {peak:5.1f} GiB", flush=True)
-    with torch.no_grad():   # the two layouts' values at the answers' tokens (bf16 kernels differ)
-        model.eval()
-        both = [fast_training.token_logprobs(model, ids[micro], mask[micro], start, mask_attention=m)
-                for m in (True, False)]
-        real = mask[micro, start:].bool()
-        results["max_abs_logp_diff"] = float((both[0] - both[1]).float()[real].abs().max())
-        results["mean_abs_logp_diff"] = float((both[0] - both[1]).float()[real].abs().mean())
-    print(f"log-probs, mask vs no mask, at real tokens: max |diff| {results['max_abs_logp_diff']:.3g}, "
-          f"mean {results['mean_abs_logp_diff']:.3g}")
+        print(f"{name:44s} {seconds * 1e3:9.1f} ms  MFU {mfu:6.1%}  peak {peak:5.1f} GiB", flush=True)
     print(json.dumps(results))
 
 

@@ -167,15 +167,10 @@ def left_aligned(input_ids, attention_mask, completion_start: int):
 
 
 def token_logprobs(model, input_ids, attention_mask, completion_start: int, *,
-                   chunk_size: int = 4096, temperature: float = 1.0, return_entropy: bool = False,
-                   mask_attention: bool = False):
+                   chunk_size: int = 4096, temperature: float = 1.0, return_entropy: bool = False):
     """rollout.token_logprobs with the vocabulary projection of :class:`_TargetLogProbs`, on
-    left-aligned rows (:func:`left_aligned`): same arguments, same values and gradients at every
-    real token (tests/test_fast_training.py), less memory traffic, no NaN from padded query rows
-    on a GPU. Left-aligned, every padding column trails its row's tokens, so plain causal
-    attention gives those tokens what the padding mask would: attention gets no mask, and SDPA
-    its flash kernel instead of the memory-efficient one that a mask forces (BENCHMARKS.md, issue
-    18; ``mask_attention=True`` passes the mask as before, for bench/update_paths.py).
+    left-aligned rows (:func:`left_aligned`): same arguments, same values and gradients
+    (tests/test_fast_training.py), less memory traffic, no NaN from padded query rows on a GPU.
     Body: ``base_model`` (also the text path of the multimodal Gemma 3 class); head:
     ``get_output_embeddings()`` with its bias, and ``config.final_logit_softcapping`` where the
     config has one (Gemma3ForCausalLM)."""
@@ -184,8 +179,8 @@ def token_logprobs(model, input_ids, attention_mask, completion_start: int, *,
     softcap = getattr(model.config, "final_logit_softcapping", None)
     ids, mask, prompt_len = left_aligned(input_ids, attention_mask, completion_start)
     first = int(prompt_len.min())   # the shortest prompt: every answer starts at or after it
-    hidden = model.base_model(input_ids=ids, attention_mask=mask if mask_attention else None,
-                              position_ids=rollout._position_ids(mask), use_cache=False).last_hidden_state
+    hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=rollout._position_ids(mask),
+                              use_cache=False).last_hidden_state
     hidden = hidden[:, first - 1:-1]   # the state at t−1 predicts token t
     B, W, H = hidden.shape
     logp, entropy = _TargetLogProbs.apply(hidden.reshape(B * W, H), head.weight, head.bias,
