@@ -19,6 +19,7 @@ micro-batch is 8 neighbours in length order, as ``policy_update`` groups them. M
 or 2 (reference) · params · real tokens / seconds / 989 TFLOP/s.
 
     python bench/update_paths.py            # on the GPU, under a minute
+    python bench/update_paths.py --profile  # + the training pass's kernel time by kind
     python bench/update_paths.py --smoke    # tiny shapes on the CPU: checks the script
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from bench.train_bench import H100_BF16_DENSE, QWEN25_15B, SMOKE
+from bench.train_bench import H100_BF16_DENSE, QWEN25_15B, SMOKE, kernel_breakdown
 
 
 def paper_rows(n: int, vocab: int, max_new: int, seed: int = 0):
@@ -72,6 +73,8 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU")
     parser.add_argument("--compile", action="store_true", help="compile each decoder layer, as lrpo does")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls of each pass (median)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also the kernel time of one training micro-batch, by kind of kernel")
     args = parser.parse_args()
     import lrpo
     from extras import fast_training
@@ -121,6 +124,11 @@ def main() -> None:
         results[name] = {"s": round(seconds, 4), "mfu": round(mfu, 3), "peak_gib": round(peak, 1),
                          "real_tokens": int(tokens)}
         print(f"{name:44s} {seconds * 1e3:9.1f} ms  MFU {mfu:6.1%}  peak {peak:5.1f} GiB", flush=True)
+    if args.profile:   # where the training pass's time goes: GEMMs, attention, compiled kernels, ...
+        model.train()
+        results["profile"] = kernel_breakdown(fwd_bwd, cuda=device == "cuda")
+        for group, seconds in sorted(results["profile"]["groups_s"].items(), key=lambda g: -g[1]):
+            print(f"  {group:40s} {seconds * 1e3:8.1f} ms")
     print(json.dumps(results))
 
 
