@@ -36,7 +36,6 @@ import torch
 from bench.train_bench import MMBERT_SMALL, QWEN25_15B, SMOKE, H100_BF16_DENSE
 
 
-
 def build_inputs(work: Path, smoke: bool) -> tuple[str, str, str]:
     """The issue's folders: model, data file, encoder (random weights, the world's tokenizer)."""
     import toy

@@ -6,8 +6,10 @@ the weights) and the same rows:
 * the forward/backward of one training micro-batch (8 rows, the real preset's ``--micro-batch``)
   through ``extras.fast_training.token_logprobs``, what lrpo trains with on a GPU;
 * the reference's no-grad forward over 128 rows in passes of 32 (``--logprob-micro-batch``), in
-  the rows' shuffled order (as ``lrpo.frozen_logprobs`` took them up to commit 5049b20) and sorted
-  by length (as it does now): the baseline and the change in the same run.
+  the rows' shuffled order (a copy of ``lrpo.frozen_logprobs``'s loop up to commit 5049b20) and
+  through ``lrpo.frozen_logprobs`` itself, which sorts them by length: the baseline and the
+  change in the same run. (The H100 figures in BENCHMARKS.md come from commit 5049b20, whose bench
+  timed the sorted passes with its own copy of the loop, without the scatter back.)
 
 Commit 5049b20 also timed the attention without its padding mask (plain causal attention on the
 left-aligned rows): on the H100 it gave the same log-probs to the bit and the same time (220.3 vs
@@ -27,14 +29,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from bench.train_bench import H100_BF16_DENSE, QWEN25_15B, SMOKE, kernel_breakdown
+from bench.train_bench import H100_BF16_DENSE, QWEN25_15B, SMOKE, Timer, kernel_breakdown
 
 
 def paper_rows(n: int, vocab: int, max_new: int, seed: int = 0):
@@ -51,21 +52,16 @@ def paper_rows(n: int, vocab: int, max_new: int, seed: int = 0):
     return ids, mask, start
 
 
-def timed(fn, device: str, repeats: int) -> tuple[float, float]:
+def timed(fn, timer: Timer, repeats: int) -> tuple[float, float]:
     """Median seconds of ``repeats`` calls after one warm-up, and the peak GiB."""
     fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+    timer.reset_peak()
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = timer.now()
         fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
-    return sorted(times)[len(times) // 2], peak
+        times.append(timer.now() - t0)
+    return sorted(times)[len(times) // 2], timer.peak_gib()
 
 
 def main() -> None:
@@ -92,9 +88,8 @@ def main() -> None:
     n_ref = 32 if args.smoke else 128
     ids, mask, start = paper_rows(n_ref, shape["vocab_size"], max_new)
     ids, mask = ids.to(device), mask.to(device)
-    by_length = mask.sum(1).argsort()
-    micro = by_length[n_ref // 2:n_ref // 2 + 8]   # 8 length neighbours near the median
-    run = type("Run", (), {})()   # what lrpo.frozen_logprobs reads of a run
+    micro = mask.sum(1).argsort()[n_ref // 2:n_ref // 2 + 8]   # 8 length neighbours near the median
+    run, timer = type("Run", (), {})(), Timer(device)   # run: what lrpo.frozen_logprobs reads
     results = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
                "params": params, "compile": args.compile}
 
@@ -103,23 +98,20 @@ def main() -> None:
         logp = lrpo.completion_logprobs(run, model, ids[micro], mask[micro], start)
         (logp.float() * mask[micro, start:start + logp.shape[1]]).sum().backward()
 
-    def reference(sort: bool):
-        rows = by_length if sort else torch.arange(n_ref, device=device)
+    @torch.no_grad()
+    def reference_shuffled():   # lrpo.frozen_logprobs's passes up to 5049b20: rows as they come
+        for i in range(0, n_ref, 32):
+            lrpo.completion_logprobs(run, model, ids[i:i + 32], mask[i:i + 32], start)
 
-        @torch.no_grad()
-        def go():
-            for i in range(0, n_ref, 32):
-                chunk = rows[i:i + 32]
-                lrpo.completion_logprobs(run, model, ids[chunk], mask[chunk], start)
-        return go
-
-    run.cfg, run.logprobs = lrpo.Config(temperature=1.0), fast_training.token_logprobs
+    run.cfg = lrpo.Config(temperature=1.0, logprob_micro_batch=32)
+    run.logprobs = fast_training.token_logprobs
     for name, fn, tokens, flops_per in (
             ("train micro-batch (8 rows)", fwd_bwd, mask[micro].sum(), 6),
-            ("reference, shuffled passes (to 5049b20)", reference(False), mask.sum(), 2),
-            ("reference, sorted passes (now)", reference(True), mask.sum(), 2)):
+            ("reference, shuffled passes (to 5049b20)", reference_shuffled, mask.sum(), 2),
+            ("reference, sorted passes (now)", lambda: lrpo.frozen_logprobs(run, model, ids, mask, start),
+             mask.sum(), 2)):
         model.train() if flops_per == 6 else model.eval()
-        seconds, peak = timed(fn, device, args.repeats)
+        seconds, peak = timed(fn, timer, args.repeats)
         mfu = flops_per * params * int(tokens) / seconds / H100_BF16_DENSE
         results[name] = {"s": round(seconds, 4), "mfu": round(mfu, 3), "peak_gib": round(peak, 1),
                          "real_tokens": int(tokens)}
