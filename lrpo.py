@@ -262,7 +262,7 @@ def frozen_logprobs(run: Run, model, ids, mask, start):
     """Log-probs of every rollout under a model not trained now (the reference, or the old
     policy of an off-policy update), padded back to the full completion width."""
     out = torch.zeros(ids.shape[0], ids.shape[1] - start, device=ids.device)
-    by_length = mask.sum(1).argsort(stable=True)   # passes of similar lengths pad less
+    by_length = mask.sum(1).argsort()   # passes over rows of similar length pad less
     for i in range(0, ids.shape[0], run.cfg.logprob_micro_batch):
         rows = by_length[i:i + run.cfg.logprob_micro_batch]
         logp = completion_logprobs(run, model, ids[rows], mask[rows], start)
