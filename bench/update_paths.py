@@ -1,19 +1,18 @@
 """The update's two passes at the paper's row shape, timed on one GPU (issue 18).
 
 One call times, on the same random-init Qwen2.5-1.5B-shaped model (bf16; speed does not depend on
-the weights) and the same rows:
+the weights) and the same rows, the update's two passes through ``extras.fast_training.
+token_logprobs``, what lrpo trains with on a GPU, with the vocabulary head's element-wise passes
+compiled (now) and eager (``extras.fast_rollout.FUSE = False``, as at commit f932e01): the
+baseline and the change in the same run.
 
-* the forward/backward of one training micro-batch (8 rows, the real preset's ``--micro-batch``)
-  through ``extras.fast_training.token_logprobs``, what lrpo trains with on a GPU;
-* the reference's no-grad forward over 128 rows in passes of 32 (``--logprob-micro-batch``), in
-  the rows' shuffled order (a copy of ``lrpo.frozen_logprobs``'s loop up to commit 5049b20) and
-  through ``lrpo.frozen_logprobs`` itself, which sorts them by length: the baseline and the
-  change in the same run. (The H100 figures in BENCHMARKS.md come from commit 5049b20, whose bench
-  timed the sorted passes with its own copy of the loop, without the scatter back.)
+* the forward/backward of one training micro-batch (8 rows, the real preset's ``--micro-batch``);
+* the reference's no-grad forward over 128 rows in passes of 32 (``--logprob-micro-batch``)
+  through ``lrpo.frozen_logprobs``, which takes them in length order.
 
-Commit 5049b20 also timed the attention without its padding mask (plain causal attention on the
-left-aligned rows): on the H100 it gave the same log-probs to the bit and the same time (220.3 vs
-220.6 ms a micro-batch), so that change was taken out again (BENCHMARKS.md, issue 18).
+Earlier calls of this bench (BENCHMARKS.md, issue 18): commit 5049b20 found that plain causal
+attention without the padding mask gives the same log-probs to the bit and the same time (taken
+out again), and that sorting the reference's rows by length cuts its passes by 17.7%.
 
 Rows: prompts of 19–36 tokens left-padded to 40 and answers of 256–1,024 tokens, a quarter at the
 cap (mean ~800, as the paper-shape bench's rollouts; ``bench/paper_step.py``); a training
@@ -73,7 +72,7 @@ def main() -> None:
                         help="also the kernel time of one training micro-batch, by kind of kernel")
     args = parser.parse_args()
     import lrpo
-    from extras import fast_training
+    from extras import fast_rollout, fast_training
     from transformers import Qwen2Config, Qwen2ForCausalLM
     device = "cpu" if args.smoke else "cuda"
     shape, max_new = (SMOKE, 32) if args.smoke else (QWEN25_15B, 1024)
@@ -98,24 +97,21 @@ def main() -> None:
         logp = lrpo.completion_logprobs(run, model, ids[micro], mask[micro], start)
         (logp.float() * mask[micro, start:start + logp.shape[1]]).sum().backward()
 
-    @torch.no_grad()
-    def reference_shuffled():   # lrpo.frozen_logprobs's passes up to 5049b20: rows as they come
-        for i in range(0, n_ref, 32):
-            lrpo.completion_logprobs(run, model, ids[i:i + 32], mask[i:i + 32], start)
-
     run.cfg = lrpo.Config(temperature=1.0, logprob_micro_batch=32)
     run.logprobs = fast_training.token_logprobs
-    for name, fn, tokens, flops_per in (
-            ("train micro-batch (8 rows)", fwd_bwd, mask[micro].sum(), 6),
-            ("reference, shuffled passes (to 5049b20)", reference_shuffled, mask.sum(), 2),
-            ("reference, sorted passes (now)", lambda: lrpo.frozen_logprobs(run, model, ids, mask, start),
-             mask.sum(), 2)):
-        model.train() if flops_per == 6 else model.eval()
-        seconds, peak = timed(fn, timer, args.repeats)
-        mfu = flops_per * params * int(tokens) / seconds / H100_BF16_DENSE
-        results[name] = {"s": round(seconds, 4), "mfu": round(mfu, 3), "peak_gib": round(peak, 1),
-                         "real_tokens": int(tokens)}
-        print(f"{name:44s} {seconds * 1e3:9.1f} ms  MFU {mfu:6.1%}  peak {peak:5.1f} GiB", flush=True)
+    for fused in (False, True):
+        fast_rollout.FUSE = fused
+        head = "head compiled (now)" if fused else "head eager (as at f932e01)"
+        for name, fn, tokens, flops_per in (
+                (f"train micro-batch (8 rows), {head}", fwd_bwd, mask[micro].sum(), 6),
+                (f"reference (128 rows), {head}", lambda: lrpo.frozen_logprobs(run, model, ids, mask, start),
+                 mask.sum(), 2)):
+            model.train() if flops_per == 6 else model.eval()
+            seconds, peak = timed(fn, timer, args.repeats)
+            mfu = flops_per * params * int(tokens) / seconds / H100_BF16_DENSE
+            results[name] = {"s": round(seconds, 4), "mfu": round(mfu, 3), "peak_gib": round(peak, 1),
+                             "real_tokens": int(tokens)}
+            print(f"{name:52s} {seconds * 1e3:9.1f} ms  MFU {mfu:6.1%}  peak {peak:5.1f} GiB", flush=True)
     if args.profile:   # where the training pass's time goes: GEMMs, attention, compiled kernels, ...
         model.train()
         results["profile"] = kernel_breakdown(fwd_bwd, cuda=device == "cuda")

@@ -77,7 +77,7 @@ def _fused(fn):
             return compiled(first, *args)
         except Exception as error:  # compile errors surface at the first call of a shape
             failed = True
-            warnings.warn(f"fast_rollout: torch.compile of {fn.__name__} failed, running it eagerly: {error!r}")
+            warnings.warn(f"{fn.__module__}: torch.compile of {fn.__name__} failed, running it eagerly: {error!r}")
             return fn(first, *args)
 
     helper.eager = fn

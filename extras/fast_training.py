@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from extras.fast_rollout import _fused
+
 
 class MasterWeightAdamW:
     """AdamW over float32 master copies of low-precision parameters (interface of torch.optim)."""
@@ -70,28 +72,63 @@ class MasterWeightAdamW:
         self.inner.load_state_dict(state["inner"])
 
 
-def compile_layers(model) -> None:
+# How many guard variants of the layers' code torch.compile keeps before it runs them eagerly for
+# good (torch's default is 8). lrpo's loop calls the layers with and without grad (training and
+# reference passes), with a padding mask or none (transformers drops the mask of a pass whose rows
+# all have the same length: sorted passes of capped answers do), for the policy and for the
+# reference: on the H100 the paper-shape run used up 8 during step 1, and every training pass
+# after it ran uncompiled (forward/backward 55 s a step instead of ~45 s; BENCHMARKS.md, issue 18).
+LAYER_VARIANTS = 64
+
+
+def compile_layers(model, backend: str = "inductor") -> None:
     """torch.compile every decoder layer; dynamic shapes avoid a recompile per sequence length."""
+    import torch._dynamo
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, LAYER_VARIANTS)
     for layer in model.base_model.layers:
-        layer.compile(dynamic=True)
+        layer.compile(dynamic=True, backend=backend)
 
 
 # ----------------------------------------------------------------------------------------------
 # Training log-probs without the vocabulary's logits in memory (the twin of rollout.token_logprobs)
 
-def _chunk_logits(h, weight, bias, softcap, temperature: float):
-    """float32 logits / T of one chunk of positions, with the head's bias and Gemma's
-    final_logit_softcapping c·tanh(z / c) where the model has them; also tanh(z / c) (or None),
-    which the backward needs for the soft-cap's derivative 1 − tanh²."""
-    at_least_fp32 = torch.promote_types(h.dtype, torch.float32)   # a float64 model stays float64
-    logits = (h @ weight.T).to(at_least_fp32)
+def _scaled_logits(raw, bias, softcap, temperature: float):
+    """float32 logits / T of one chunk from the head's product ``raw`` = h·Wᵀ, with the head's bias
+    and Gemma's final_logit_softcapping c·tanh(z / c) where the model has them; also tanh(z / c)
+    (or None), which the backward needs for the soft-cap's derivative 1 − tanh²."""
+    logits = raw.to(torch.promote_types(raw.dtype, torch.float32))   # a float64 model stays float64
     if bias is not None:
-        logits += bias
+        logits = logits + bias
     squashed = None
     if softcap:
         squashed = torch.tanh(logits / softcap)
         logits = squashed * softcap
-    return logits.div_(temperature), squashed
+    return logits / temperature, squashed
+
+
+# The two element-wise passes over a chunk's (positions, vocabulary) logits. Eagerly each op is a
+# pass over 4096 × 151,936 float32 values; on CUDA each function is compiled into one or two
+# kernels that read the bf16 product once (measured on the H100: BENCHMARKS.md, issue 18).
+@_fused
+def _log_normaliser(raw, bias, targets, softcap, temperature: float, with_entropy: bool):
+    """log Z and the target's logit of each position; and the entropy log Z − E_p[logit]."""
+    logits, _ = _scaled_logits(raw, bias, softcap, temperature)
+    log_z = torch.logsumexp(logits, dim=-1)
+    picked = logits.gather(1, targets[:, None]).squeeze(1)
+    entropy = log_z - (logits.softmax(-1) * logits).sum(-1) if with_entropy else None
+    return log_z, picked, entropy
+
+
+@_fused
+def _logit_gradient(raw, bias, targets, log_z, grad_logp, softcap, temperature: float):
+    """∂/∂raw of Σ g · log p[target] = (1[j = target] − p_j) · g / T (· (1 − tanh²) under a
+    soft-cap), in raw's dtype, and its sum over positions (the bias's gradient) where there is a bias."""
+    logits, squashed = _scaled_logits(raw, bias, softcap, temperature)
+    grad = (logits - log_z[:, None]).exp() * -grad_logp[:, None]    # −p · g
+    grad = grad.scatter_add(1, targets[:, None], grad_logp[:, None]) / temperature   # + 1[target] · g
+    if squashed is not None:
+        grad = grad * (1 - squashed.square())
+    return grad.to(raw.dtype), (None if bias is None else grad.sum(0))
 
 
 class _TargetLogProbs(torch.autograd.Function):
@@ -101,8 +138,8 @@ class _TargetLogProbs(torch.autograd.Function):
 
     rollout.token_logprobs keeps the float32 (N, V) logits and autograd's intermediates: about
     17 MB of memory traffic per position for Qwen's 151,936 ids in the backward. Here the
-    backward recomputes only the logits and forms ∂/∂logits = (1[j = target] − softmax_j) · g / T
-    in place: about 8 MB per position, and the same values.
+    backward recomputes only the logits' product and forms ∂/∂logits = (1[j = target] − softmax_j)
+    · g / T from it in one pass: the same values with far less traffic.
     """
 
     @staticmethod
@@ -112,12 +149,12 @@ class _TargetLogProbs(torch.autograd.Function):
         logp = torch.empty(hidden.shape[0], dtype=at_least_fp32, device=hidden.device)
         log_z, entropy = torch.empty_like(logp), torch.zeros_like(logp)
         for s in range(0, hidden.shape[0], chunk):
-            logits, _ = _chunk_logits(hidden[s:s + chunk], weight, bias, softcap, temperature)
-            log_z[s:s + chunk] = torch.logsumexp(logits, dim=-1)
-            picked = logits.gather(1, targets[s:s + chunk, None]).squeeze(1)
-            logp[s:s + chunk] = picked - log_z[s:s + chunk]
-            if with_entropy:   # H = log Z − E_p[logit]
-                entropy[s:s + chunk] = log_z[s:s + chunk] - (logits.softmax(-1) * logits).sum(-1)
+            part = slice(s, s + chunk)
+            log_z[part], picked, part_entropy = _log_normaliser(
+                hidden[part] @ weight.T, bias, targets[part], softcap, temperature, with_entropy)
+            logp[part] = picked - log_z[part]
+            if with_entropy:
+                entropy[part] = part_entropy
         ctx.save_for_backward(hidden, weight, bias, targets, log_z)
         ctx.temperature, ctx.softcap, ctx.chunk = temperature, softcap, chunk
         ctx.mark_non_differentiable(entropy)
@@ -132,18 +169,15 @@ class _TargetLogProbs(torch.autograd.Function):
         grad_weight = torch.zeros_like(weight, dtype=accumulate) if needs[1] else None
         grad_bias = torch.zeros_like(bias, dtype=accumulate) if needs[2] else None
         for s in range(0, hidden.shape[0], ctx.chunk):
-            h, g = hidden[s:s + ctx.chunk], grad_logp[s:s + ctx.chunk, None]
-            logits, squashed = _chunk_logits(h, weight, bias, ctx.softcap, ctx.temperature)
-            grad_logits = logits.sub_(log_z[s:s + ctx.chunk, None]).exp_().mul_(-g)   # −p · g
-            grad_logits.scatter_add_(1, targets[s:s + ctx.chunk, None], g)   # + 1[target] · g
-            grad_logits = grad_logits.div_(ctx.temperature)
-            if squashed is not None:   # through the soft-cap: d(c·tanh(z / c))/dz = 1 − tanh²
-                grad_logits.mul_(1 - squashed.square_())
+            part = slice(s, s + ctx.chunk)
+            h = hidden[part]
+            grad_logits, grad_bias_part = _logit_gradient(
+                h @ weight.T, bias, targets[part], log_z[part], grad_logp[part].to(log_z.dtype),
+                ctx.softcap, ctx.temperature)
             if grad_bias is not None:
-                grad_bias += grad_logits.sum(0).to(accumulate)
-            grad_logits = grad_logits.to(h.dtype)
+                grad_bias += grad_bias_part.to(accumulate)
             if grad_hidden is not None:
-                grad_hidden[s:s + ctx.chunk] = grad_logits @ weight
+                grad_hidden[part] = grad_logits @ weight
             if grad_weight is not None:
                 grad_weight += (grad_logits.T @ h).to(accumulate)
         grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)

@@ -241,3 +241,84 @@ def test_left_aligned_rows_keep_a_kernel_that_fails_on_all_padding_queries_finit
     torch.testing.assert_close(logp * mask[:, 6:], clean_core[0] * mask[:, 6:], atol=1e-5, rtol=0)
     for name, g in clean_core[1].items():
         torch.testing.assert_close(fused_grads[name], g, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("limit, expect_all", [(None, True), (8, False)])
+def test_compiled_layers_keep_every_guard_variant_of_lrpos_loop_compiled(limit, expect_all, monkeypatch):
+    """Policy and reference, with and without grad, padding mask or none, train and eval: 16
+    guard variants of one layer's code. compile_layers must keep all of them compiled; with
+    torch's default limit of 8 (the H100 paper-shape run's bug) the rest run eagerly."""
+    import copy
+    import itertools
+
+    import torch._dynamo
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from extras import fast_training
+    compiled = []
+
+    def counting_backend(graph, example_inputs):
+        compiled.append(graph)
+        return graph.forward
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
+    if limit is not None:
+        monkeypatch.setattr(fast_training, "LAYER_VARIANTS", limit)
+    torch.manual_seed(0)
+    config = Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=64, pad_token_id=0)
+    policy = Qwen2ForCausalLM(config)
+    policy.config._attn_implementation = "sdpa"
+    reference = copy.deepcopy(policy).requires_grad_(False)
+    for model in (policy, reference):
+        fast_training.compile_layers(model, backend=counting_backend)
+    ids = torch.randint(1, 64, (3, 10))
+    no_padding, padded = torch.ones_like(ids), torch.ones_like(ids)
+    padded[0, -3:] = 0   # transformers passes a mask for this one and drops the other
+    for model, grad, mask, train in itertools.product((policy, reference), (True, False),
+                                                      (no_padding, padded), (True, False)):
+        model.train(train)
+        with torch.set_grad_enabled(grad):
+            model(input_ids=ids, attention_mask=mask)
+    torch._dynamo.reset()
+    assert (len(compiled) == 16) if expect_all else (len(compiled) == 8)
+
+
+def _qwen2_plain():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=5000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, initializer_range=0.5)
+    config._attn_implementation = "sdpa"
+    return Qwen2ForCausalLM(config)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the head's element-wise "
+                    "passes are compiled only there (extras.fast_rollout.FUSE_DEVICES)")
+@pytest.mark.parametrize("build", [_qwen2_plain, _gemma3_text_softcapped, _qwen2_with_head_bias])
+def test_compiled_head_on_cuda_equals_the_core(build):
+    """On CUDA the fused head's two element-wise passes run torch.compile'd: the values, entropies
+    and gradients must still be rollout.token_logprobs's (float32, chunks that split rows)."""
+    import rollout
+    from extras import fast_training
+    model = build().cuda()
+    gen = torch.Generator().manual_seed(3)
+    vocab = model.config.vocab_size
+    ids = torch.randint(3, vocab, (4, 40), generator=gen).cuda()
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    mask[1, 30:] = 0
+    results = []
+    for fn, kw in ((rollout.token_logprobs, {}), (fast_training.token_logprobs, {"chunk_size": 37})):
+        model.zero_grad()
+        logp, entropy = fn(model, ids, mask, 8, temperature=0.7, return_entropy=True, **kw)
+        weights = torch.linspace(-1, 2, logp.numel(), device="cuda").view_as(logp) * mask[:, 8:]
+        (logp * weights).sum().backward()
+        results.append((logp.detach(), entropy.detach(),
+                        {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (core_logp, core_entropy, core_grads), (logp, entropy, grads) = results
+    torch.testing.assert_close(logp, core_logp, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(entropy, core_entropy, rtol=1e-4, atol=1e-4)
+    for name in core_grads:
+        torch.testing.assert_close(grads[name], core_grads[name], rtol=1e-3, atol=1e-5, msg=name)
