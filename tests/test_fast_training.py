@@ -294,18 +294,23 @@ def _qwen2_plain():
     return Qwen2ForCausalLM(config)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the head's element-wise "
-                    "passes are compiled only there (extras.fast_rollout.FUSE_DEVICES)")
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU: the head's element-wise passes are "
+    "compiled only there (extras.fast_rollout.FUSE_DEVICES)"))
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("build", [_qwen2_plain, _gemma3_text_softcapped, _qwen2_with_head_bias])
-def test_compiled_head_on_cuda_equals_the_core(build):
-    """On CUDA the fused head's two element-wise passes run torch.compile'd: the values, entropies
-    and gradients must still be rollout.token_logprobs's (float32, chunks that split rows)."""
+def test_fused_head_in_float32_equals_the_core(build, device):
+    """On CUDA the fused head's two element-wise passes run torch.compile'd (eager on the CPU):
+    the values, entropies and gradients must still be rollout.token_logprobs's in float32, with
+    chunks that split rows. Gradients are compared relative to each tensor's largest entry: the
+    plain model's reach 200, and float32 sums in another order differ there by ~1e-4."""
     import rollout
     from extras import fast_training
-    model = build().cuda()
+    model = build().to(device)
     gen = torch.Generator().manual_seed(3)
-    vocab = model.config.vocab_size
-    ids = torch.randint(3, vocab, (4, 40), generator=gen).cuda()
+    ids = torch.randint(3, model.config.vocab_size, (4, 40), generator=gen).to(device)
     mask = torch.ones_like(ids)
     mask[0, :3] = 0
     mask[1, 30:] = 0
@@ -313,12 +318,12 @@ def test_compiled_head_on_cuda_equals_the_core(build):
     for fn, kw in ((rollout.token_logprobs, {}), (fast_training.token_logprobs, {"chunk_size": 37})):
         model.zero_grad()
         logp, entropy = fn(model, ids, mask, 8, temperature=0.7, return_entropy=True, **kw)
-        weights = torch.linspace(-1, 2, logp.numel(), device="cuda").view_as(logp) * mask[:, 8:]
+        weights = torch.linspace(-1, 2, logp.numel(), device=device).view_as(logp) * mask[:, 8:]
         (logp * weights).sum().backward()
         results.append((logp.detach(), entropy.detach(),
                         {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
     (core_logp, core_entropy, core_grads), (logp, entropy, grads) = results
     torch.testing.assert_close(logp, core_logp, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(entropy, core_entropy, rtol=1e-4, atol=1e-4)
-    for name in core_grads:
-        torch.testing.assert_close(grads[name], core_grads[name], rtol=1e-3, atol=1e-5, msg=name)
+    for name, core in core_grads.items():
+        torch.testing.assert_close(grads[name], core, rtol=1e-3, atol=1e-5 * float(core.abs().max()), msg=name)
