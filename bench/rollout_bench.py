@@ -222,7 +222,7 @@ def main():
         except Exception as error:
             record(dict(kind="ours_fast_no_kv_buckets", batch=batch, error=repr(error)[:500]))
         fast_rollout.KV_BUCKET = bucket
-    # Ablation: the @_fused helpers run eagerly, i.e. the kernels of the version before fusion.
+    # Ablation: the @fused helpers run eagerly, i.e. the kernels of the version before fusion.
     for batch in args.batches[1:] if "unfused" in args.only else ():
         fast_rollout.FUSE = False
         try:

@@ -6,7 +6,7 @@ what makes decoding fast on CUDA, measured in BENCHMARKS.md (H100, Qwen2.5-1.5B 
 
 * **Fused weights and kernels.** q/k/v and gate/up projections are concatenated into one GEMM
   each, the residual add rides in the GEMM's epilogue (`_linear_plus`), queries are regrouped by
-  KV head so attention reads each key/value head once, and the few helpers marked ``@_fused``
+  KV head so attention reads each key/value head once, and the few helpers marked ``@fused``
   gather chains of ~400 tiny elementwise kernels per step (RoPE, SiLU·up, cache writes, the
   sampling passes) into one Triton kernel each via ``torch.compile`` on CUDA (eager elsewhere;
   ``FUSE = False`` turns compilation off, the benchmark's ablation).
@@ -43,7 +43,7 @@ from extras import any_model
 from rollout import KVCache, Rollout, _log_probs, _position_ids, _top_k_top_p
 
 SUPPORTED_MODEL_TYPES = rollout.LLAMA_FAMILY
-FUSE = True                   # compile the @_fused helpers on the devices below
+FUSE = True                   # compile the @fused helpers on the devices below
 FUSE_DEVICES = ("cuda",)      # never "cpu" in tests: Inductor's CPU backend needs a C++ compiler
 KV_BUCKET = 128      # attention spans a multiple of this many cache slots (a multiple of 16)
 LENGTH_ROUND = 128   # the cache length is a multiple of this
@@ -53,7 +53,7 @@ PROMPT_ROUND = 64    # the prompt width is padded internally to a multiple of th
 # ----------------------------------------------------------------------------------------------
 # Fused helpers: chains of small ops that become one kernel each on CUDA
 
-def _fused(fn):
+def fused(fn):
     """Run ``fn`` eagerly, except on FUSE_DEVICES where it runs ``torch.compile``'d.
 
     dynamic=True compiles one graph that serves every batch size and cache length (sizes 1 are
@@ -84,7 +84,7 @@ def _fused(fn):
     return helper
 
 
-@_fused
+@fused
 def _rope_and_cache_write(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                           k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
     """RoPE on this step's queries and keys, then the KV cache at work: store the new keys and
@@ -108,7 +108,7 @@ def _rope_and_cache_write(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
     return q.reshape(B, S, Hkv, G, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, G * S, D).contiguous()
 
 
-@_fused
+@fused
 def _silu_times_up(gate_up: torch.Tensor) -> torch.Tensor:
     """SwiGLU's inner product: silu(gate) · up, from the fused gate/up projection (.., 2I)."""
     gate, up = gate_up.chunk(2, dim=-1)
@@ -247,7 +247,7 @@ def _gumbel_argmax(scores: torch.Tensor, noise: torch.Tensor, temperature: float
     return scores.argmax(dim=-1)
 
 
-@_fused
+@fused
 def _sample_plain(logits: torch.Tensor, noise: torch.Tensor, banned: torch.Tensor, temperature: float):
     """Sampling without top-k/top-p (as GRPO samples), fused: on CUDA a few kernels that read the
     logits and the noise once or twice, where the eager version makes ~6 passes over B × V."""

@@ -18,12 +18,17 @@ Memory per parameter: 2 (bf16 weight) + 4 (master) + 4 (master grad) + 8 (moment
 :func:`compile_layers` compiles each decoder layer with ``torch.compile`` (regional compilation:
 all layers share one kernel set, so it takes seconds). It fuses the element-wise work of the
 training forward and backward; BENCHMARKS.md has the measured effect.
+
+:func:`token_logprobs` is the training twin of ``rollout.token_logprobs``: the same log-probs and
+gradients without the (positions × vocabulary) logits in memory, on rows left-aligned so that the
+GPU attention backward sees no all-padding query; its passes over each chunk's logits run
+compiled on CUDA.
 """
 from __future__ import annotations
 
 import torch
 
-from extras.fast_rollout import _fused
+from extras.fast_rollout import fused
 
 
 class MasterWeightAdamW:
@@ -109,7 +114,7 @@ def _scaled_logits(raw, bias, softcap, temperature: float):
 # The two element-wise passes over a chunk's (positions, vocabulary) logits. Eagerly each op is a
 # pass over 4096 × 151,936 float32 values; on CUDA each function is compiled into one or two
 # kernels that read the bf16 product once (measured on the H100: BENCHMARKS.md, issue 18).
-@_fused
+@fused
 def _log_normaliser(raw, bias, targets, softcap, temperature: float, with_entropy: bool):
     """log Z and the target's logit of each position; and the entropy log Z − E_p[logit]."""
     logits, _ = _scaled_logits(raw, bias, softcap, temperature)
@@ -119,7 +124,7 @@ def _log_normaliser(raw, bias, targets, softcap, temperature: float, with_entrop
     return log_z, picked, entropy
 
 
-@_fused
+@fused
 def _logit_gradient(raw, bias, targets, log_z, grad_logp, softcap, temperature: float):
     """∂/∂raw of Σ g · log p[target] = (1[j = target] − p_j) · g / T (· (1 − tanh²) under a
     soft-cap), in raw's dtype, and its sum over positions (the bias's gradient) where there is a bias."""
