@@ -21,6 +21,7 @@ or 2 (reference) · params · real tokens / seconds / 989 TFLOP/s.
 
     python bench/update_paths.py            # on the GPU, under a minute
     python bench/update_paths.py --profile  # + the training pass's kernel time by kind
+    python bench/update_paths.py --liger    # + both passes with liger-kernel's layer kernels
     python bench/update_paths.py --smoke    # tiny shapes on the CPU: checks the script
 """
 from __future__ import annotations
@@ -68,6 +69,8 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU")
     parser.add_argument("--compile", action="store_true", help="compile each decoder layer, as lrpo does")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls of each pass (median)")
+    parser.add_argument("--liger", action="store_true",
+                        help="also both passes with liger-kernel's RMSNorm, SwiGLU and RoPE (needs liger-kernel)")
     parser.add_argument("--profile", action="store_true",
                         help="also the kernel time of one training micro-batch, by kind of kernel")
     args = parser.parse_args()
@@ -97,26 +100,43 @@ def main() -> None:
         logp = lrpo.completion_logprobs(run, model, ids[micro], mask[micro], start)
         (logp.float() * mask[micro, start:start + logp.shape[1]]).sum().backward()
 
-    run.cfg = lrpo.Config(temperature=1.0, logprob_micro_batch=32)
-    run.logprobs = fast_training.token_logprobs
-    for fused in (False, True):
-        fast_rollout.FUSE = fused
-        head = "head compiled (now)" if fused else "head eager (as at f932e01)"
+    def time_both_passes(label: str) -> None:
         for name, fn, tokens, flops_per in (
-                (f"train micro-batch (8 rows), {head}", fwd_bwd, mask[micro].sum(), 6),
-                (f"reference (128 rows), {head}", lambda: lrpo.frozen_logprobs(run, model, ids, mask, start),
+                (f"train micro-batch (8 rows), {label}", fwd_bwd, mask[micro].sum(), 6),
+                (f"reference (128 rows), {label}", lambda: lrpo.frozen_logprobs(run, model, ids, mask, start),
                  mask.sum(), 2)):
             model.train() if flops_per == 6 else model.eval()
             seconds, peak = timed(fn, timer, args.repeats)
             mfu = flops_per * params * int(tokens) / seconds / H100_BF16_DENSE
             results[name] = {"s": round(seconds, 4), "mfu": round(mfu, 3), "peak_gib": round(peak, 1),
                              "real_tokens": int(tokens)}
-            print(f"{name:52s} {seconds * 1e3:9.1f} ms  MFU {mfu:6.1%}  peak {peak:5.1f} GiB", flush=True)
+            print(f"{name:60s} {seconds * 1e3:9.1f} ms  MFU {mfu:6.1%}  peak {peak:5.1f} GiB", flush=True)
+
+    @torch.no_grad()
+    def micro_logprobs():
+        model.eval()
+        return lrpo.completion_logprobs(run, model, ids[micro], mask[micro], start).float()
+
+    run.cfg = lrpo.Config(temperature=1.0, logprob_micro_batch=32)
+    run.logprobs = fast_training.token_logprobs
+    fast_rollout.FUSE = False
+    time_both_passes("head eager (as at f932e01)")
+    fast_rollout.FUSE = True
+    time_both_passes("head compiled (now)")
     if args.profile:   # where the training pass's time goes: GEMMs, attention, compiled kernels, ...
         model.train()
         results["profile"] = kernel_breakdown(fwd_bwd, cuda=device == "cuda")
         for group, seconds in sorted(results["profile"]["groups_s"].items(), key=lambda g: -g[1]):
             print(f"  {group:40s} {seconds * 1e3:8.1f} ms")
+    if args.liger:   # a lever not taken yet: Liger's Triton kernels in place of the layers' own
+        from liger_kernel.transformers import apply_liger_kernel_to_qwen2
+        before = micro_logprobs()
+        apply_liger_kernel_to_qwen2(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                    fused_linear_cross_entropy=False, model=model)
+        difference = (micro_logprobs() - before).abs().max().item()
+        results["liger_max_abs_logprob_difference"] = difference
+        print(f"liger: max |log-prob difference| on the micro-batch {difference:.3g}", flush=True)
+        time_both_passes("head compiled + liger RMSNorm/SwiGLU/RoPE")
     print(json.dumps(results))
 
 
