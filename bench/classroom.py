@@ -302,7 +302,8 @@ def plot(summary: dict, path: Path) -> None:
         ax1.bar(np.arange(len(names)) + 0.4 * i - 0.2, means, 0.4, yerr=errs, capsize=3, label=label)
     ax1.set_xticks(range(len(names)), names, rotation=20)
     ax1.set_ylabel("strict accuracy (right, in the question's language)")
-    ax1.set_title(f"Held-out accuracy, mean ± std over {len(summary['settings']['seeds'])} seeds")
+    n_seeds = len(summary["settings"]["seeds"])
+    ax1.set_title(f"Held-out accuracy, mean ± std over {n_seeds} seed{'s' * (n_seeds != 1)}")
     ax1.legend(fontsize=8, loc="lower right")
     for key, offset, label in (("lrpo_minus", -0.1, "headline cell"), ("lrpo_minus_all_held_out", 0.1, "all held-out")):
         if key in summary:
@@ -316,7 +317,10 @@ def plot(summary: dict, path: Path) -> None:
     ax2.axvline(0, color="grey", ls="--")
     ax2.set_xlabel("difference in strict accuracy (paired bootstrap 95% CI)")
     ax2.set_title("LRPO minus each baseline")
-    ax2.legend(fontsize=8, loc="best")
+    if "lrpo_minus" in summary:
+        ax2.legend(fontsize=8, loc="best")
+    else:   # one seed, or no LRPO run: no interval to draw
+        ax2.text(0.5, 0.5, "needs LRPO, a baseline and 2+ seeds", ha="center", transform=ax2.transAxes)
     curve = summary.get("router_local_probability")
     if curve:
         for seed_curve in curve["per_seed"]:
