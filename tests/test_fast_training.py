@@ -105,13 +105,30 @@ def test_state_round_trips_through_weights_only_load(dtype):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
 
 
+def _core_and_fused_heads(model, ids, mask, start, temperature, chunk_size, answers_only=True):
+    """rollout.token_logprobs, then extras.fast_training.token_logprobs, on the same rows: each
+    one's (log-probs, entropies, parameter gradients of Σ w · log-prob), w a fixed ramp over the
+    positions (over the answers' real tokens only where ``answers_only``)."""
+    import rollout
+    from extras import fast_training
+    results = []
+    for fn, kw in ((rollout.token_logprobs, {}), (fast_training.token_logprobs, {"chunk_size": chunk_size})):
+        model.zero_grad()
+        logp, entropy = fn(model, ids, mask, start, temperature=temperature, return_entropy=True, **kw)
+        weights = torch.linspace(-1, 2, logp.numel(), dtype=logp.dtype, device=logp.device).view_as(logp)
+        if answers_only:
+            weights = weights * mask[:, start:]
+        (logp * weights).sum().backward()
+        results.append((logp.detach(), entropy.detach(),
+                        {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    return results
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_fused_token_logprobs_equal_the_core_values_and_gradients(tiny_qwen, temperature):
     """extras.fast_training.token_logprobs (what lrpo trains with on CUDA) against
     rollout.token_logprobs: the same log-probs, entropies and parameter gradients, with left-padded
     prompts, right-padded answers and chunks that split rows (chunk_size 7)."""
-    import rollout
-    from extras import fast_training
     model, tok = tiny_qwen
     model = model.double()
     gen = torch.Generator().manual_seed(3)
@@ -119,19 +136,12 @@ def test_fused_token_logprobs_equal_the_core_values_and_gradients(tiny_qwen, tem
     mask = torch.ones_like(ids)
     mask[0, :3] = 0          # a left-padded prompt
     mask[1, 10:] = 0         # a short answer
-    grads, values = [], []
-    for fn, kw in ((rollout.token_logprobs, {}), (fast_training.token_logprobs, {"chunk_size": 7})):
-        model.zero_grad()
-        logp, entropy = fn(model, ids, mask, 5, temperature=temperature, return_entropy=True, **kw)
-        weights = torch.linspace(-1, 2, logp.numel(), dtype=logp.dtype).view_as(logp) * mask[:, 5:]
-        (logp * weights).sum().backward()
-        values.append((logp.detach(), entropy.detach()))
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-    torch.testing.assert_close(values[1][0], values[0][0], rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(values[1][1], values[0][1], rtol=1e-9, atol=1e-9)
-    assert grads[0].keys() == grads[1].keys() and "model.embed_tokens.weight" in grads[0]
-    for name in grads[0]:
-        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-7, atol=1e-10, msg=name)
+    (lp0, ent0, g0), (lp1, ent1, g1) = _core_and_fused_heads(model, ids, mask, 5, temperature, chunk_size=7)
+    torch.testing.assert_close(lp1, lp0, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(ent1, ent0, rtol=1e-9, atol=1e-9)
+    assert g0.keys() == g1.keys() and "model.embed_tokens.weight" in g0
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=1e-7, atol=1e-10, msg=name)
 
 
 def _gemma3_text_softcapped():
@@ -163,22 +173,14 @@ def _qwen2_with_head_bias():
 def test_fused_token_logprobs_with_softcap_and_head_bias_equal_the_core(build):
     """Gemma's final_logit_softcapping and a head bias in the fused head: the values, entropies
     and every gradient (bias included) of rollout.token_logprobs (the model's own forward)."""
-    import rollout
     from extras import fast_training
     model = build().double().train()
     gen = torch.Generator().manual_seed(4)
     ids = torch.randint(1, 64, (3, 11), generator=gen)
     mask = torch.ones_like(ids)
     mask[0, :2] = 0
-    results = []
-    for fn, kw in ((rollout.token_logprobs, {}), (fast_training.token_logprobs, {"chunk_size": 4})):
-        model.zero_grad()
-        logp, entropy = fn(model, ids, mask, 4, temperature=0.8, return_entropy=True, **kw)
-        weights = torch.linspace(-1, 2, logp.numel(), dtype=logp.dtype).view_as(logp)
-        (logp * weights).sum().backward()
-        results.append((logp.detach(), entropy.detach(),
-                        {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
-    (lp0, ent0, g0), (lp1, ent1, g1) = results
+    (lp0, ent0, g0), (lp1, ent1, g1) = _core_and_fused_heads(model, ids, mask, 4, 0.8, chunk_size=4,
+                                                             answers_only=False)
     torch.testing.assert_close(lp1, lp0, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(ent1, ent0, rtol=1e-9, atol=1e-9)
     assert g0.keys() == g1.keys() and "lm_head.weight" in g0
@@ -306,23 +308,14 @@ def test_fused_head_in_float32_equals_the_core(build, device):
     the values, entropies and gradients must still be rollout.token_logprobs's in float32, with
     chunks that split rows. Gradients are compared relative to each tensor's largest entry: the
     plain model's reach 200, and float32 sums in another order differ there by ~1e-4."""
-    import rollout
-    from extras import fast_training
     model = build().to(device)
     gen = torch.Generator().manual_seed(3)
     ids = torch.randint(3, model.config.vocab_size, (4, 40), generator=gen).to(device)
     mask = torch.ones_like(ids)
     mask[0, :3] = 0
     mask[1, 30:] = 0
-    results = []
-    for fn, kw in ((rollout.token_logprobs, {}), (fast_training.token_logprobs, {"chunk_size": 37})):
-        model.zero_grad()
-        logp, entropy = fn(model, ids, mask, 8, temperature=0.7, return_entropy=True, **kw)
-        weights = torch.linspace(-1, 2, logp.numel(), device=device).view_as(logp) * mask[:, 8:]
-        (logp * weights).sum().backward()
-        results.append((logp.detach(), entropy.detach(),
-                        {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
-    (core_logp, core_entropy, core_grads), (logp, entropy, grads) = results
+    (core_logp, core_entropy, core_grads), (logp, entropy, grads) = _core_and_fused_heads(
+        model, ids, mask, 8, 0.7, chunk_size=37)
     torch.testing.assert_close(logp, core_logp, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(entropy, core_entropy, rtol=1e-4, atol=1e-4)
     for name, core in core_grads.items():
