@@ -93,6 +93,18 @@ class Timer:
     def peak_gib(self) -> float:
         return torch.cuda.max_memory_allocated() / 2**30 if self.cuda else float("nan")
 
+    def median_s(self, fn, repeats: int = 5) -> float:
+        """Median seconds of ``repeats`` calls of ``fn`` after one untimed warm-up call; the peak
+        memory is reset after the warm-up, so peak_gib() then covers the timed calls."""
+        fn()
+        self.reset_peak()
+        times = []
+        for _ in range(repeats):
+            t0 = self.now()
+            fn()
+            times.append(self.now() - t0)
+        return sorted(times)[len(times) // 2]
+
 
 KERNEL_GROUPS = (("gemm", ("gemm", "nvjet", "xmma", "cutlass", "cublas", "splitk", "matmul")),
                  ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn")),
@@ -141,14 +153,7 @@ def diagnose(run, model, reference, optimizer, tokenizer, scorer, questions, arg
 
     import lrpo
 
-    def median_s(fn, n=5):
-        fn()
-        times = []
-        for _ in range(n):
-            t0 = timer.now()
-            fn()
-            times.append(timer.now() - t0)
-        return sorted(times)[len(times) // 2]
+    median_s = timer.median_s
 
     out = {}
     W = reference.get_output_embeddings().weight
@@ -186,7 +191,7 @@ def diagnose(run, model, reference, optimizer, tokenizer, scorer, questions, arg
                                    skip_special_tokens=True)
     texts += [q.answer for q in questions]
     out["reward_texts"] = len(texts)
-    out["lid_s"] = median_s(lambda: scorer.lid.predict(texts[:8 * len(questions)]), n=2)
+    out["lid_s"] = median_s(lambda: scorer.lid.predict(texts[:8 * len(questions)]), 2)
     enc = scorer.encoder
 
     def tokenize_only():   # the host-side part of HFEncoder.encode: its tokenizer calls, same batches
@@ -194,12 +199,12 @@ def diagnose(run, model, reference, optimizer, tokenizer, scorer, questions, arg
         for start in range(0, len(order), enc.batch_size):
             enc.tokenizer([texts[i] for i in order[start:start + enc.batch_size]], padding=True, truncation=True,
                           max_length=enc.max_length, return_tensors="pt")
-    out["encode_tokenize_only_s"] = median_s(tokenize_only, n=3)
+    out["encode_tokenize_only_s"] = median_s(tokenize_only, 3)
     out["TOKENIZERS_PARALLELISM"] = os.environ.get("TOKENIZERS_PARALLELISM")
-    out["encode_s_float32"] = median_s(lambda: enc.encode(texts), n=3)
+    out["encode_s_float32"] = median_s(lambda: enc.encode(texts), 3)
     e32 = enc.encode(texts)
     enc.model.to(torch.bfloat16)
-    out["encode_s_bfloat16"] = median_s(lambda: enc.encode(texts), n=3)
+    out["encode_s_bfloat16"] = median_s(lambda: enc.encode(texts), 3)
     e16 = enc.encode(texts)
     enc.model.to(torch.float32)
     out["encode_bf16_max_abs_cos_diff"] = float(abs((e32[:-len(questions)] * e32[-1]).sum(1) -

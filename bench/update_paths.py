@@ -52,18 +52,6 @@ def paper_rows(n: int, vocab: int, max_new: int, seed: int = 0):
     return ids, mask, start
 
 
-def timed(fn, timer: Timer, repeats: int) -> tuple[float, float]:
-    """Median seconds of ``repeats`` calls after one warm-up, and the peak GiB."""
-    fn()
-    timer.reset_peak()
-    times = []
-    for _ in range(repeats):
-        t0 = timer.now()
-        fn()
-        times.append(timer.now() - t0)
-    return sorted(times)[len(times) // 2], timer.peak_gib()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU")
@@ -106,7 +94,7 @@ def main() -> None:
                 (f"reference (128 rows), {label}", lambda: lrpo.frozen_logprobs(run, model, ids, mask, start),
                  mask.sum(), 2)):
             model.train() if flops_per == 6 else model.eval()
-            seconds, peak = timed(fn, timer, args.repeats)
+            seconds, peak = timer.median_s(fn, args.repeats), timer.peak_gib()
             mfu = flops_per * params * int(tokens) / seconds / H100_BF16_DENSE
             results[name] = {"s": round(seconds, 4), "mfu": round(mfu, 3), "peak_gib": round(peak, 1),
                              "real_tokens": int(tokens)}
