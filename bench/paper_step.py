@@ -182,16 +182,17 @@ def main() -> None:
                      "update_s": update_s, "tokens": m.get("tokens"),
                      "mean_response": m["response_length"],
                      "update_mfu": 6 * n_params * m.get("tokens", 0) / update_s / H100_BF16_DENSE,
-                     "peak_gib": m.get("memory/peak_gib"), "skipped_steps": m["train/skipped_steps"]})
+                     "peak_gib": m.get("memory/peak_gib"), "alloc_retries": m.get("memory/alloc_retries"),
+                     "skipped_steps": m["train/skipped_steps"]})
     device = torch.cuda.get_device_name() if torch.cuda.is_available() and not args.smoke else "cpu"
     print(f"\n{device}, {cfg['questions_per_step']}×{cfg['group_size']} rollouts, up to "
           f"{cfg['max_new_tokens']} new tokens, {n_params / 1e9:.3f} B parameters\n")
-    print("| step | rollout | reward | reference | fwd/bwd | update | step | tokens | mean resp | update MFU | peak GiB | skipped |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| step | rollout | reward | reference | fwd/bwd | update | step | tokens | mean resp | update MFU | peak GiB | alloc retries | skipped |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['step']} | {r['rollout_s']:.1f} | {r['reward_s']:.1f} | {r['reference_s']:.1f} | "
               f"{r['forward_backward_s']:.1f} | {r['update_s']:.1f} | {r['step_s']:.1f} | {r['tokens']} | "
-              f"{r['mean_response']:.0f} | {r['update_mfu']:.1%} | {r['peak_gib'] or 0:.1f} | {r['skipped_steps']} |")
+              f"{r['mean_response']:.0f} | {r['update_mfu']:.1%} | {r['peak_gib'] or 0:.1f} | {r['alloc_retries']} | {r['skipped_steps']} |")
     print(json.dumps({"device": device, "params": n_params, "steps": rows, "non_finite": found}))
 
 

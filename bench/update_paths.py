@@ -22,6 +22,8 @@ or 2 (reference) · params · real tokens / seconds / 989 TFLOP/s.
     python bench/update_paths.py            # on the GPU, under a minute
     python bench/update_paths.py --profile  # + the training pass's kernel time by kind
     python bench/update_paths.py --liger    # + both passes with liger-kernel's layer kernels
+    python bench/update_paths.py --loop     # + lrpo's own update on rows like the run's, against
+                                            #   the bare passes of the same micro-batches
     python bench/update_paths.py --smoke    # tiny shapes on the CPU: checks the script
 """
 from __future__ import annotations
@@ -59,6 +61,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed calls of each pass (median)")
     parser.add_argument("--liger", action="store_true",
                         help="also both passes with liger-kernel's RMSNorm, SwiGLU and RoPE (needs liger-kernel)")
+    parser.add_argument("--loop", action="store_true",
+                        help="also extras.fast_training.policy_update (lrpo's GPU update) on 128 rows like the run's")
     parser.add_argument("--profile", action="store_true",
                         help="also the kernel time of one training micro-batch, by kind of kernel")
     args = parser.parse_args()
@@ -125,7 +129,104 @@ def main() -> None:
         results["liger_max_abs_logprob_difference"] = difference
         print(f"liger: max |log-prob difference| on the micro-batch {difference:.3g}", flush=True)
         time_both_passes("head compiled + liger RMSNorm/SwiGLU/RoPE")
+    if args.loop:
+        results["loop"] = time_loop_update(model, params, device, args, timer)
     print(json.dumps(results))
+
+
+def run_like_rows(n: int, vocab: int, max_new: int, seed: int = 1):
+    """n rows with the lengths of bench/paper_step.py's rollouts: random weights sample EOS with
+    probability 1/1,536 per token (the world tokenizer's ids), so about half the answers reach the
+    cap and the mean is ~750 tokens; prompts of 19–36 tokens, left-padded to 40."""
+    gen = torch.Generator().manual_seed(seed)
+    prompt_len = torch.randint(19, 37, (n,), generator=gen)
+    answer_len = (torch.empty(n).exponential_(1 / 1536, generator=gen).ceil().long()).clamp(1, max_new)
+    start = 40 if max_new > 64 else int(prompt_len.max())
+    ids = torch.randint(3, vocab, (n, start + max_new), generator=gen)
+    cols = torch.arange(start + max_new)[None]
+    mask = ((cols >= start - prompt_len[:, None]) & (cols < start + answer_len[:, None])).long()
+    return ids, mask, start
+
+
+def time_loop_update(model, params, device, args, timer) -> dict:
+    """lrpo's GPU update (extras.fast_training.policy_update, the code the run calls) on 128 rows
+    like the run's, its forward/backward phase set against the bare forward/backward passes of the
+    same micro-batches (log-probs, a sum, backward; no loss, no gradient accumulation hooks): what
+    the loop adds per micro-batch. Variants: plain AdamW on the bf16 weights (bf16 gradients add
+    up in place), lrpo's MasterWeightAdamW (a float32 add per parameter per micro-batch, in a
+    hook), and 16-row micro-batches. The optimizer and reference phases are reported too (the
+    reference here is the policy itself; its pass is the reference pass of lrpo's update)."""
+    import types
+
+    import lrpo
+    from extras import fast_training
+    n = 32 if args.smoke else 128
+    ids, mask, start = run_like_rows(n, model.config.vocab_size, 32 if args.smoke else 1024)
+    ids, mask = ids.to(device), mask.to(device)
+    cfg = lrpo.Config(**{k: lrpo.REAL[k] for k in ("micro_batch", "loss_micro_batch", "lr")},
+                      max_new_tokens=ids.shape[1] - start, logprob_micro_batch=32, device=device)
+    roll = types.SimpleNamespace(input_ids=ids, attention_mask=mask, completion_start=start,
+                                 completion_mask=mask[:, start:])
+    advantages, order = torch.randn(n, generator=torch.Generator().manual_seed(0)), torch.randperm(n)
+    run = types.SimpleNamespace(cfg=cfg, model=model, reference=model, logprobs=fast_training.token_logprobs,
+                                guard=types.SimpleNamespace(check=lambda *a: True))
+    tokens = int(mask.sum())
+    out = {"rows": n, "real_tokens": tokens, "mean_answer": round(float(mask[:, start:].sum(1).float().mean()), 1)}
+
+    def bare_passes():   # the micro-batches policy_update forms, without its loss and accumulation
+        by_length = mask[order].sum(1).argsort(stable=True)
+        for i in range(0, n, cfg.micro_batch):
+            rows = order[by_length[i:i + cfg.micro_batch]]
+            model.zero_grad(set_to_none=True)
+            lrpo.completion_logprobs(run, model, ids[rows], mask[rows], start).float().sum().backward()
+
+    def report(name, phases, seconds_fwd_bwd, micro):
+        per = seconds_fwd_bwd / -(-n // micro)
+        mfu = 6 * params * tokens / seconds_fwd_bwd / H100_BF16_DENSE
+        out[name] = {**{k: round(v, 4) for k, v in phases.items()}, "fwd_bwd_per_micro_batch_s": round(per, 4),
+                     "fwd_bwd_mfu": round(mfu, 3), "peak_gib": round(timer.peak_gib(), 1)}
+        print(f"loop: {name:46s} fwd/bwd {seconds_fwd_bwd:7.3f} s ({per * 1e3:6.1f} ms per pass of {micro}) "
+              f"MFU {mfu:6.1%}  " + "  ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in phases.items()
+                                             if k != "time/update_forward_backward")
+              + f"  peak {timer.peak_gib():5.1f} GiB", flush=True)
+
+    def timed_update(name):
+        runs = []
+        for r in range(args.repeats):
+            if r == 1:
+                timer.reset_peak()
+            runs.append({k: v for k, v in fast_training.policy_update(run, roll, advantages, order, 0).items()
+                         if k.startswith("time/")})
+        phases = sorted(runs[1:] or runs, key=lambda p: p["time/update_forward_backward"])[len(runs[1:] or runs) // 2]
+        report(name, phases, phases["time/update_forward_backward"], cfg.micro_batch)
+
+    model.train()
+    seconds = timer.median_s(bare_passes, args.repeats)
+    report("bare passes (no loss, no accumulation)", {}, seconds, cfg.micro_batch)
+    run.optimizer = torch.optim.AdamW(params_of(model), lr=cfg.lr, fused=device == "cuda")
+    timed_update("policy_update, AdamW on bf16 weights")
+    run.optimizer = None
+    torch.cuda.empty_cache() if device == "cuda" else None
+    run.optimizer = lrpo.make_optimizer(model, cfg)   # float32 masters for bf16 weights
+    timed_update("policy_update, float32 masters (as lrpo)")
+    cfg.micro_batch = 16
+    timed_update("policy_update, float32 masters, 16-row passes")
+    cfg.micro_batch = lrpo.REAL["micro_batch"]
+    if device == "cuda":   # the GPU's busy time in one update: what the host adds is the rest
+        model.train()
+        prof = kernel_breakdown(lambda: fast_training.policy_update(run, roll, advantages, order, 0))
+        wall = sum(out["policy_update, float32 masters (as lrpo)"].get(k, 0) for k in
+                   ("time/update_reference", "time/update_forward_backward", "time/update_optimizer"))
+        out["kernel_s_of_one_update"], out["wall_s_of_one_update"] = round(prof["total_s"], 3), round(wall, 3)
+        out["kernel_groups_s"] = {k: round(v, 3) for k, v in prof["groups_s"].items()}
+        print(f"loop: GPU kernel time of one update {prof['total_s']:.3f} s (its unprofiled wall {wall:.3f} s); by kind "
+              + ", ".join(f"{k} {v:.3f}" for k, v in sorted(prof["groups_s"].items(), key=lambda g: -g[1])),
+              flush=True)
+    return out
+
+
+def params_of(model):
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 if __name__ == "__main__":

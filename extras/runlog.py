@@ -625,6 +625,8 @@ def step_metrics(langs: list, rewards, roll, device: str) -> dict:
     out = {"response_length": float(np.mean(lengths)), "tokens": int(roll.attention_mask.sum())}
     if str(device).startswith("cuda"):
         out["memory/peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        # times since the start the allocator freed its cache to retry (each synchronises): fragmentation
+        out["memory/alloc_retries"] = torch.cuda.memory_stats().get("num_alloc_retries", 0)
     for lang in sorted(set(langs)):
         mine = [i for i, l in enumerate(langs) if l == lang]
         out[f"reward/{lang}"] = float(np.mean([rewards[i] for i in mine]))
