@@ -167,7 +167,7 @@ def time_loop_update(model, params, device, args, timer) -> dict:
                       max_new_tokens=ids.shape[1] - start, logprob_micro_batch=32, device=device)
     roll = types.SimpleNamespace(input_ids=ids, attention_mask=mask, completion_start=start,
                                  completion_mask=mask[:, start:])
-    advantages, order = torch.randn(n, generator=torch.Generator().manual_seed(0)), torch.randperm(n)
+    advantages, order = torch.randn(n, generator=torch.Generator().manual_seed(0)), torch.randperm(n).to(device)
     run = types.SimpleNamespace(cfg=cfg, model=model, reference=model, logprobs=fast_training.token_logprobs,
                                 guard=types.SimpleNamespace(check=lambda *a: True))
     tokens = int(mask.sum())
