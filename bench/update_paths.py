@@ -180,12 +180,12 @@ def time_loop_update(model, params, device, args, timer) -> dict:
             model.zero_grad(set_to_none=True)
             lrpo.completion_logprobs(run, model, ids[rows], mask[rows], start).float().sum().backward()
 
-    def report(name, phases, seconds_fwd_bwd, micro):
-        per = seconds_fwd_bwd / -(-n // micro)
+    def report(name, phases, seconds_fwd_bwd):
+        per = seconds_fwd_bwd / (n / 8)
         mfu = 6 * params * tokens / seconds_fwd_bwd / H100_BF16_DENSE
-        out[name] = {**{k: round(v, 4) for k, v in phases.items()}, "fwd_bwd_per_micro_batch_s": round(per, 4),
+        out[name] = {**{k: round(v, 4) for k, v in phases.items()}, "fwd_bwd_per_8_rows_s": round(per, 4),
                      "fwd_bwd_mfu": round(mfu, 3), "peak_gib": round(timer.peak_gib(), 1)}
-        print(f"loop: {name:46s} fwd/bwd {seconds_fwd_bwd:7.3f} s ({per * 1e3:6.1f} ms per pass of {micro}) "
+        print(f"loop: {name:46s} fwd/bwd {seconds_fwd_bwd:7.3f} s ({per * 1e3:6.1f} ms per 8 rows) "
               f"MFU {mfu:6.1%}  " + "  ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in phases.items()
                                              if k != "time/update_forward_backward")
               + f"  peak {timer.peak_gib():5.1f} GiB", flush=True)
@@ -198,20 +198,34 @@ def time_loop_update(model, params, device, args, timer) -> dict:
             runs.append({k: v for k, v in fast_training.policy_update(run, roll, advantages, order, 0).items()
                          if k.startswith("time/")})
         phases = sorted(runs[1:] or runs, key=lambda p: p["time/update_forward_backward"])[len(runs[1:] or runs) // 2]
-        report(name, phases, phases["time/update_forward_backward"], cfg.micro_batch)
+        report(name, phases, phases["time/update_forward_backward"])
 
     model.train()
     seconds = timer.median_s(bare_passes, args.repeats)
-    report("bare passes (no loss, no accumulation)", {}, seconds, cfg.micro_batch)
+    report("bare passes of 8 rows (no loss, no accumulation)", {}, seconds)
     run.optimizer = torch.optim.AdamW(params_of(model), lr=cfg.lr, fused=device == "cuda")
     timed_update("policy_update, AdamW on bf16 weights")
     run.optimizer = None
     torch.cuda.empty_cache() if device == "cuda" else None
     run.optimizer = lrpo.make_optimizer(model, cfg)   # float32 masters for bf16 weights
+    planner = fast_training.token_budget_passes
+    fast_training.token_budget_passes = lambda prompt, answer, k: [slice(i, i + k) for i in range(0, len(prompt), k)]
+    timed_update("policy_update, float32 masters, passes of 8 rows")
+    fast_training.token_budget_passes = planner
     timed_update("policy_update, float32 masters (as lrpo)")
     cfg.micro_batch = 16
-    timed_update("policy_update, float32 masters, 16-row passes")
+    timed_update("policy_update, float32 masters, 16-row budget")
     cfg.micro_batch = lrpo.REAL["micro_batch"]
+    # the float32 master gradients' share of a pass: adding each parameter's bf16 gradient into its
+    # float32 master, as MasterWeightAdamW's hook does (one add per parameter), and in one foreach call
+    grads = [torch.randn_like(p) for p in params_of(model)]
+    masters = [torch.zeros_like(g, dtype=torch.float32) for g in grads]
+    for name, fn in (("add_ per parameter (the hook)", lambda: [m.add_(g) for m, g in zip(masters, grads)]),
+                     ("one _foreach_add_", lambda: torch._foreach_add_(masters, grads))):
+        seconds = timer.median_s(fn, args.repeats)
+        out[f"accumulate: {name}"] = round(seconds, 5)
+        print(f"loop: float32 gradient accumulation, {name:32s} {seconds * 1e3:7.2f} ms", flush=True)
+    del grads, masters
     if device == "cuda":   # the GPU's busy time in one update: what the host adds is the rest
         model.train()
         prof = kernel_breakdown(lambda: fast_training.policy_update(run, roll, advantages, order, 0))

@@ -247,6 +247,24 @@ def _loop():
     return sys.modules.get("lrpo") or sys.modules["__main__"]
 
 
+def token_budget_passes(prompt_len: torch.Tensor, answer_len: torch.Tensor, rows_per_pass: int) -> list[slice]:
+    """Consecutive passes over rows sorted by length, each padded to at most ``rows_per_pass`` ×
+    (the longest prompt + the longest answer) tokens: passes of short rows hold more rows than
+    ``--micro-batch``, passes of the longest rows exactly that many, so no pass needs more memory
+    than the widest fixed-size pass would (verl's ``use_dynamic_bsz`` packs by tokens the same way).
+    Each pass has a fixed cost (launching its kernels, adding each parameter's gradient into its
+    float32 master: ~18 ms on the H100, BENCHMARKS.md); fewer passes pay it fewer times, and
+    loss.token_weights make the gradient the same whatever rows a pass holds."""
+    budget = rows_per_pass * (int(prompt_len.max()) + int(answer_len.max()))
+    passes, begin, widest_prompt, widest_answer = [], 0, 0, 0
+    for i, (p, a) in enumerate(zip(prompt_len.tolist(), answer_len.tolist())):
+        widest_prompt, widest_answer = max(widest_prompt, p), max(widest_answer, a)
+        if i > begin and (i + 1 - begin) * (widest_prompt + widest_answer) > budget:
+            passes.append(slice(begin, i))
+            begin, widest_prompt, widest_answer = i, p, a
+    return passes + [slice(begin, len(prompt_len))]
+
+
 def policy_update(run, roll, advantages: torch.Tensor, order: torch.Tensor, step: int) -> dict:
     """lrpo.policy_update with what the paper's run does not need but real runs use: several
     optimizer steps per batch (``--mini-batch``) and PPO epochs (``--ppo-epochs``), with the old
@@ -254,6 +272,8 @@ def policy_update(run, roll, advantages: torch.Tensor, order: torch.Tensor, step
     read once at the end (a read per micro-batch waits for the GPU); the entropy is logged from
     one micro-batch (verl computes it only when its coefficient is non-zero,
     verl/workers/actor/dp_actor.py:422-435); the reference and the forward/backward are timed.
+    Passes hold as many rows as fit a token budget (:func:`token_budget_passes`), planned on the
+    host, so a pass starts without waiting for the GPU to say how wide its rows are.
     With one mini-batch and one epoch it computes lrpo.policy_update's gradient (a test checks).
     """
     import math
@@ -265,6 +285,8 @@ def policy_update(run, roll, advantages: torch.Tensor, order: torch.Tensor, step
     ids, mask, start = roll.input_ids.to(device), roll.attention_mask.to(device), roll.completion_start
     completion_mask, advantages = roll.completion_mask.float().to(device), advantages.to(device)
     order, n = order.to(device), ids.shape[0]
+    host_mask, host_order = roll.attention_mask.cpu(), order.cpu()   # one read: passes are planned here
+    prompt_len, answer_len = host_mask[:, :start].sum(1), host_mask[:, start:].sum(1)
     clock = runlog.PhaseClock(cfg.device)
     ref_logp = None if run.reference is None else lrpo.frozen_logprobs(run, run.reference, ids, mask, start)
     clock.lap("update_reference")
@@ -276,16 +298,23 @@ def policy_update(run, roll, advantages: torch.Tensor, order: torch.Tensor, step
     model.train()
     for _ in range(cfg.ppo_epochs):
         for m0 in range(0, n, mini):
-            rows = order[m0:m0 + mini]
+            rows, host_rows = order[m0:m0 + mini], host_order[m0:m0 + mini]
             weights = loss.token_weights(completion_mask[rows], cfg.loss_agg,
                                          rows_per_micro_batch=cfg.loss_micro_batch, max_len=cfg.max_new_tokens)
-            by_length = mask[rows].sum(1).argsort(stable=True)
+            by_length = (prompt_len + answer_len)[host_rows].argsort(stable=True)
             optimizer.zero_grad(set_to_none=True)
             terms = []
-            for i in range(0, len(rows), cfg.micro_batch):
-                picked = by_length[i:i + cfg.micro_batch]
+            sorted_rows = host_rows[by_length]
+            for i, part in enumerate(token_budget_passes(prompt_len[sorted_rows], answer_len[sorted_rows],
+                                                         cfg.micro_batch)):
+                picked = by_length[part].to(device)
                 micro = rows[picked]
-                out = lrpo.completion_logprobs(run, model, ids[micro], mask[micro], start, entropy=i == 0)
+                # lrpo.completion_logprobs's columns (left of the longest prompt, right of the longest
+                # answer), from the host's lengths instead of a read of the GPU's mask
+                first = start - int(prompt_len[sorted_rows[part]].max())
+                last = start + max(int(answer_len[sorted_rows[part]].max()), 1)
+                out = run.logprobs(model, ids[micro, first:last], mask[micro, first:last], start - first,
+                                   temperature=cfg.temperature, return_entropy=i == 0)
                 logp, entropy = out if i == 0 else (out, None)
                 T = logp.shape[1]
                 pick = lambda x: None if x is None else x[micro][:, :T]

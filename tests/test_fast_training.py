@@ -320,3 +320,24 @@ def test_fused_head_in_float32_equals_the_core(build, device):
     torch.testing.assert_close(entropy, core_entropy, rtol=1e-4, atol=1e-4)
     for name, core in core_grads.items():
         torch.testing.assert_close(grads[name], core, rtol=1e-3, atol=1e-5 * float(core.abs().max()), msg=name)
+
+
+def test_token_budget_passes_pack_short_rows_and_keep_the_widest_pass():
+    """Rows sorted by length: short rows share a pass beyond --micro-batch, rows as wide as the
+    widest take --micro-batch per pass, and no pass pads to more than --micro-batch × (longest
+    prompt + longest answer) tokens. Worked by hand: budget 2 × (3 + 7) = 20; rows 0–2 pad to
+    3 × 3 = 9, adding row 3 would pad to 4 × (2 + 5) = 28; rows 3–4 pad to 2 × (3 + 6) = 18."""
+    from extras.fast_training import token_budget_passes
+    prompt, answer = torch.tensor([2, 2, 2, 2, 3, 3]), torch.tensor([1, 1, 1, 5, 6, 7])
+    assert token_budget_passes(prompt, answer, 2) == [slice(0, 3), slice(3, 5), slice(5, 6)]
+    same = torch.full((10,), 4)
+    assert token_budget_passes(same, same, 3) == [slice(0, 3), slice(3, 6), slice(6, 9), slice(9, 10)]
+    gen = torch.Generator().manual_seed(0)
+    prompt, answer = torch.randint(1, 40, (300,), generator=gen), torch.randint(1, 200, (300,), generator=gen)
+    by_length = (prompt + answer).argsort()
+    prompt, answer = prompt[by_length], answer[by_length]
+    passes = token_budget_passes(prompt, answer, 8)
+    assert [r for part in passes for r in range(300)[part]] == list(range(300))   # every row once, in order
+    budget = 8 * int(prompt.max() + answer.max())
+    assert all((part.stop - part.start) * int(prompt[part].max() + answer[part].max()) <= budget for part in passes)
+    assert len(passes) < 300 / 8   # fewer passes than fixed passes of 8
