@@ -22,6 +22,8 @@ or 2 (reference) · params · real tokens / seconds / 989 TFLOP/s.
     python bench/update_paths.py            # on the GPU, under a minute
     python bench/update_paths.py --profile  # + the training pass's kernel time by kind
     python bench/update_paths.py --liger    # + both passes with liger-kernel's layer kernels
+                                            #   (eager layers only: under --compile, torch 2.11's
+                                            #   dynamo fails on Liger's RMSNorm, H100 2026-12-06)
     python bench/update_paths.py --loop     # + lrpo's own update on rows like the run's, against
                                             #   the bare passes of the same micro-batches
     python bench/update_paths.py --smoke    # tiny shapes on the CPU: checks the script
@@ -120,7 +122,7 @@ def main() -> None:
         results["profile"] = kernel_breakdown(fwd_bwd, cuda=device == "cuda")
         for group, seconds in sorted(results["profile"]["groups_s"].items(), key=lambda g: -g[1]):
             print(f"  {group:40s} {seconds * 1e3:8.1f} ms")
-    if args.liger:   # a lever not taken yet: Liger's Triton kernels in place of the layers' own
+    if args.liger:   # Liger's Triton kernels in place of the layers' own (not with --compile: see above)
         from liger_kernel.transformers import apply_liger_kernel_to_qwen2
         before = micro_logprobs()
         apply_liger_kernel_to_qwen2(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
