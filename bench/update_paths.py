@@ -215,6 +215,9 @@ def time_loop_update(model, params, device, args, timer) -> dict:
     timed_update("policy_update, float32 masters, passes of 8 rows")
     fast_training.token_budget_passes = planner
     timed_update("policy_update, float32 masters (as lrpo)")
+    run.optimizer.ACCUMULATE = "batched"
+    timed_update("policy_update, float32 masters added in one compiled call")
+    run.optimizer.ACCUMULATE = "hook"
     cfg.micro_batch = 16
     timed_update("policy_update, float32 masters, 16-row budget")
     cfg.micro_batch = lrpo.REAL["micro_batch"]
@@ -222,8 +225,16 @@ def time_loop_update(model, params, device, args, timer) -> dict:
     # float32 master, as MasterWeightAdamW's hook does (one add per parameter), and in one foreach call
     grads = [torch.randn_like(p) for p in params_of(model)]
     masters = [torch.zeros_like(g, dtype=torch.float32) for g in grads]
+    def add_all(masters, grads):
+        for m, g in zip(masters, grads):
+            m.add_(g)
+    compiled = torch.compile(add_all, dynamic=False) if device == "cuda" else add_all
+    t0 = timer.now()
+    compiled(masters, grads)
+    print(f"loop: compiling the accumulation took {timer.now() - t0:.1f} s", flush=True)
     for name, fn in (("add_ per parameter (the hook)", lambda: [m.add_(g) for m, g in zip(masters, grads)]),
-                     ("one _foreach_add_", lambda: torch._foreach_add_(masters, grads))):
+                     ("one _foreach_add_", lambda: torch._foreach_add_(masters, grads)),
+                     ("compiled, all parameters", lambda: compiled(masters, grads))):
         seconds = timer.median_s(fn, args.repeats)
         out[f"accumulate: {name}"] = round(seconds, 5)
         print(f"loop: float32 gradient accumulation, {name:32s} {seconds * 1e3:7.2f} ms", flush=True)

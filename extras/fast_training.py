@@ -46,19 +46,40 @@ class MasterWeightAdamW:
         fused = self.masters[0].is_cuda   # one kernel over all tensors on CUDA
         self.inner = torch.optim.AdamW(self.masters, fused=fused, **adamw_kwargs)
         self.param_groups = self.inner.param_groups   # clip_grad_norm_ over these clips in float32
+        self._pending, self._add_all = [], None
         for p, m in zip(self.params, self.masters):
             p.register_post_accumulate_grad_hook(self._accumulate_into(m))
             p.master = m   # where extras/divergence.py finds the gradient to name
 
-    @staticmethod
-    def _accumulate_into(master):
+    # "hook": each bf16 gradient is added into its master as it appears; "batched": the hook keeps
+    # it, and one compiled call adds them all when the backward ends (bench/update_paths.py --loop)
+    ACCUMULATE = "hook"
+
+    def _accumulate_into(self, master):
         def hook(p):
-            if master.grad is None:
+            if self.ACCUMULATE == "batched":
+                if not self._pending:   # the backward's first gradient: add them all at its end
+                    torch.autograd.Variable._execution_engine.queue_callback(self._add_pending)
+                self._pending.append((master, p.grad))
+            elif master.grad is None:
                 master.grad = p.grad.float()
             else:
                 master.grad.add_(p.grad)
             p.grad = None
         return hook
+
+    def _add_pending(self):
+        masters, grads = zip(*self._pending)
+        self._pending = []
+        for m in masters:
+            if m.grad is None:
+                m.grad = torch.zeros_like(m)
+        if self._add_all is None:
+            def add_all(master_grads, grads):
+                for m, g in zip(master_grads, grads):
+                    m.add_(g)
+            self._add_all = torch.compile(add_all, dynamic=False) if masters[0].is_cuda else add_all
+        self._add_all([m.grad for m in masters], list(grads))
 
     def zero_grad(self, set_to_none: bool = True):
         for p, m in zip(self.params, self.masters):
