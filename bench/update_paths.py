@@ -215,9 +215,6 @@ def time_loop_update(model, params, device, args, timer) -> dict:
     timed_update("policy_update, float32 masters, passes of 8 rows")
     fast_training.token_budget_passes = planner
     timed_update("policy_update, float32 masters (as lrpo)")
-    run.optimizer.ACCUMULATE = "batched"
-    timed_update("policy_update, float32 masters added in one compiled call")
-    run.optimizer.ACCUMULATE = "hook"
     cfg.micro_batch = 16
     timed_update("policy_update, float32 masters, 16-row budget")
     cfg.micro_batch = lrpo.REAL["micro_batch"]

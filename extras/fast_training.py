@@ -46,40 +46,19 @@ class MasterWeightAdamW:
         fused = self.masters[0].is_cuda   # one kernel over all tensors on CUDA
         self.inner = torch.optim.AdamW(self.masters, fused=fused, **adamw_kwargs)
         self.param_groups = self.inner.param_groups   # clip_grad_norm_ over these clips in float32
-        self._pending, self._add_all = [], None
         for p, m in zip(self.params, self.masters):
             p.register_post_accumulate_grad_hook(self._accumulate_into(m))
             p.master = m   # where extras/divergence.py finds the gradient to name
 
-    # "hook": each bf16 gradient is added into its master as it appears; "batched": the hook keeps
-    # it, and one compiled call adds them all when the backward ends (bench/update_paths.py --loop)
-    ACCUMULATE = "hook"
-
-    def _accumulate_into(self, master):
+    @staticmethod
+    def _accumulate_into(master):
         def hook(p):
-            if self.ACCUMULATE == "batched":
-                if not self._pending:   # the backward's first gradient: add them all at its end
-                    torch.autograd.Variable._execution_engine.queue_callback(self._add_pending)
-                self._pending.append((master, p.grad))
-            elif master.grad is None:
+            if master.grad is None:
                 master.grad = p.grad.float()
             else:
                 master.grad.add_(p.grad)
             p.grad = None
         return hook
-
-    def _add_pending(self):
-        masters, grads = zip(*self._pending)
-        self._pending = []
-        for m in masters:
-            if m.grad is None:
-                m.grad = torch.zeros_like(m)
-        if self._add_all is None:
-            def add_all(master_grads, grads):
-                for m, g in zip(master_grads, grads):
-                    m.add_(g)
-            self._add_all = torch.compile(add_all, dynamic=False) if masters[0].is_cuda else add_all
-        self._add_all([m.grad for m in masters], list(grads))
 
     def zero_grad(self, set_to_none: bool = True):
         for p, m in zip(self.params, self.masters):
@@ -275,7 +254,9 @@ def token_budget_passes(prompt_len: torch.Tensor, answer_len: torch.Tensor, rows
     than the widest fixed-size pass would (verl's ``use_dynamic_bsz`` packs by tokens the same way).
     Each pass has a fixed cost (launching its kernels, adding each parameter's gradient into its
     float32 master: ~18 ms on the H100, BENCHMARKS.md); fewer passes pay it fewer times, and
-    loss.token_weights make the gradient the same whatever rows a pass holds."""
+    loss.token_weights make the gradient the same whatever rows a pass holds. The last pass never
+    holds a single row where its neighbour can spare one: the compiled layers specialise a batch of
+    1, so such a pass compiles new graphs (seconds on the GPU) whenever one first appears."""
     budget = rows_per_pass * (int(prompt_len.max()) + int(answer_len.max()))
     passes, begin, widest_prompt, widest_answer = [], 0, 0, 0
     for i, (p, a) in enumerate(zip(prompt_len.tolist(), answer_len.tolist())):
@@ -283,6 +264,9 @@ def token_budget_passes(prompt_len: torch.Tensor, answer_len: torch.Tensor, rows
         if i > begin and (i + 1 - begin) * (widest_prompt + widest_answer) > budget:
             passes.append(slice(begin, i))
             begin, widest_prompt, widest_answer = i, p, a
+    if passes and len(prompt_len) - begin == 1 and passes[-1].stop - passes[-1].start >= 3:
+        begin -= 1   # two rows at most as wide as the widest fit any budget of ≥ 2 rows
+        passes[-1] = slice(passes[-1].start, begin)
     return passes + [slice(begin, len(prompt_len))]
 
 
