@@ -106,7 +106,7 @@ class Config:
     device: str = None             # default: cuda if available, else cpu
     dtype: str = None              # default: bfloat16 on cuda (float32 masters), float32 on cpu
     threads: int = 1               # CPU threads (more threads round sums differently)
-    micro_batch: int = 128         # rollouts per forward/backward pass
+    micro_batch: int = 128         # rollouts per forward/backward pass (GPU: short ones pack more)
     logprob_micro_batch: int = None  # rollouts per no-grad forward (default 4 × --micro-batch)
     gradient_checkpointing: bool = False  # recompute activations in the backward
     compile: bool = None           # torch.compile each decoder layer (default: on for cuda)
