@@ -67,11 +67,12 @@ def build_inputs(work: Path, smoke: bool) -> tuple[str, str, str]:
 # ----------------------------------------------------------------------------------------------
 # --diagnose: where a non-finite value first appears (wraps lrpo's functions; the loop is lrpo's)
 
-def install_probes(found: list) -> None:
+def install_probes(found: list, probed: dict) -> None:
     """Record the first non-finite log-prob, loss term or parameter gradient, with the shape and
     lengths of the micro-batch it came from. Costs a host sync per parameter and micro-batch."""
     import loss
     import lrpo
+    import rollout
     from extras import fast_training
     state = {"micro": 0, "rows": None}
 
@@ -80,23 +81,25 @@ def install_probes(found: list) -> None:
             found.append({"what": what, "micro_batch": state["micro"], **details})
             print(f"[diagnose] non-finite {what} in micro-batch {state['micro']}: {details}", flush=True)
 
-    original_logprobs = lrpo.completion_logprobs
-
-    @functools.wraps(original_logprobs)
-    def completion_logprobs(run, model, ids, mask, start, entropy=False):
-        out = original_logprobs(run, model, ids, mask, start, entropy)
-        logp = out[0] if isinstance(out, tuple) else out
-        if torch.is_grad_enabled():
-            state["micro"] += 1
-        lengths = mask[:, start:].sum(1).tolist()
-        state["rows"] = {"shape": list(ids.shape), "start": start, "completion_lengths": lengths,
-                         "prompt_lengths": mask[:, :start].sum(1).tolist()}
-        if not torch.isfinite(logp).all():
-            bad = (~torch.isfinite(logp)).nonzero()[:5].tolist()
-            note("log-prob" + (" (grad pass)" if torch.is_grad_enabled() else " (no-grad pass)"),
-                 positions=bad, **state["rows"])
-        return out
-    lrpo.completion_logprobs = completion_logprobs
+    def probe(original):   # the run's log-prob function, whichever speed_paths picks at set-up
+        @functools.wraps(original)
+        def token_logprobs(model, ids, mask, start, **kw):
+            out = original(model, ids, mask, start, **kw)
+            logp = out[0] if isinstance(out, tuple) else out
+            grad = torch.is_grad_enabled()
+            state["micro"] += grad
+            found_in = probed.setdefault("grad passes" if grad else "no-grad passes", [0])
+            found_in[0] += 1
+            lengths = mask[:, start:].sum(1).tolist()
+            state["rows"] = {"shape": list(ids.shape), "start": start, "completion_lengths": lengths,
+                             "prompt_lengths": mask[:, :start].sum(1).tolist()}
+            if not torch.isfinite(logp).all():
+                bad = (~torch.isfinite(logp)).nonzero()[:5].tolist()
+                note("log-prob" + (" (grad pass)" if grad else " (no-grad pass)"), positions=bad, **state["rows"])
+            return out
+        return token_logprobs
+    rollout.token_logprobs = probe(rollout.token_logprobs)
+    fast_training.token_logprobs = probe(fast_training.token_logprobs)
 
     original_loss = loss.policy_loss
 
@@ -163,9 +166,9 @@ def main() -> None:
     # Checkpoints are not what is measured: at the paper's shape the model, its float32 masters and
     # AdamW's moments are a 21 GB write at the last step.
     runlog.save_if_sound = lambda *a, **k: None
-    found: list = []
+    found, probed = [], {}
     if args.diagnose:
-        install_probes(found)
+        install_probes(found, probed)
     import lrpo
     print("[paper_step] python lrpo.py " + " ".join(argv), flush=True)
     lrpo.main(argv)
@@ -193,7 +196,8 @@ def main() -> None:
         print(f"| {r['step']} | {r['rollout_s']:.1f} | {r['reward_s']:.1f} | {r['reference_s']:.1f} | "
               f"{r['forward_backward_s']:.1f} | {r['update_s']:.1f} | {r['step_s']:.1f} | {r['tokens']} | "
               f"{r['mean_response']:.0f} | {r['update_mfu']:.1%} | {r['peak_gib'] or 0:.1f} | {r['alloc_retries']} | {r['skipped_steps']} |")
-    print(json.dumps({"device": device, "params": n_params, "steps": rows, "non_finite": found}))
+    print(json.dumps({"device": device, "params": n_params, "steps": rows, "non_finite": found,
+                      **({"probed": {k: v[0] for k, v in probed.items()}} if args.diagnose else {})}))
 
 
 def _state_shapes(model_dir: str):

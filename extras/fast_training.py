@@ -253,7 +253,7 @@ def token_budget_passes(prompt_len: torch.Tensor, answer_len: torch.Tensor, rows
     ``--micro-batch``, passes of the longest rows exactly that many, so no pass needs more memory
     than the widest fixed-size pass would (verl's ``use_dynamic_bsz`` packs by tokens the same way).
     Each pass has a fixed cost (launching its kernels, adding each parameter's gradient into its
-    float32 master: ~18 ms on the H100, BENCHMARKS.md); fewer passes pay it fewer times, and
+    float32 master: 12–18 ms on the H100, BENCHMARKS.md); fewer passes pay it fewer times, and
     loss.token_weights make the gradient the same whatever rows a pass holds. The last pass never
     holds a single row where its neighbour can spare one: the compiled layers specialise a batch of
     1, so such a pass compiles new graphs (seconds on the GPU) whenever one first appears."""

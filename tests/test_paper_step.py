@@ -57,6 +57,18 @@ def test_paper_step_smoke_runs_lrpos_loop(tmp_path):
     assert [m["tokens"] for m in metrics] == [s["tokens"] for s in result["steps"]]
 
 
+def test_paper_step_diagnose_probes_the_runs_training_passes(tmp_path):
+    """`--diagnose` watches the log-prob function the run really calls (the fast update calls it
+    directly, not through lrpo.completion_logprobs): its probes must see the training passes."""
+    out = subprocess.run([sys.executable, "bench/paper_step.py", "--smoke", "--diagnose", "--steps", "2",
+                          "--work", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["non_finite"] == []
+    assert result["probed"]["grad passes"] >= 2 and result["probed"]["no-grad passes"] >= 2
+
+
 def test_update_paths_smoke_times_both_heads_on_the_same_rows():
     """`python bench/update_paths.py --smoke`: the training pass and the reference's passes with
     the head's element-wise passes eager and compiled, each pair over the same real tokens (the
