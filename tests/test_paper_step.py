@@ -73,11 +73,15 @@ def test_update_paths_smoke_times_both_heads_on_the_same_rows():
     """`python bench/update_paths.py --smoke`: the training pass and the reference's passes with
     the head's element-wise passes eager and compiled, each pair over the same real tokens (the
     comparison is fair)."""
-    out = subprocess.run([sys.executable, "bench/update_paths.py", "--smoke", "--repeats", "1"],
+    out = subprocess.run([sys.executable, "bench/update_paths.py", "--smoke", "--repeats", "1", "--loop"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     for part in ("train micro-batch (8 rows)", "reference (128 rows)"):
         eager, compiled = (result[f"{part}, head {how}"] for how in ("eager (as at f932e01)", "compiled (now)"))
         assert eager["real_tokens"] == compiled["real_tokens"] > 0
-    assert all(result[k]["s"] > 0 for k in result if isinstance(result[k], dict))
+    assert all(result[k]["s"] > 0 for k in result if isinstance(result[k], dict) and k != "loop")
+    # --loop: lrpo's own update, fixed passes and token-budget passes, over the same rows
+    loop = result["loop"]
+    for variant in ("policy_update, float32 masters, passes of 8 rows", "policy_update, float32 masters (as lrpo)"):
+        assert loop[variant]["time/update_forward_backward"] > 0
