@@ -88,8 +88,8 @@ def install_probes(found: list, probed: dict) -> None:
             logp = out[0] if isinstance(out, tuple) else out
             grad = torch.is_grad_enabled()
             state["micro"] += grad
-            found_in = probed.setdefault("grad passes" if grad else "no-grad passes", [0])
-            found_in[0] += 1
+            kind = "grad passes" if grad else "no-grad passes"
+            probed[kind] = probed.get(kind, 0) + 1
             lengths = mask[:, start:].sum(1).tolist()
             state["rows"] = {"shape": list(ids.shape), "start": start, "completion_lengths": lengths,
                              "prompt_lengths": mask[:, :start].sum(1).tolist()}
@@ -197,7 +197,7 @@ def main() -> None:
               f"{r['forward_backward_s']:.1f} | {r['update_s']:.1f} | {r['step_s']:.1f} | {r['tokens']} | "
               f"{r['mean_response']:.0f} | {r['update_mfu']:.1%} | {r['peak_gib'] or 0:.1f} | {r['alloc_retries']} | {r['skipped_steps']} |")
     print(json.dumps({"device": device, "params": n_params, "steps": rows, "non_finite": found,
-                      **({"probed": {k: v[0] for k, v in probed.items()}} if args.diagnose else {})}))
+                      **({"probed": probed} if args.diagnose else {})}))
 
 
 def _state_shapes(model_dir: str):

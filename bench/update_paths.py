@@ -42,13 +42,19 @@ import torch
 from bench.train_bench import H100_BF16_DENSE, QWEN25_15B, SMOKE, Timer, kernel_breakdown
 
 
-def paper_rows(n: int, vocab: int, max_new: int, seed: int = 0):
-    """n rows as lrpo's sampler returns them: left-padded prompts, answers padded on the right."""
+def paper_rows(n: int, vocab: int, max_new: int, seed: int = 0, answers: str = "quarter-capped"):
+    """n rows as lrpo's sampler returns them: left-padded prompts of 19–36 tokens (left-padded to
+    40), answers padded on the right. Answer lengths: "quarter-capped", a quarter at the cap and the
+    rest spread over [cap/4, cap) (mean ~800); or "run-like", those of bench/paper_step.py's
+    rollouts: random weights sample EOS with probability 1/1,536 per token (the world tokenizer's
+    ids), so about half reach the cap and the mean is ~750."""
     gen = torch.Generator().manual_seed(seed)
     prompt_len = torch.randint(19, 37, (n,), generator=gen)
-    # answers: a quarter hit the cap (random weights rarely emit EOS early), the rest spread below
-    answer_len = torch.where(torch.rand(n, generator=gen) < 0.25, torch.full((n,), max_new),
-                             torch.randint(max_new // 4, max_new, (n,), generator=gen))
+    if answers == "quarter-capped":
+        answer_len = torch.where(torch.rand(n, generator=gen) < 0.25, torch.full((n,), max_new),
+                                 torch.randint(max_new // 4, max_new, (n,), generator=gen))
+    else:
+        answer_len = torch.empty(n).exponential_(1 / 1536, generator=gen).ceil().long().clamp(1, max_new)
     start = 40 if max_new > 64 else int(prompt_len.max())
     ids = torch.randint(3, vocab, (n, start + max_new), generator=gen)
     cols = torch.arange(start + max_new)[None]
@@ -136,20 +142,6 @@ def main() -> None:
     print(json.dumps(results))
 
 
-def run_like_rows(n: int, vocab: int, max_new: int, seed: int = 1):
-    """n rows with the lengths of bench/paper_step.py's rollouts: random weights sample EOS with
-    probability 1/1,536 per token (the world tokenizer's ids), so about half the answers reach the
-    cap and the mean is ~750 tokens; prompts of 19–36 tokens, left-padded to 40."""
-    gen = torch.Generator().manual_seed(seed)
-    prompt_len = torch.randint(19, 37, (n,), generator=gen)
-    answer_len = (torch.empty(n).exponential_(1 / 1536, generator=gen).ceil().long()).clamp(1, max_new)
-    start = 40 if max_new > 64 else int(prompt_len.max())
-    ids = torch.randint(3, vocab, (n, start + max_new), generator=gen)
-    cols = torch.arange(start + max_new)[None]
-    mask = ((cols >= start - prompt_len[:, None]) & (cols < start + answer_len[:, None])).long()
-    return ids, mask, start
-
-
 def time_loop_update(model, params, device, args, timer) -> dict:
     """lrpo's GPU update (extras.fast_training.policy_update, the code the run calls) on 128 rows
     like the run's, its forward/backward phase set against the bare forward/backward passes of the
@@ -165,7 +157,8 @@ def time_loop_update(model, params, device, args, timer) -> dict:
     import lrpo
     from extras import fast_training
     n = 32 if args.smoke else 128
-    ids, mask, start = run_like_rows(n, model.config.vocab_size, 32 if args.smoke else 1024)
+    ids, mask, start = paper_rows(n, model.config.vocab_size, 32 if args.smoke else 1024, seed=1,
+                                  answers="run-like")
     ids, mask = ids.to(device), mask.to(device)
     cfg = lrpo.Config(**{k: lrpo.REAL[k] for k in ("micro_batch", "loss_micro_batch", "lr")},
                       max_new_tokens=ids.shape[1] - start, logprob_micro_batch=32, device=device)
@@ -209,8 +202,9 @@ def time_loop_update(model, params, device, args, timer) -> dict:
     report("bare passes of 8 rows (no loss, no accumulation)", {}, seconds)
     run.optimizer = torch.optim.AdamW(params_of(model), lr=cfg.lr, fused=device == "cuda")
     timed_update("policy_update, AdamW on bf16 weights")
-    run.optimizer = None
-    torch.cuda.empty_cache() if device == "cuda" else None
+    run.optimizer = None   # AdamW's bf16 moments go before the float32 masters come
+    if device == "cuda":
+        torch.cuda.empty_cache()
     run.optimizer = lrpo.make_optimizer(model, cfg)   # float32 masters for bf16 weights
     planner = fast_training.token_budget_passes
     fixed = lambda prompt, answer, k: [slice(i, i + k) for i in range(0, len(prompt), k)]   # as at 2bcb5eb
