@@ -22,7 +22,15 @@ and prints tok/s (new tokens / wall time of the whole call, prefill included), d
     python bench/rollout_bench.py --batches 64 256 512 --only fast core hf_dynamic profile
 
 ``--only`` picks the parts to run (default: all): fast, fast_eager, core, no_kv_buckets, unfused,
-check (fast == eager twin), profile (kernel time per decode step), logprobs, hf_dynamic, hf_static.
+check (fast == eager twin), ending (rows that end at EOS, finished rows dropped or kept), profile
+(kernel time per decode step), logprobs, hf_dynamic, hf_static.
+
+``ending`` times the case of the paper's step, where rows end at different lengths: the tokenizer
+has ``--answer-vocab`` ids (EOS among them, as in bench/paper_step.py), so a row of random weights
+ends after about that many tokens; the fast path runs with finished rows dropped from the batch
+(``fast_rollout.COMPACT``, the default) and kept, in turn, same seed, same prompts:
+
+    python bench/rollout_bench.py --only ending --batches 683 1024 --new-tokens 1024
 """
 from __future__ import annotations
 
@@ -60,7 +68,7 @@ class VocabOnly:
         return ["" for _ in rows]
 
 
-PARTS = ("check", "fast", "fast_eager", "core", "no_kv_buckets", "unfused", "profile", "logprobs",
+PARTS = ("check", "fast", "fast_eager", "core", "no_kv_buckets", "unfused", "ending", "profile", "logprobs",
          "hf_dynamic", "hf_static")
 
 
@@ -75,6 +83,8 @@ def main():
     parser.add_argument("--budget-s", type=float, default=480, help="skip baselines after this many seconds")
     parser.add_argument("--tiny", "--smoke", action="store_true", help="tiny model, CPU allowed (smoke test)")
     parser.add_argument("--only", nargs="+", default=list(PARTS), choices=PARTS, help="parts to run (default all)")
+    parser.add_argument("--answer-vocab", type=int, default=1536,
+                        help="ending: ids the sampler draws from, EOS included (mean answer ~ this)")
     parser.add_argument("--repeats", type=int, default=1, help="timed calls per setting of ours (noise)")
     parser.add_argument("--profile-batches", type=int, nargs="*", default=None,
                         help="batches for the kernel profile (default: all of --batches)")
@@ -231,6 +241,39 @@ def main():
             record(dict(kind="ours_fast_unfused", batch=batch, error=repr(error)[:500]))
         fast_rollout.FUSE = True
 
+    # 2b. Rows that end at EOS: finished rows dropped from the batch (COMPACT) or kept.
+    def ending(batch):
+        eos, pad = 1, 0
+        vocab = VocabOnly(args.answer_vocab, eos, pad)
+        rows = torch.randint(2, args.answer_vocab, (batch, args.prompt_len), generator=torch.Generator().manual_seed(3))
+        run = lambda: fast_rollout.sample(model, vocab, rows, T, seed=0, fast=True, eos_token_ids=[eos])
+        timed(run)   # warm-up: compiles the fused helpers for these shapes, cuDNN plans
+        runs = {}
+        for compact in (True, False, True, False):   # alternating: drift shows as a spread
+            fast_rollout.COMPACT = compact
+            result, seconds, peak = timed(run)
+            runs.setdefault(compact, []).append((result, seconds, peak))
+        fast_rollout.COMPACT = True
+        on, off = runs[True][0][0].completion_ids, runs[False][0][0].completion_ids
+        width = min(on.shape[1], off.shape[1])
+        # bf16: the dropped rows change matmul shapes, so a near-tie may flip a token
+        same = float((on[:, :width] == off[:, :width]).all(1).float().mean())
+        for compact, timings in runs.items():
+            lengths = timings[0][0].lengths.float()
+            record(dict(kind="ending_" + ("rows_dropped" if compact else "rows_kept"), batch=batch, new_tokens=T,
+                        seconds=[round(t[1], 3) for t in timings], peak_gib=max(t[2] for t in timings) / 2**30,
+                        mean_answer_tokens=float(lengths.mean()), rows_at_max=float((lengths >= T).float().mean()),
+                        answer_tok_per_s=float(lengths.sum()) / min(t[1] for t in timings),
+                        rows_with_same_tokens=same))
+
+    for batch in args.batches if "ending" in args.only else ():
+        try:
+            ending(batch)
+        except Exception as error:
+            record(dict(kind="ending_rows_dropped", batch=batch, error=repr(error)[:500], trace=traceback.format_exc()[-1500:]))
+        if cuda:
+            torch.cuda.empty_cache()
+
     # 3. Where a decode step's GPU time goes: kernel time by name over 16 eager-twin decode
     #    steps (a 17-token call minus a 1-token call), to compare with the fast path's step time.
     def kernel_profile(batch):
@@ -328,6 +371,10 @@ def main():
             share = f"{100 * r['share_of_bound']:.0f}%" if r["share_of_bound"] else "-"
             print(f"{r['kind']:<26}{r['batch']:>6}{r['tok_per_s']:>10,.0f}{r['decode_steps_per_s']:>9.0f}"
                   f"{share:>7}{r['peak_gib']:>10.1f}")
+    for r in results:
+        if r["kind"].startswith("ending_") and "error" not in r:
+            print(f"{r['kind']:<26}{r['batch']:>6}  seconds {r['seconds']}  mean answer {r['mean_answer_tokens']:.0f}"
+                  f"  peak {r['peak_gib']:.1f} GiB  same tokens {r['rows_with_same_tokens']:.0%}")
     summary = dict(bench="rollout", **env, weight_bytes=weight_bytes, copy_bytes_per_s=bandwidth,
                    wall_s=time.time() - start, results=results)
     (out_dir / "rollout_bench.json").write_text(json.dumps(summary, indent=1))
