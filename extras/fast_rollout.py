@@ -369,8 +369,10 @@ def _drop_finished(state: _DecodeState, cache: KVCache, out: _Outputs) -> _Decod
     is (otherwise ``state`` unchanged). A finished row only emits padding from then on, so what
     it has produced is final: it is copied to ``out`` and the row leaves the batch. One host
     sync; the cache is copied layer by layer, so memory grows by one layer's cache at most."""
+    if not COMPACT:
+        return state
     running = (~state.finished).nonzero().squeeze(1)
-    if not COMPACT or len(running) == 0 or len(running) > COMPACT_BELOW * len(state.finished):
+    if len(running) == 0 or len(running) > COMPACT_BELOW * len(state.finished):
         return state
     out.collect(state)
     out.rows = out.rows[running]
