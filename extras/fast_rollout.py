@@ -345,13 +345,13 @@ class _Outputs:
     """The call's tokens and log-probs for every row, while the decode state holds only the rows
     still running: ``rows`` maps the state's rows to the call's."""
 
-    def __init__(self, state: _DecodeState, full_noise: bool):
+    def __init__(self, state: _DecodeState):
         self.tokens, self.logprobs = state.out_tokens, state.out_logprobs
         self.rows = torch.arange(len(state.finished), device=state.finished.device)
-        self.noise = state.noise if full_noise else None   # every row's noise, drawn each step
+        self.noise = state.noise   # every row's noise, drawn each step
 
     def draw(self, state: _DecodeState, generator: torch.Generator) -> None:
-        if self.noise is None or self.noise is state.noise:   # every row is still in the batch
+        if self.noise is state.noise:   # every row is still in the batch
             _draw_noise(state.noise, generator)
         else:   # the same draw as for the whole batch, so that dropping rows changes no token
             _draw_noise(self.noise, generator)
@@ -450,7 +450,7 @@ def sample(model, tokenizer, prompts, max_new_tokens: int, *, temperature: float
         out_tokens=torch.full((B, T), pad_id, dtype=torch.long, device=device),
         out_logprobs=torch.zeros(B, T, device=device),
     )
-    out = _Outputs(state, full_noise=temperature > 0)
+    out = _Outputs(state)
     draw = (lambda state: out.draw(state, generator)) if temperature > 0 else (lambda state: None)
     draw(state)
     _emit(state, dec.logits(hidden[:, -1]), cfg)   # token 0 comes from the prompt's last position

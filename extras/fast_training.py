@@ -310,14 +310,14 @@ def policy_update(run, roll, advantages: torch.Tensor, order: torch.Tensor, step
             optimizer.zero_grad(set_to_none=True)
             terms = []
             sorted_rows = host_rows[by_length]
-            for i, part in enumerate(token_budget_passes(prompt_len[sorted_rows], answer_len[sorted_rows],
-                                                         cfg.micro_batch)):
+            prompts, answers = prompt_len[sorted_rows], answer_len[sorted_rows]
+            for i, part in enumerate(token_budget_passes(prompts, answers, cfg.micro_batch)):
                 picked = by_length[part].to(device)
                 micro = rows[picked]
                 # lrpo.completion_logprobs's columns (left of the longest prompt, right of the longest
                 # answer), from the host's lengths instead of a read of the GPU's mask
-                first = start - int(prompt_len[sorted_rows[part]].max())
-                last = start + max(int(answer_len[sorted_rows[part]].max()), 1)
+                first = start - int(prompts[part].max())
+                last = start + max(int(answers[part].max()), 1)
                 out = run.logprobs(model, ids[micro, first:last], mask[micro, first:last], start - first,
                                    temperature=cfg.temperature, return_entropy=i == 0)
                 logp, entropy = out if i == 0 else (out, None)
