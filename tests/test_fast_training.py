@@ -264,26 +264,28 @@ def test_compiled_layers_keep_every_guard_variant_of_lrpos_loop_compiled(limit, 
         return graph.forward
 
     torch._dynamo.reset()
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
     if limit is not None:
         monkeypatch.setattr(fast_training, "LAYER_VARIANTS", limit)
-    torch.manual_seed(0)
-    config = Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=64, pad_token_id=0)
-    policy = Qwen2ForCausalLM(config)
-    policy.config._attn_implementation = "sdpa"
-    reference = copy.deepcopy(policy).requires_grad_(False)
-    for model in (policy, reference):
-        fast_training.compile_layers(model, backend=counting_backend)
-    ids = torch.randint(1, 64, (3, 10))
-    no_padding, padded = torch.ones_like(ids), torch.ones_like(ids)
-    padded[0, -3:] = 0   # transformers passes a mask for this one and drops the other
-    for model, grad, mask, train in itertools.product((policy, reference), (True, False),
-                                                      (no_padding, padded), (True, False)):
-        model.train(train)
-        with torch.set_grad_enabled(grad):
-            model(input_ids=ids, attention_mask=mask)
-    torch._dynamo.reset()
+    # torch's config.patch, not monkeypatch: on torch 2.13 monkeypatch's undo deletes the entry,
+    # so a later case would read no recompile_limit at all
+    with torch._dynamo.config.patch(recompile_limit=8):
+        torch.manual_seed(0)
+        config = Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                             num_key_value_heads=2, vocab_size=64, pad_token_id=0)
+        policy = Qwen2ForCausalLM(config)
+        policy.config._attn_implementation = "sdpa"
+        reference = copy.deepcopy(policy).requires_grad_(False)
+        for model in (policy, reference):
+            fast_training.compile_layers(model, backend=counting_backend)
+        ids = torch.randint(1, 64, (3, 10))
+        no_padding, padded = torch.ones_like(ids), torch.ones_like(ids)
+        padded[0, -3:] = 0   # transformers passes a mask for this one and drops the other
+        for model, grad, mask, train in itertools.product((policy, reference), (True, False),
+                                                          (no_padding, padded), (True, False)):
+            model.train(train)
+            with torch.set_grad_enabled(grad):
+                model(input_ids=ids, attention_mask=mask)
+        torch._dynamo.reset()
     assert (len(compiled) == 16) if expect_all else (len(compiled) == 8)
 
 

