@@ -65,6 +65,9 @@ class Config:
     router_regions: str = "regional-topics"  # region rows for Regional Knowledge (code), any, none
     untopiced: str = "uniform"     # no topic: routed uniformly (lang_policy.py:131-134), or learn
     router_prior: str = None       # JSON {"topic": {name: {lang: w}}, "region": ...} (Table 4)
+    labeller: str = "policy"       # labels data without topics first (App. A.2): policy (the
+    # model trained, greedy), a model, an OpenAI-compatible URL, or none (uniform: Table 2)
+    labeller_name: str = None      # the model to ask at a --labeller URL (paper: gpt-oss-120b)
     scale_router_schedule: bool = False  # under 256 questions/step, scale M and decays per rollout
     # the reward (Eq. 2–5)
     reward: str = "similarity"     # calibrated similarity to the reference, or extras/verifier.py
@@ -210,6 +213,7 @@ def set_up(cfg: Config) -> Run:
     device = "cpu" if cfg.ref_on_cpu else cfg.device   # the reference's; none without a KL term
     reference = copy.deepcopy(model).to(device).requires_grad_(False) if cfg.kl_coef > 0 else None
     fast = setup.speed_paths(cfg, model, reference)
+    train, test = setup.label_data(cfg, model, tokenizer, fast[0], train, test)   # App. A.2
     return Run(cfg, train, test, model, reference, tokenizer, scorer, router,
                make_optimizer(model, cfg), Guard(cfg.max_skipped), *fast)
 

@@ -40,7 +40,7 @@ HELP_GROUPS = {
     "method and router (Alg. 1, Eq. 1, 6, 7)": (
         "method", "group_size", "orig_lang_min", "router_alpha", "router_update_every",
         "router_tau_decay", "router_eps_decay", "router_norm", "router_regions", "untopiced",
-        "router_prior", "scale_router_schedule"),
+        "router_prior", "scale_router_schedule", "labeller", "labeller_name"),
     "reward (Eq. 2-5)": ("reward", "gate", "lid_rules", "calibration", "stats", "encoder",
                          "encoder_dtype"),
     "schedule": ("questions_per_step", "max_new_tokens", "temperature", "steps", "epochs"),
@@ -136,6 +136,8 @@ def as_saved_before_lid_rules(saved: dict) -> dict:
     """A run saved before the official real-run defaults (no lid_rules field) resumes with what
     it did then: our LID rules, a learned row for untopiced questions, the encoder in bf16 on
     CUDA, --data split here, and English added to the data's languages."""
+    if "labeller" not in saved:   # saved before data was labelled by default: it was not
+        saved = {**saved, "labeller": "none", "labeller_name": None}
     if "lid_rules" in saved:
         return saved
     langs = ",".join(["en"] + ([saved["langs"]] if saved.get("langs") else []))

@@ -350,24 +350,39 @@ def http_labeller(url: str, name: str, api_key: str | None = None, max_tokens: i
     return ask
 
 
-def local_labeller(model_name: str, device: str = "cpu", max_new_tokens: int = 1024,
-                   batch_size: int = 16) -> Callable[[list[str], float], list[str]]:
-    """A local causal LM (hub id, folder or .gguf through extras/models.py): the prompt as one
-    user turn through its chat template, greedy at temperature 0."""
-    from extras.fast_rollout import generate
-    from extras.models import ModelLoadError, load_model
-    try:
-        model, tokenizer = load_model(model_name, device)
-    except ModelLoadError as e:
-        raise LabelError(str(e)) from None
+def sampler_labeller(sample, model, tokenizer, max_new_tokens: int = 64,
+                     batch_size: int = 64) -> Callable[[list[str], float], list[str]]:
+    """A loaded model as labeller through the project's batched KV-cache sampler (``sample`` is
+    rollout.sample or what lrpo's run samples with): each prompt as one user turn through the
+    model's chat template, longest prompts batched together, greedy at temperature 0."""
     calls = iter(range(1 << 30))
 
     def ask(prompts: list[str], temperature: float) -> list[str]:
         chats = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                                add_generation_prompt=True) for p in prompts]
-        return generate(model, tokenizer, chats, max_new_tokens, temperature=temperature,
-                        seed=next(calls) * 1000, batch_size=batch_size)
+        order = sorted(range(len(chats)), key=lambda i: -len(chats[i]))   # batches pad little
+        replies = [""] * len(chats)
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            out = sample(model, tokenizer, [chats[i] for i in batch], max_new_tokens,
+                         temperature=temperature, seed=next(calls))
+            for i, text in zip(batch, out.texts):
+                replies[i] = text
+        return replies
     return ask
+
+
+def local_labeller(model_name: str, device: str = "cpu", max_new_tokens: int = 1024,
+                   batch_size: int = 16) -> Callable[[list[str], float], list[str]]:
+    """A local causal LM (hub id, folder or .gguf through extras/models.py), loaded here, as
+    :func:`sampler_labeller` with the CUDA-graph sampler (rollout.sample's twin)."""
+    from extras.fast_rollout import sample
+    from extras.models import ModelLoadError, load_model
+    try:
+        model, tokenizer = load_model(model_name, device)
+    except ModelLoadError as e:
+        raise LabelError(str(e)) from None
+    return sampler_labeller(sample, model, tokenizer, max_new_tokens, batch_size)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -490,6 +505,32 @@ def write_rows(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def ask_into_cache(pending: list[str], make_ask: Callable[[], Callable], cache_path: Path,
+                   cache: dict, labeller: str, batch_size: int, temperature: float = 0.0,
+                   log=print) -> int:
+    """Label the ``pending`` questions batch by batch, appending each batch's records to the
+    cache file (flushed and synced, so an interrupted run loses at most the batch in flight)
+    and to ``cache``. ``make_ask`` is called (the model loaded) only if something is pending."""
+    if not pending:
+        return 0
+    log(f"[label] {len(pending)} questions to label ({len(cache)} cached in {cache_path})")
+    ask = make_ask()
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    cut_short = cache_path.exists() and cache_path.stat().st_size and not _ends_with_newline(cache_path)
+    with cache_path.open("a", encoding="utf-8") as f:
+        if cut_short:
+            f.write("\n")  # end the line an interrupted write left open
+        for start in range(0, len(pending), batch_size):
+            records = label_questions(pending[start:start + batch_size], ask, labeller, temperature)
+            for rec in records:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                cache[rec["key"]] = rec
+            f.flush()
+            os.fsync(f.fileno())
+            log(f"[label] {min(start + batch_size, len(pending))}/{len(pending)} labelled")
+    return len(pending)
+
+
 def label_file(source: recipes.Source, out: Path, make_ask: Callable[[], Callable], cache_path: Path,
                labeller: str = "", batch_size: int = 32, relabel: bool = False,
                retry_unlabelled: bool = False, temperature: float = 0.0, log=print) -> Counter:
@@ -512,24 +553,8 @@ def label_file(source: recipes.Source, out: Path, make_ask: Callable[[], Callabl
         rec = cache.get(cache_key(ex.question))
         if rec is None or (retry_unlabelled and rec["status"] != "ok"):
             todo.setdefault(cache_key(ex.question), ex.question)
-    pending = list(todo.values())
-    if pending:
-        log(f"[label] {len(pending)} questions to label ({len(cache)} cached in {cache_path})")
-        ask = make_ask()
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        cut_short = cache_path.exists() and cache_path.stat().st_size and not _ends_with_newline(cache_path)
-        with cache_path.open("a", encoding="utf-8") as f:
-            if cut_short:
-                f.write("\n")  # end the line an interrupted write left open
-            for start in range(0, len(pending), batch_size):
-                records = label_questions(pending[start:start + batch_size], ask, labeller, temperature)
-                for rec in records:
-                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                    cache[rec["key"]] = rec
-                    stats["asked"] += 1
-                f.flush()
-                os.fsync(f.fileno())
-                log(f"[label] {min(start + batch_size, len(pending))}/{len(pending)} labelled")
+    stats["asked"] = ask_into_cache(list(todo.values()), make_ask, cache_path, cache, labeller,
+                                    batch_size, temperature, log)
     out_rows = []
     for row, ex in rows:
         if is_labelled(ex) and not relabel:
@@ -545,6 +570,44 @@ def label_file(source: recipes.Source, out: Path, make_ask: Callable[[], Callabl
         raise DataError(f"{source.origin}: no usable rows")
     write_rows(out, out_rows)
     return stats
+
+
+def label_examples(examples: list[data.Example], make_ask: Callable[[], Callable], cache_path: Path,
+                   labeller: str, batch_size: int = 64, may_ask: bool = True,
+                   log=print) -> tuple[list[data.Example], dict[str, dict]]:
+    """lrpo.py's data with the paper's labels: every example without a topic gets the cached
+    or newly asked topic and regions of its question (one record per distinct question, so
+    translations and the held-out split share the labeller's calls). Returns the examples and
+    the records they used. ``may_ask=False`` (a resumed run): a question missing from the
+    cache is an error, never a new call, since the run's labels cannot be remade later."""
+    import dataclasses
+    cache = read_cache(cache_path)
+    questions = dict.fromkeys(ex.question for ex in examples if ex.topic == data.UNLABELLED_TOPIC)
+    pending = [q for q in questions if cache_key(q) not in cache]
+    if pending and not may_ask:
+        raise DataError(f"{cache_path}: the run's labels lack {len(pending)} of its "
+                        f"{len(questions)} untopiced questions; a resumed run never relabels")
+    ask_into_cache(pending, make_ask, cache_path, cache, labeller, batch_size, log=log)
+    used = {cache_key(q): cache[cache_key(q)] for q in questions}
+    labelled = []
+    for ex in examples:
+        rec = used.get(cache_key(ex.question)) if ex.topic == data.UNLABELLED_TOPIC else None
+        if rec and rec["topic"]:
+            ex = dataclasses.replace(ex, topic=rec["topic"], region=tuple(rec["region"] or ()))
+        labelled.append(ex)
+    return labelled, used
+
+
+def label_counts(examples: list[data.Example], top: int = 8) -> str:
+    """"topics: ... ; regions: ... ; unlabelled p%": what the router will condition on."""
+    topics = Counter(ex.topic for ex in examples)
+    regions = Counter(r for ex in examples for r in ex.region)
+    share = topics.get(data.UNLABELLED_TOPIC, 0) / max(1, len(examples))
+    name = lambda t: "no topic" if t == data.UNLABELLED_TOPIC else t
+    return ("topics: " + ", ".join(f"{name(t)} {n}" for t, n in topics.most_common())
+            + "; regions: " + (", ".join(f"{r} {n}" for r, n in regions.most_common(top)) or "none")
+            + (f" (+{len(regions) - top} more)" if len(regions) > top else "")
+            + f"; left unlabelled: {share:.1%} (routed uniformly)")
 
 
 def main(argv=None) -> int:

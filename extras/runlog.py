@@ -217,6 +217,9 @@ def check_flags(cfg) -> None:
                            ("router_alpha", 0 < cfg.router_alpha <= 1, "must be in (0, 1]")):
         if not ok:
             fail(f"{flag(name)} {getattr(cfg, name)}: {rule}")
+    if str(cfg.labeller).startswith(("http://", "https://")) and not cfg.labeller_name:
+        fail(f"--labeller {redact(cfg.labeller)} is an endpoint: name the model to ask there with "
+             "--labeller-name (the paper's: openai/gpt-oss-120b)")
     if str(cfg.device).startswith("cuda"):
         import torch
         if not torch.cuda.is_available():

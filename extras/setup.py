@@ -86,8 +86,82 @@ def filter_prompts(cfg, train, test, tokenizer, languages) -> tuple[list, list]:
         print(f"[data] dropped {n_train} training and {n_test} held-out questions whose prompt "
               f"exceeds {cfg.max_prompt_tokens} tokens (official filter_overlong_prompts)")
         runlog.check_data(cfg, train, test)
-    if recipes.describe_labels(train):
-        print(f"[data] {recipes.describe_labels(train)}")
+    return train, test
+
+
+# Methods whose router conditions on topics and regions (the fixed mixes and GRPO do not).
+TOPIC_ROUTED = ("lrpo", "ucb", "thompson")
+LABEL_TOKENS = 64   # a strict label reply is a few [[...]] tokens: longer ones cannot parse
+
+
+def label_cache(cfg) -> Path:
+    """Beside the run folder: one cache per labeller, shared by the runs that use it (LRPO and
+    its baselines, every seed) and kept when a labelling is interrupted before the run starts."""
+    import hashlib
+    who = cfg.model if cfg.labeller == "policy" else f"{cfg.labeller}#{cfg.labeller_name or ''}"
+    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(who.rstrip("/")).name)
+    digest = hashlib.sha256(f"{cfg.labeller}\n{who}".encode()).hexdigest()[:8]
+    return Path(cfg.out).parent / "labels" / f"{cfg.labeller}-{slug}-{digest}.jsonl"
+
+
+def labeller_ask(cfg, model, tokenizer, sample):
+    """What answers the labelling prompts: the policy itself through the run's sampler (greedy),
+    another local model, or an OpenAI-compatible endpoint (the paper: gpt-oss-120b)."""
+    import os
+    from extras import label
+    if cfg.labeller == "policy":
+        batch = 256 if cfg.device.startswith("cuda") else 16
+        return lambda: label.sampler_labeller(sample, model, tokenizer, LABEL_TOKENS, batch)
+    if cfg.labeller.startswith(("http://", "https://")):
+        return lambda: label.http_labeller(cfg.labeller, cfg.labeller_name,
+                                           os.environ.get("OPENAI_API_KEY"))
+    return lambda: label.local_labeller(cfg.labeller, cfg.device, LABEL_TOKENS)
+
+
+def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
+    """Rows as JSONL through a synced temporary file and a rename: whole or absent."""
+    import json
+    import os
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def label_data(cfg, model, tokenizer, sample, train, test) -> tuple[list, list]:
+    """App. A.2 before training: when most training questions have no topic, label them (and
+    the held-out ones) with Figs. 5-6, so that the router learns per topic and region; without
+    labels every question shares one uniformly routed row (the paper's Uniform baseline). The
+    run keeps the labels it trained with in labels.jsonl; a resumed run reads them from there."""
+    from extras import label
+    untopiced = sum(ex.topic == data.UNLABELLED_TOPIC for ex in train)
+    if cfg.data == "toy":
+        return train, test
+    if cfg.method not in TOPIC_ROUTED or untopiced * 2 < len(train) or cfg.labeller == "none":
+        if cfg.method in TOPIC_ROUTED and cfg.labeller == "none" and untopiced:
+            print(f"[label] --labeller none: {untopiced} of {len(train)} training questions have "
+                  "no topic and are routed uniformly (lang_policy.py:131-134): for them this run "
+                  "is the paper's Uniform baseline (Table 2), not LRPO's learned routing")
+        elif recipes.describe_labels(train):
+            print(f"[data] {recipes.describe_labels(train)}")
+        return train, test
+    own = Path(cfg.out) / "labels.jsonl"
+    cache = own if cfg.resume else label_cache(cfg)
+    if cfg.resume and not own.exists():
+        raise data.DataError(f"--resume: {own} is missing: the labels this run trained with are "
+                             "gone, and a resumed run never relabels")
+    who = f"the policy ({cfg.model})" if cfg.labeller == "policy" else cfg.labeller
+    print(f"[label] {untopiced} of {len(train)} training questions have no topic: labelling "
+          f"them with Figs. 5-6 of App. A.2 by {who}, greedy (cache {cache})")
+    labelled, used = label.label_examples(train + test, labeller_ask(cfg, model, tokenizer, sample),
+                                          cache, labeller=cfg.labeller_name or who,
+                                          may_ask=not cfg.resume)
+    if not cfg.resume:   # the run's own copy: what it trained with, for its resume
+        write_jsonl_atomic(own, list(used.values()))
+    train, test = labelled[:len(train)], labelled[len(train):]
+    print(f"[label] {label.label_counts(train)}")
     return train, test
 
 
