@@ -193,3 +193,17 @@ def test_an_endpoint_url_needs_a_model_name(tmp_path):
         lrpo.parse_args(["--model", "x", "--labeller", "http://user:secret@host:8000/v1",
                          "--out", str(tmp_path / "r")])
     assert "--labeller-name" in str(stop.value) and "secret" not in str(stop.value)
+
+
+def test_label_bench_smoke_times_both_prompts_through_the_runs_sampler():
+    """`python bench/label_bench.py --smoke`: both App. A.2 passes run through the sampler the
+    run uses, greedy, and every reply is counted (random weights: the full 64 tokens)."""
+    import subprocess
+    import sys
+    root = Path(lrpo.__file__).parent
+    out = subprocess.run([sys.executable, "bench/label_bench.py", "--smoke"], capture_output=True,
+                         text=True, cwd=root, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    topic, region = result["passes"]["topic (Fig. 5)"], result["passes"]["region (Fig. 6)"]
+    assert (topic["prompts"], region["prompts"]) == (8, 1)
+    assert topic["new_tokens"] == 8 * setup.LABEL_TOKENS and result["total_s"] > 0
