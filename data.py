@@ -145,6 +145,7 @@ REGIONS = ("Russia", "Southeast Asia", "Latin America", "Japan", "South Asia", "
            "Anglosphere", "Europe", "Africa", "China", "Israel", "France", "Turkey", "Germany",
            "South Korea", "Iran", "Spain", "Poland", "Vietnam", "Polynesia", "India",
            "Central Asia", "Arab World", "Italy")
+NEUTRAL = "neutral"   # the language ID of a language-neutral text ("42"): passes every gate
 UNLABELLED_TOPIC = "general"
 
 
@@ -187,3 +188,15 @@ def split_examples(examples: list[Example], test_fraction: float = 0.1,
     test = [e for e in examples if (e.id, e.lang) in test_keys]
     return train, test
 
+
+def held_out_questions(test: list, n: int) -> list:
+    """n held-out questions taken in turn from each language (all of them when n covers the split),
+    so that even a small --eval-size reports every language."""
+    if n is None or n >= len(test):
+        return list(test)
+    by_lang = {}
+    for ex in test:
+        by_lang.setdefault(ex.lang, []).append(ex)
+    turns = [ex for rank in range(max(map(len, by_lang.values()), default=0))
+             for exs in by_lang.values() if rank < len(exs) for ex in exs[rank:rank + 1]]
+    return turns[:n]

@@ -54,6 +54,7 @@ from calibrate import in_language   # the reward's gate: same language, or langu
 from extras.benchmarks import (BENCHMARKS, LETTERS, MULTIPLE_CHOICE, Item, Record, eval_lang_code,
                         load_benchmark, score_care_pro, score_mgsm, score_multiple_choice, score_toy)
 from data import DataError
+from data import held_out_questions  # noqa: F401 (the training loop's held-out draw)
 from extras.recipes import read_rows
 
 MAX_NEW_TOKENS = {"mgsm": 512, "global-mmlu-lite": 64, "include-lite": 64, "care-pro": 256, "toy": 48}
@@ -156,19 +157,6 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
         print(f"\r[evaluate] generated {min(start + batch_size, len(order))}/{len(order)}", end="", file=sys.stderr)
     print(file=sys.stderr)
     return texts
-
-
-def held_out_questions(test: list, n: int) -> list:
-    """n held-out questions taken in turn from each language (all of them when n covers the split),
-    so that even a small --eval-size reports every language."""
-    if n is None or n >= len(test):
-        return list(test)
-    by_lang = {}
-    for ex in test:
-        by_lang.setdefault(ex.lang, []).append(ex)
-    turns = [ex for rank in range(max(map(len, by_lang.values()), default=0))
-             for exs in by_lang.values() if rank < len(exs) for ex in exs[rank:rank + 1]]
-    return turns[:n]
 
 
 def evaluate_split(model, tokenizer, examples, scorer, cfg) -> dict:

@@ -201,9 +201,7 @@ def set_up(cfg: Config) -> Run:
     train, test = setup.load_data(cfg)
     runlog.check_data(cfg, train, test)   # every data/flag mismatch before the model loads
     runlog.check_out_dir(cfg)             # after the data's errors: a missing file is named first
-    make_router = bandit.make_router
-    if cfg.method not in bandit.METHODS:
-        from extras.routers import make_router
+    from extras.routers import make_router   # any method's router, its options checked
     options = router_options(cfg) if cfg.method == "lrpo" else {}
     router = make_router(cfg.method, routed_languages(cfg, train + test), **options)
     scorer = setup.make_scorer(cfg)

@@ -593,7 +593,5 @@ if __name__ == "__main__":
                         help="which split of the world to evaluate")
     args = parser.parse_args()
     from calibrate import detect_languages   # the reward's language-ID gate
-    from extras.models import quiet_progress_bars
-    quiet_progress_bars()
     model, tokenizer = load_model_and_tokenizer()
     print(format_report(accuracy_report(model, tokenizer, load_split(args.split), detect_languages)))

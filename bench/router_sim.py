@@ -47,8 +47,7 @@ from extras.router_log import log_router  # noqa: E402
 
 
 def make_router(name, languages, **options):
-    build = routers.make_router if name in routers.METHODS else bandit.make_router
-    return build(name, languages, **options)
+    return routers.make_router(name, languages, **options)
 from data import ROLLOUT_LANGUAGES, Example  # noqa: E402
 
 LANGS = list(ROLLOUT_LANGUAGES)

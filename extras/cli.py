@@ -169,7 +169,7 @@ def parse_args(argv, config_cls, presets: dict):
     named = {**named, **preset, **given}
     out = named["out"] or runlog.default_out(default_out(named), bool(given.get("resume")))
     if given.get("resume"):
-        saved = runlog.resumed_config(given, out, MAY_CHANGE_ON_RESUME, fields(config_cls))
+        saved = runlog.resumed_config(given, out, MAY_CHANGE_ON_RESUME, fields(config_cls), CHOICES)
         cfg = config_cls(**as_saved_before_lid_rules(saved))
     else:
         cfg = config_cls(**{**preset, **given, "out": out})

@@ -11,8 +11,7 @@ import re
 import threading
 from typing import Sequence
 
-from calibrate import NEUTRAL
-from data import LANGUAGES
+from data import LANGUAGES, NEUTRAL
 
 
 def normalize_for_lid(text: str) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bandit import MIN_TAU
+from bandit import eq1
 
 
 def row_probabilities(router) -> dict[str, dict[str, dict[str, float]]]:
@@ -27,14 +27,11 @@ def row_probabilities(router) -> dict[str, dict[str, dict[str, float]]]:
     topics = dict.fromkeys([*router.A, *(t for t, _ in router.seen
                                          if t.lower() not in router.uniform_topics)])
     regions = dict.fromkeys([*router.B, *(g for _, gs in router.seen for g in gs)])
-    zero, L = np.zeros(len(router.languages)), len(router.languages)
+    zero = np.zeros(len(router.languages))
     out = {}
     for kind, names, table in (("topic", topics, router.A), ("region", regions, router.B)):
         for name in names:
-            z = table.get(name, zero) / max(router.tau, MIN_TAU)
-            soft = np.exp(z - z.max())
-            soft /= soft.sum()
-            mixed = (1.0 - router.eps) * soft + router.eps / L
+            soft, mixed = eq1(table.get(name, zero), router.tau, router.eps)   # each row alone
             out[f"{kind}:{name}"] = {"softmax": dict(zip(router.languages, soft.tolist())),
                                      "effective": dict(zip(router.languages, mixed.tolist()))}
     return out

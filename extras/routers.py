@@ -25,8 +25,9 @@ import math
 
 import numpy as np
 
+import bandit
 from bandit import LanguageRouter
-from extras.router_checks import check_common
+from extras.router_checks import check_common, check_router
 
 
 class _DiscountedRouter(LanguageRouter):
@@ -187,9 +188,15 @@ METHODS = ("ucb", "thompson")
 
 
 def make_router(method: str, languages, **options):
-    """UCBRouter or ThompsonRouter by name; the options are the class's keyword arguments."""
+    """Any router by name, its options checked first (one error each, extras/router_checks.py):
+    the paper's and its baselines (bandit.METHODS, built by bandit.make_router), or UCBRouter
+    and ThompsonRouter (METHODS); the options are the class's keyword arguments."""
+    if method in bandit.METHODS:
+        check_router(method, languages, options)
+        return bandit.make_router(method, languages, **options)
     if method not in METHODS:
-        raise ValueError(f"unknown router {method!r}; extras.routers has {', '.join(METHODS)}")
+        raise ValueError(f"unknown router {method!r}; choose one of "
+                         f"{', '.join(bandit.METHODS + METHODS)}")
     build = UCBRouter if method == "ucb" else ThompsonRouter
     check_common(method, build, languages, options)
     return build(languages, **options)

@@ -136,7 +136,7 @@ def fail(message: str):
 # ----------------------------------------------------------------------------------------------
 # --resume: the configuration comes from the run folder
 
-def resumed_config(given: dict, out: str, may_change, fields) -> dict:
+def resumed_config(given: dict, out: str, may_change, fields, choices=None) -> dict:
     """The saved run's configuration (``<out>/config.json``, checked against the dataclass
     ``fields`` of lrpo.Config) with the
     flags in ``may_change`` taken from the command line. Any other flag given again must agree
@@ -145,7 +145,7 @@ def resumed_config(given: dict, out: str, may_change, fields) -> dict:
     if not path.exists():
         fail(f"--resume: {out} holds no run to resume (no config.json, no checkpoint); start it without --resume")
     saved = saved_config(path)
-    check_saved_config(saved, fields, path)
+    check_saved_config(saved, fields, path, choices or {})
     for name, value in given.items():
         if name not in may_change and name not in ("resume", "out") and value != saved.get(name):
             fail(f"{flag(name)} {value} contradicts the saved run's {name} {saved.get(name)} ({path}); "
@@ -170,10 +170,9 @@ def saved_config(path: Path) -> dict:
 NULLABLE = ("steps", "epochs", "eval_size", "threads")   # None in a preset: the real run's
 
 
-def check_saved_config(saved: dict, fields, path) -> None:
+def check_saved_config(saved: dict, fields, path, choices: dict) -> None:
     """Each saved value against its ``Config`` field (``fields``: the dataclass fields): a known
-    name, the field's type (None where the default is None), one of its choices."""
-    from extras.cli import CHOICES
+    name, the field's type (None where the default is None), one of its ``choices``."""
     by_name = {f.name: f for f in fields}
     unknown = sorted(set(saved) - set(by_name))
     if unknown:
@@ -187,9 +186,9 @@ def check_saved_config(saved: dict, fields, path) -> None:
         if not ok:
             fail(f"{path}: {name} = {json.dumps(value)} is not a{'n' if kind is int else ''} "
                  f"{kind.__name__}; fix it or start a new run")
-        choices = CHOICES.get(name)
-        if choices and value is not None and value not in choices:
-            fail(f"{path}: {name} = {json.dumps(value)} is not one of {', '.join(map(str, choices))}")
+        allowed = choices.get(name)
+        if allowed and value is not None and value not in allowed:
+            fail(f"{path}: {name} = {json.dumps(value)} is not one of {', '.join(map(str, allowed))}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -676,7 +675,7 @@ def stopped(cfg, done: int, stop: dict):
 def announce(run, total: int) -> None:
     """What the run will do: data, steps (and how they were counted), devices, L."""
     cfg = run.cfg
-    from evaluate import held_out_questions
+    from data import held_out_questions
     held_out = len(held_out_questions(run.test, cfg.eval_size))
     print(f"[lrpo] {cfg.method} on {cfg.data}: {len(run.train)} train questions, "
           f"{f'{held_out} held out' if held_out else 'no evaluation'}, {total} steps of "
