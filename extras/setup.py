@@ -94,14 +94,19 @@ TOPIC_ROUTED = ("lrpo", "ucb", "thompson")
 LABEL_TOKENS = 64   # a strict label reply is a few [[...]] tokens: longer ones cannot parse
 
 
+def is_url(labeller: str) -> bool:
+    return labeller.startswith(("http://", "https://"))
+
+
 def label_cache(cfg) -> Path:
     """Beside the run folder: one cache per labeller, shared by the runs that use it (LRPO and
     its baselines, every seed) and kept when a labelling is interrupted before the run starts."""
     import hashlib
-    who = cfg.model if cfg.labeller == "policy" else f"{cfg.labeller}#{cfg.labeller_name or ''}"
+    kind = "policy" if cfg.labeller == "policy" else "url" if is_url(cfg.labeller) else "model"
+    who = cfg.model if kind == "policy" else cfg.labeller_name if kind == "url" else cfg.labeller
     slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(who.rstrip("/")).name)
-    digest = hashlib.sha256(f"{cfg.labeller}\n{who}".encode()).hexdigest()[:8]
-    return Path(cfg.out).parent / "labels" / f"{cfg.labeller}-{slug}-{digest}.jsonl"
+    digest = hashlib.sha256(f"{kind}\n{who}\n{runlog.redact(cfg.labeller)}".encode()).hexdigest()[:8]
+    return Path(cfg.out).parent / "labels" / f"{kind}-{slug}-{digest}.jsonl"
 
 
 def labeller_ask(cfg, model, tokenizer, sample):
@@ -112,7 +117,7 @@ def labeller_ask(cfg, model, tokenizer, sample):
     if cfg.labeller == "policy":
         batch = 256 if cfg.device.startswith("cuda") else 16
         return lambda: label.sampler_labeller(sample, model, tokenizer, LABEL_TOKENS, batch)
-    if cfg.labeller.startswith(("http://", "https://")):
+    if is_url(cfg.labeller):
         return lambda: label.http_labeller(cfg.labeller, cfg.labeller_name,
                                            os.environ.get("OPENAI_API_KEY"))
     return lambda: label.local_labeller(cfg.labeller, cfg.device, LABEL_TOKENS)
@@ -152,11 +157,13 @@ def label_data(cfg, model, tokenizer, sample, train, test) -> tuple[list, list]:
     if cfg.resume and not own.exists():
         raise data.DataError(f"--resume: {own} is missing: the labels this run trained with are "
                              "gone, and a resumed run never relabels")
-    who = f"the policy ({cfg.model})" if cfg.labeller == "policy" else cfg.labeller
+    who = f"the policy ({cfg.model})" if cfg.labeller == "policy" else runlog.redact(cfg.labeller)
     print(f"[label] {untopiced} of {len(train)} training questions have no topic: labelling "
           f"them with Figs. 5-6 of App. A.2 by {who}, greedy (cache {cache})")
     labelled, used = label.label_examples(train + test, labeller_ask(cfg, model, tokenizer, sample),
-                                          cache, labeller=cfg.labeller_name or who,
+                                          cache, labeller=cfg.labeller_name or (
+                                              f"policy {cfg.model}" if cfg.labeller == "policy"
+                                              else cfg.labeller),
                                           may_ask=not cfg.resume)
     if not cfg.resume:   # the run's own copy: what it trained with, for its resume
         write_jsonl_atomic(own, list(used.values()))

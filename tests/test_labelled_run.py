@@ -207,3 +207,36 @@ def test_label_bench_smoke_times_both_prompts_through_the_runs_sampler():
     topic, region = result["passes"]["topic (Fig. 5)"], result["passes"]["region (Fig. 6)"]
     assert (topic["prompts"], region["prompts"]) == (8, 1)
     assert topic["new_tokens"] == 8 * setup.LABEL_TOKENS and result["total_s"] > 0
+
+
+def test_the_paper_way_an_endpoint_labels_the_run(labeller_model, tmp_path, capsys, monkeypatch):
+    """--labeller URL --labeller-name NAME: the questions go to an OpenAI-compatible endpoint (the
+    paper's gpt-oss-120b behind vLLM), with the key of OPENAI_API_KEY; the run routes by them."""
+    from test_label import FakeAPI
+    script = {("topic", r["question"]): ["[[General Knowledge]]"] for r in ROWS[:4]}
+    script.update({("topic", r["question"]): ["[[Regional Knowledge]]"] for r in ROWS[4:]})
+    script.update({("region", r["question"]): ["[[Japan]]"] for r in ROWS[4:]})
+    api = FakeAPI(script)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    try:
+        lrpo.main(args(labeller_model, write_rows(tmp_path / "train.jsonl"), tmp_path / "run",
+                       "--labeller", api.url, "--labeller-name", "openai/gpt-oss-120b"))
+    finally:
+        api.close()
+    assert {kind for kind, _, _ in api.requests} == {"topic", "region"}
+    assert all(h.get("Authorization") == "Bearer sk-test" for h in api.headers)
+    printed = capsys.readouterr().out
+    assert "topics: General Knowledge 4, Regional Knowledge 2; regions: Japan 2;" in printed
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (saved["labeller"], saved["labeller_name"]) == (api.url, "openai/gpt-oss-120b")
+
+
+def test_another_local_model_labels_the_run(labeller_model, tmp_path, capsys):
+    """--labeller MODEL: a model other than the policy (here the same bigram folder, loaded a
+    second time as the labeller) answers through the sampler; its cache is its own."""
+    lrpo.main(args(labeller_model, write_rows(tmp_path / "train.jsonl"), tmp_path / "runs" / "r",
+                   "--labeller", str(labeller_model)))
+    assert "Regional Knowledge 6" in capsys.readouterr().out
+    cache, = (tmp_path / "runs" / "labels").iterdir()
+    assert cache.name.startswith(f"model-{labeller_model.name}-")
+    assert {r["labeller"] for r in label.read_cache(cache).values()} == {str(labeller_model)}
