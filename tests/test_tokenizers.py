@@ -42,6 +42,14 @@ class Boosted(torch.nn.Module):
         return logits
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():   # tiny matmuls: OpenMP threads spinning on a busy machine cost ~100x
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def chat(toy_tokenizer):
     """(model, tokenizer, ids): the toy BPE tokenizer with <|turn|>, <|turn_end|> (EOS) and
