@@ -97,3 +97,78 @@ def test_one_step_wires_router_groups_advantages_and_loss(base, monkeypatch, std
             discriminating = True
             break
     assert discriminating, "no step had a gated-out rollout: the reward was not told apart from the similarity"
+
+
+class GradRecorder:
+    """An optimizer that only keeps the gradient it is asked to step with."""
+
+    def __init__(self, model):
+        self.params = list(model.parameters())
+        self.param_groups = [{"params": self.params}]
+        self.grads = []
+
+    def zero_grad(self, set_to_none=True):
+        for p in self.params:
+            p.grad = None
+
+    def step(self):
+        self.grads.append(torch.cat([p.grad.flatten() for p in self.params]))
+
+
+def mini_batch_gradient(run, roll, advantages, rows):
+    """The on-policy gradient of one mini-batch alone: lrpo.policy_update (the core's one-step
+    update, checked against verl's loop in test_lrpo.py) on those rows."""
+    import dataclasses
+    from types import SimpleNamespace
+    import rollout
+    from extras.divergence import Guard
+    cfg = dataclasses.replace(run.cfg, mini_batch=None, ppo_epochs=1)
+    recorder = GradRecorder(run.model)
+    core = SimpleNamespace(cfg=cfg, model=run.model, reference=run.reference, optimizer=recorder,
+                           logprobs=rollout.token_logprobs, guard=Guard())
+    lrpo.policy_update(core, roll, advantages, rows, 0)
+    return recorder.grads[0]
+
+
+@pytest.mark.parametrize("mini_batch,ppo_epochs", [(8, 1), (None, 2), (8, 2), (None, 1)])
+def test_mini_batches_and_ppo_epochs(base, monkeypatch, mini_batch, ppo_epochs):
+    """--mini-batch and --ppo-epochs (extras/fast_training.policy_update):
+    * one optimizer step per mini-batch per epoch, each with that mini-batch's own gradient (the
+      gradients are zeroed before each mini-batch, not once per epoch or per step): at lr 0 the
+      weights stay put, so mini-batch m's gradient is lrpo.policy_update's on its rows alone;
+    * off-policy (several mini-batches, or several epochs) the loss gets the old log-probs, those
+      of the policy before the update (= the sampler's), in every mini-batch, and the ratio moves
+      after the first optimizer step; on-policy (one of each) it gets none (ρ ≡ 1)."""
+    n = 16
+    mini = mini_batch or n
+    off_policy = mini < n or ppo_epochs > 1
+    run = fresh(base, lr=0.0, grad_clip=1e9, mini_batch=mini_batch, ppo_epochs=ppo_epochs)
+    tap = Tap(run, monkeypatch)
+    lrpo.train_step(run, 0)
+    (update,) = tap.updates
+    roll, advantages, order = update.args[1], update.args[2], update.args[3]
+    assert len(tap.steps) == ppo_epochs * (n // mini)
+    fresh(base)   # the initial weights again, for the independent gradients
+    for k, recorded in enumerate(tap.steps):
+        rows = order[(k % (n // mini)) * mini:][:mini]
+        expected = mini_batch_gradient(run, roll, advantages, rows)
+        got = torch.cat([g.flatten() for g in recorded])
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-7, msg=f"optimizer step {k}")
+    # at lr 1e-3 the weights move: the old log-probs stay those of the policy that sampled
+    run = fresh(base, lr=1e-3, mini_batch=mini_batch, ppo_epochs=ppo_epochs)
+    tap = Tap(run, monkeypatch)
+    lrpo.train_step(run, 0)
+    roll = tap.updates[0].args[1]
+    sampled = {row_key(roll.input_ids[i], roll.attention_mask[i], roll.completion_start): roll.logprobs[i]
+               for i in range(n)}
+    moved = False
+    for fwd, call in zip(tap.training_forwards(), tap.losses):
+        assert (call.old_logp is not None) == off_policy
+        if not off_policy:
+            continue
+        for j in range(fwd.ids.shape[0]):
+            key = row_key(fwd.ids[j], fwd.mask[j], fwd.start)
+            t = len(key[1])
+            torch.testing.assert_close(call.old_logp[j, :t], sampled[key][:t], atol=2e-4, rtol=0)
+            moved |= float((call.logp[j, :t] - call.old_logp[j, :t]).abs().max()) > 1e-3
+    assert moved == off_policy

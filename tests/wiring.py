@@ -20,6 +20,7 @@ from extras.divergence import Guard
 SMALL = ["--questions-per-step", "4", "--group-size", "4", "--max-new-tokens", "8", "--eval-size", "0",
          "--no-progress"]
 TAG = re.compile(r"<\|out_lang_(\w+)\|>")
+REAL_POLICY_LOSS = loss.policy_loss   # before any Tap replaces it
 
 
 def translations_meet(train: list) -> list:
@@ -55,7 +56,10 @@ def fresh(base: SimpleNamespace, model=None, **overrides) -> lrpo.Run:
         model.load_state_dict(base.state)
     reference = run0.reference if cfg.kl_coef > 0 else None
     options = lrpo.router_options(cfg) if cfg.method == "lrpo" else {}
-    router = bandit.make_router(cfg.method, run0.router.languages, **options)
+    make_router = bandit.make_router
+    if cfg.method not in bandit.METHODS:   # ucb, thompson: as lrpo.set_up
+        from extras.routers import make_router
+    router = make_router(cfg.method, lrpo.routed_languages(cfg, run0.train + run0.test), **options)
     fast = setup.speed_paths(cfg, model, reference)
     return lrpo.Run(cfg, run0.train, run0.test, model, reference, run0.tokenizer, run0.scorer, router,
                     lrpo.make_optimizer(model, cfg), Guard(cfg.max_skipped), *fast)
@@ -74,12 +78,13 @@ class Tap:
         self.updates, self.forwards, self.losses, self.steps = [], [], [], []
         self._wrap(run.router, "allocate", self.allocations)
         self._wrap(run.router, "observe", self.observed)
+        run.scorer = _Proxy(run.scorer)   # the scorer is shared by every fresh Run: wrap a proxy
         self._wrap(run.scorer, "score", self.scores)
         run.sample = self._recorded(run.sample, self.samples)
         run.logprobs = self._forward(run.logprobs)
         inner = run.update or lrpo.policy_update
         run.update = self._recorded(inner, self.updates)
-        real_loss = loss.policy_loss
+        real_loss = REAL_POLICY_LOSS
 
         def policy_loss(logp, old_logp, advantages, weights, **kw):
             self.losses.append(SimpleNamespace(logp=logp.detach().clone(), old_logp=old_logp, kw=kw,
@@ -121,6 +126,16 @@ class Tap:
 
     def training_forwards(self):
         return [f for f in self.forwards if f.grad]
+
+
+class _Proxy:
+    """An object's attributes, any of which may be replaced on the proxy alone."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
 
 
 def row_key(ids: torch.Tensor, mask: torch.Tensor, start: int) -> tuple:
