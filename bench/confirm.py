@@ -292,6 +292,8 @@ def main(argv=None) -> dict | None:
     out, exp = Path(args.out), EXPERIMENTS[args.hypothesis]
     if args.bundle:
         return bundle(out, Path(args.bundle))
+    from extras.models import check_device
+    check_device(args.device, instead="leave --device out to run on the CPU (--smoke: a few minutes)")
     use_world(exp["world"])
     check_frozen(exp, smoke=args.smoke)
     out.mkdir(parents=True, exist_ok=True)

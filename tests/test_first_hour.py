@@ -140,7 +140,7 @@ def test_an_unreachable_hub_switches_the_libraries_offline(monkeypatch):
     assert models.go_offline_if_unreachable() is False
     assert hub.HF_HUB_OFFLINE is True and os.environ["HF_DATASETS_OFFLINE"] == "1"
     models.check_model("toy", online=False)                            # shorthands need no hub
-    with pytest.raises(models.ModelLoadError, match="not found in the hub cache"):
+    with pytest.raises(models.ModelLoadError, match="not in the local Hugging Face cache and this machine is offline"):
         models.check_model("someone/nothing-here", online=False)
 
 
