@@ -582,4 +582,5 @@ def _default_device() -> str:
 
 
 if __name__ == "__main__":
-    main()
+    from extras.interrupt import main_with_one_line_ctrl_c
+    main_with_one_line_ctrl_c(main, "evaluate", "nothing of this benchmark was written; run the command again")

@@ -396,4 +396,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from extras.interrupt import main_with_one_line_ctrl_c
+    main_with_one_line_ctrl_c(main, "classroom", "finished runs are kept under --out and each "
+                              "running one saved a checkpoint: the same command continues")

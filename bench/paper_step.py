@@ -213,4 +213,5 @@ def _state_shapes(model_dir: str):
 
 
 if __name__ == "__main__":
-    main()
+    from extras.interrupt import main_with_one_line_ctrl_c
+    main_with_one_line_ctrl_c(main, "paper_step")

@@ -384,4 +384,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from extras.interrupt import main_with_one_line_ctrl_c
+    main_with_one_line_ctrl_c(main, "rollout_bench", "the rows measured so far are in <out>/rollout_bench.jsonl")

@@ -256,4 +256,5 @@ def params_of(model):
 
 
 if __name__ == "__main__":
-    main()
+    from extras.interrupt import main_with_one_line_ctrl_c
+    main_with_one_line_ctrl_c(main, "update_paths")

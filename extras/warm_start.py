@@ -262,4 +262,5 @@ def run_command(p, args) -> None:
         print(f"[warm_start] {share:.0%} of answers are in the tagged language")
 
 if __name__ == "__main__":
-    main()
+    from extras.interrupt import main_with_one_line_ctrl_c
+    main_with_one_line_ctrl_c(main, "warm_start", "nothing was written; run the command again")
