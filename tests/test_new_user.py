@@ -169,6 +169,12 @@ CASES = [   # (id, entry point, argv, files to create first, the expected line)
     ("evaluate --compare, missing run", evaluate.main,
      ["--compare", "base=runs/base", "grpo=runs/grpo", "--out", "runs/cmp"], {},
      "error: --compare base=runs/base: no such file"),
+    ("lrpo, --test-data with the built-in world", lrpo.main, ["--test-data", "held.jsonl"], {},
+     "error: --test-data held.jsonl: the built-in world (--data toy) has its own held-out split"),
+    ("lrpo, missing --test-data", lrpo.main,
+     ["--data", "d.jsonl", "--test-data", "held.jsonl", "--model", "toy", "--steps", "1"],
+     {"d.jsonl": '{"lang": "en", "question": "q", "answer": "a"}\n'},
+     "error: --test-data held.jsonl: no such file"),
     ("lrpo, uncached hub id", lrpo.main, ["--model", "Qwen/Qwen2.5-1.5B-Instruct"], {},
      "error: --model 'Qwen/Qwen2.5-1.5B-Instruct' is not in the local Hugging Face cache and this "
      "machine is offline: download it first with `hf download Qwen/Qwen2.5-1.5B-Instruct` where the "
@@ -200,6 +206,20 @@ def test_bad_input_is_one_line_before_anything_slow(case, tmp_path, monkeypatch)
     assert message.startswith("error: ")
     assert time.time() - t0 < 15                                  # no hub retries, no model loads
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(files)   # nothing created
+
+
+def test_label_names_an_uncached_model_before_labelling(tmp_path, monkeypatch, capsys):
+    from extras import label
+    monkeypatch.chdir(tmp_path)
+    offline(monkeypatch)
+    monkeypatch.setattr(label, "local_labeller", lambda *a, **k: pytest.fail("the labeller loaded"))
+    (tmp_path / "d.jsonl").write_text('{"lang": "en", "question": "q", "answer": "a"}\n')
+    assert label.main(["--in", "d.jsonl", "--out", "o.jsonl", "--model", "Qwen/Qwen2.5-7B-Instruct"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --model 'Qwen/Qwen2.5-7B-Instruct' is not in the local Hugging Face cache and this "
+        "machine is offline: download it first with `hf download Qwen/Qwen2.5-7B-Instruct` where the "
+        "hub is reachable, or pass its local folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]
 
 
 def test_the_uncached_hub_id_is_not_a_typo_and_a_typo_is_not_a_download(monkeypatch):
