@@ -489,8 +489,7 @@ BENCH_FILE_HELP = """\
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(args.out)   # created when there is something to write: a failed command leaves none
     if args.compare:
         return run_compare(args.compare, out_dir)
     benches = [b.strip() for b in args.bench.split(",") if b.strip()]
@@ -503,7 +502,11 @@ def main(argv=None) -> dict:
         raise SystemExit("give --model to generate answers, or --predictions to score saved ones")
     if "care-pro" in benches and not (args.judge_model or args.judge_url):
         raise SystemExit("care-pro needs a judge: --judge-model PATH or --judge-url URL --judge-name NAME")
-    from extras.models import check_model, go_offline_if_unreachable, quiet_progress_bars
+    for flag, path in (("--bench-file", args.bench_file), ("--predictions", args.predictions)):
+        if path and not Path(path).is_file():   # before any model loads
+            raise SystemExit(f"error: {flag} {path}: no such file")
+    from extras.models import check_device, check_model, go_offline_if_unreachable, quiet_progress_bars
+    check_device(args.device)
     quiet_progress_bars()
     if args.model and not args.predictions:   # a typo in --model fails here, in one line
         try:
@@ -521,8 +524,12 @@ def main(argv=None) -> dict:
     langs = [l.strip() for l in args.langs.split(",")] if args.langs else None
     results = {}
     for bench in benches:
-        items = load_benchmark(bench, args.bench_file or args.bench_id, langs=langs, limit=args.limit)
-        records = evaluate_benchmark(bench, items, args, model, tokenizer, judge, out_dir)
+        try:
+            items = load_benchmark(bench, args.bench_file or args.bench_id, langs=langs, limit=args.limit)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            records = evaluate_benchmark(bench, items, args, model, tokenizer, judge, out_dir)
+        except DataError as e:   # an unreadable --bench-file or --predictions: one line
+            raise SystemExit(f"error: {e}") from None
         write_jsonl(out_dir / f"{bench}_predictions.jsonl", (asdict(r) for r in records))
         results[bench] = summarize(bench, records, train_langs)
         print(format_table(bench, results[bench]))
@@ -544,11 +551,12 @@ def run_compare(specs: list[str], out_dir: Path) -> dict:
             name, path = Path(spec).stem if Path(spec).is_file() else Path(spec).name, spec
         path = Path(path) / "results.json" if Path(path).is_dir() else Path(path)
         if not path.exists():
-            raise SystemExit(f"--compare {spec}: no such file {path}")
+            raise SystemExit(f"error: --compare {spec}: no such file {path}")
         runs[name] = json.loads(path.read_text(encoding="utf-8"))
     table = compare_runs(runs)
     text = format_comparison(table, list(runs))
     print(text)
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "comparison.md").write_text(text, encoding="utf-8")
     (out_dir / "comparison.json").write_text(json.dumps(table, indent=2, ensure_ascii=False))
     for bench, t in table.items():
@@ -562,4 +570,5 @@ def _default_device() -> str:
 
 
 if __name__ == "__main__":
-    main()
+    from extras.interrupt import main_with_one_line_ctrl_c
+    main_with_one_line_ctrl_c(main, "evaluate", "nothing of this benchmark was written; run the command again")

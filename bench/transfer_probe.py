@@ -527,4 +527,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from extras.interrupt import main_with_one_line_ctrl_c
+    main_with_one_line_ctrl_c(main, "transfer_probe")

@@ -74,6 +74,10 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="also the kernel time of one training micro-batch, by kind of kernel")
     args = parser.parse_args()
+    if not args.smoke:
+        from extras.models import need_gpu
+        need_gpu("bench/update_paths.py", "the update's passes at the paper's row shape, 1.5B in bf16: "
+                 "an 80 GB H100 as in BENCHMARKS.md")
     import lrpo
     from extras import fast_rollout, fast_training
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -252,4 +256,5 @@ def params_of(model):
 
 
 if __name__ == "__main__":
-    main()
+    from extras.interrupt import main_with_one_line_ctrl_c
+    main_with_one_line_ctrl_c(main, "update_paths")

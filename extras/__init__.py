@@ -22,4 +22,5 @@ interfaces; each one's docstring says what it adds and why:
     warm_start.py       the paper's warm-start SFT (§5.4) and the tag-following check
     benchmarks.py       what each evaluation benchmark is (evaluate.py runs them)
     reward_adapters.py  the LRPO reward for TRL's GRPOTrainer and verl
+    interrupt.py        Ctrl-C in any command: one line, exit code 130 (not a traceback)
 """

@@ -68,16 +68,18 @@ MAY_CHANGE_ON_RESUME = ("steps", "epochs", "eval_every", "save_every", "samples_
 
 
 def field_comments(config_cls) -> dict[str, str]:
-    """The comment after each field of ``config_cls`` (continued on comment-only lines below)."""
-    comments, last = {}, None
+    """The comment after each field of ``config_cls``. A comment-only line continues the field's
+    comment when it is indented further than the field (its ``#`` under the field's comment); one
+    at the field's own indentation is a section title (``# the reward (Eq. 2-5)``) and ends it."""
+    comments, last, indent = {}, None, 0
     for line in inspect.getsource(config_cls).splitlines():
-        field_line = re.match(r"\s+(\w+): [^=]+=.*?#\s?(.*)$", line)
-        more = re.match(r"\s+#\s?(.*)$", line)
+        field_line = re.match(r"(\s+)(\w+): [^=]+=.*?#\s?(.*)$", line)
+        more = re.match(r"(\s+)#\s?(.*)$", line)
         if field_line:
-            last = field_line.group(1)
-            comments[last] = field_line.group(2).strip()
-        elif more and last:
-            comments[last] += " " + more.group(1).strip()
+            indent, last = len(field_line.group(1)), field_line.group(2)
+            comments[last] = field_line.group(3).strip()
+        elif more and last and len(more.group(1)) > indent:
+            comments[last] += " " + more.group(2).strip()
         else:
             last = None
     return comments
@@ -167,7 +169,10 @@ def parse_args(argv, config_cls, presets: dict):
     named = {**asdict(config_cls()), **given}
     preset = with_preset(given, named, presets) if not given.get("resume") else {}
     named = {**named, **preset, **given}
-    out = named["out"] or runlog.default_out(default_out(named), bool(given.get("resume")))
+    if given.get("plot"):   # only redraws a run's plots: no run folder is picked or announced
+        out = named["out"] or default_out(named)
+    else:
+        out = named["out"] or runlog.default_out(default_out(named), bool(given.get("resume")))
     if given.get("resume"):
         saved = runlog.resumed_config(given, out, MAY_CHANGE_ON_RESUME, fields(config_cls), CHOICES)
         cfg = config_cls(**as_saved_before_lid_rules(saved))

@@ -644,13 +644,17 @@ def main(argv=None) -> int:
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         return local_labeller(args.model, device, args.max_tokens, batch_size=args.batch_size)
 
+    from extras.models import ModelLoadError, check_device, check_model, go_offline_if_unreachable
+    check_device(args.device)
     try:
         columns = json.loads(args.columns) if args.columns else None
         source = recipes.open_source(args.source, recipe=args.recipe, columns=columns)
+        if args.model:   # a typo, or a hub id not cached offline: one line before any labelling
+            check_model(args.model, online=go_offline_if_unreachable())
         stats = label_file(source, out, make_ask, cache, labeller=args.name or args.model,
                            batch_size=args.batch_size, relabel=args.relabel,
                            retry_unlabelled=args.retry_unlabelled, temperature=args.temperature)
-    except (DataError, LabelError, json.JSONDecodeError) as e:
+    except (DataError, LabelError, ModelLoadError, json.JSONDecodeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

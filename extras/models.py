@@ -97,9 +97,25 @@ def go_offline_if_unreachable() -> bool:
     return False
 
 
+# Hub ids this project's README and docstrings name: offline, a cache miss of one of these is a
+# model to download, never a typo; a name one letter off one of them is named as the likely fix.
+KNOWN_HUB_MODELS = ("Qwen/Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-0.5B-Instruct",
+                    "Qwen/Qwen2.5-3B-Instruct", "meta-llama/Llama-3.2-1B-Instruct",
+                    "google/gemma-3-1b-it", "HuggingFaceTB/SmolLM2-135M-Instruct")
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """``owner/name`` in the hub's characters (letters, digits, - _ .), as every hub model has."""
+    import re
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}", name) is not None \
+        and ".." not in name and not name.endswith((".", "-"))
+
+
 def check_model(name: str, online: bool) -> None:
     """Fail with one line naming --model when it can be neither a shorthand, a local path nor a
-    hub model (cached, or found on a reachable hub): before any data or encoder is loaded."""
+    hub model (cached, or found on a reachable hub): before any data or encoder is loaded.
+    Offline, a well-formed hub id that is not cached is told apart from a typo: it is to be
+    downloaded first (a name close to a known one is named as the likely fix)."""
     if name == "toy" or Path(name).exists():
         return
     if name in BUNDLED:
@@ -107,19 +123,54 @@ def check_model(name: str, online: bool) -> None:
         return
     if name.endswith(".gguf"):
         raise ModelLoadError(f"--model {name!r}: no such GGUF file")
-    from huggingface_hub import repo_exists, try_to_load_from_cache
+    import difflib
     known = f"toy, {', '.join(BUNDLED)}"
-    try:
+    close = difflib.get_close_matches(name, [*BUNDLED, "toy", *KNOWN_HUB_MODELS], n=1, cutoff=0.8)
+    hint = f"; did you mean {close[0]}?" if close else "; check the name"
+    from huggingface_hub import repo_exists, try_to_load_from_cache
+    try:   # a cached model (a legacy id without an owner too) loads offline
         if isinstance(try_to_load_from_cache(name, "config.json"), str):
             return
+    except Exception:  # noqa: BLE001 - not a valid hub id: said below
+        pass
+    if not looks_like_hub_id(name):
+        raise ModelLoadError(f"--model {name!r}: not a local folder or file, not a shorthand ({known}) "
+                             f"and not a hub id (owner/name){hint}")
+    try:
         if online and repo_exists(name):
             return
-    except Exception as e:  # noqa: BLE001 - an invalid id, or a hub error: the name is unusable
+    except Exception as e:  # noqa: BLE001 - a hub error: the name is unusable
         raise ModelLoadError(f"--model {name!r}: not a local path, a shorthand ({known}) or a hub id "
                              f"({type(e).__name__}: {e})") from None
-    where = "on the hub" if online else "in the hub cache (the hub is unreachable from here)"
-    raise ModelLoadError(f"--model {name!r}: not a local folder or file, not a shorthand ({known}) "
-                         f"and not found {where}; check the name")
+    if online:
+        raise ModelLoadError(f"--model {name!r}: not a local folder or file, not a shorthand ({known}) "
+                             f"and not found on the hub{hint}")
+    if close and close[0] != name:
+        raise ModelLoadError(f"--model {name!r}: not found in the hub cache and this machine is offline; "
+                             f"did you mean {close[0]}?")
+    typo = "" if name in KNOWN_HUB_MODELS else " (or, if the hub has no such model, check the name)"
+    raise ModelLoadError(f"--model {name!r} is not in the local Hugging Face cache and this machine is "
+                         f"offline: download it first with `hf download {name}` where the hub is "
+                         f"reachable, or pass its local folder{typo}")
+
+
+def check_device(device, flag: str = "--device", instead: str = "pass --device cpu") -> None:
+    """A CUDA device asked for where torch sees none: one line (SystemExit, exit code 1), before
+    anything slow, instead of a traceback from the first tensor moved there."""
+    if device and str(device).startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            raise SystemExit(f"error: {flag} {device}: torch sees no CUDA GPU here; {instead}")
+
+
+def need_gpu(script: str, needs: str, instead: str = "--smoke") -> None:
+    """For the GPU benchmarks (bench/): without a CUDA GPU, one line naming the GPU the script
+    needs and the CPU option that checks it instead, and exit code 1 (in a second or two: only
+    torch is imported)."""
+    import torch
+    if not torch.cuda.is_available():
+        raise SystemExit(f"error: {script} needs a CUDA GPU ({needs}) and torch sees none here; on a "
+                         f"CPU, `python {script} {instead}` checks the script with tiny shapes instead")
 
 
 def _file_digest(path: Path) -> str:

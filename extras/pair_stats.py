@@ -321,12 +321,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--hard", type=int, default=2, help="hardest mismatches per reference")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random mismatches")
     args = parser.parse_args(argv)
-
-    if args.parallel == "toy":
-        import toy
-        rows = check_parallel(toy.parallel_rows(), where="toy.parallel_rows()")
-    else:
-        rows = read_parallel(args.parallel)
+    from extras.models import check_device
+    check_device(args.device)
+    try:   # the input first, in one line naming the flag; then the encoder
+        if args.parallel == "toy":
+            import toy
+            rows = check_parallel(toy.parallel_rows(), where="toy.parallel_rows()")
+        else:
+            rows = read_parallel(args.parallel)
+    except DataError as e:
+        sys.exit(f"error: --parallel {e}")
     encoder = load_encoder(args.encoder, args.device)
     t = time.perf_counter()
     stats = pair_statistics(rows, encoder, args.random, args.hard, seed=args.seed)
@@ -343,4 +347,5 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from extras.interrupt import main_with_one_line_ctrl_c
+    main_with_one_line_ctrl_c(main, "pair_stats", "no statistics were written")

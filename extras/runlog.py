@@ -672,9 +672,12 @@ def stopped(cfg, done: int, stop: dict):
     raise SystemExit(128 + stop["requested"])
 
 
-def announce(run, total: int) -> None:
-    """What the run will do: data, steps (and how they were counted), devices, L."""
+def announce(run, total: int, first: int = 0) -> None:
+    """What the run will do: data, steps (and how they were counted), devices, L; a resumed run
+    first says from which step it continues."""
     cfg = run.cfg
+    if first:
+        print(f"[lrpo] resuming {cfg.out} from step {first} of {total} (its checkpoint of step {first})")
     from data import held_out_questions
     held_out = len(held_out_questions(run.test, cfg.eval_size))
     print(f"[lrpo] {cfg.method} on {cfg.data}: {len(run.train)} train questions, "
@@ -703,9 +706,32 @@ def finish(run, metrics: dict, after: dict | None) -> dict:
 
 
 def plot_only(run_dir) -> dict:
+    """--plot: redraw the plots of a run folder from its logs; nothing else is run or written."""
+    if not (Path(run_dir) / "metrics.jsonl").is_file():
+        fail(f"--plot {run_dir}: no metrics.jsonl there (not a run folder of lrpo.py, or a run "
+             f"that has not finished a step)")
+    print(f"[lrpo] --plot: redrawing the plots of {run_dir} from its logs (no training)")
     for path in plot_run(run_dir):
-        print(path)
+        print(f"[lrpo] wrote {path}")
     return {}
+
+
+def first_missing(path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (None: it exists)."""
+    path, top = Path(path).absolute(), None
+    while not path.exists():
+        path, top = path.parent, path
+    return top
+
+
+def remove_if_empty(path, top: Path | None) -> None:
+    """Remove ``path`` and its parents up to ``top`` (from :func:`first_missing`) while empty."""
+    path = Path(path).absolute()
+    while top is not None and path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+        if path == top:
+            return
+        path = path.parent
 
 
 @contextlib.contextmanager
@@ -720,6 +746,7 @@ def locked_run(cfg):
         import torch
         torch.set_num_threads(cfg.threads)
     quiet_progress_bars()
+    created = first_missing(cfg.out)   # the folder this command may create (runs/, or the run's)
     try:
         try:
             check_model(cfg.model, online=go_offline_if_unreachable())
@@ -732,5 +759,8 @@ def locked_run(cfg):
         fail(f"{e}; {kept}; lower --lr (a new run), or raise --max-skipped")
     except (DataError, ModelLoadError) as e:   # bad input, named in one line
         fail(str(e))
+    except KeyboardInterrupt:   # during the set-up (training has its own handler): one line
+        fail("interrupted (Ctrl-C) before training started; nothing was trained")
     finally:
         release_lock(cfg.out)
+        remove_if_empty(cfg.out, created)   # a command that failed before writing leaves no folder

@@ -31,6 +31,9 @@ def load_data(cfg) -> tuple[list, list]:
     """(train, test) Examples of --data; every bad row is a one-line DataError naming --data."""
     try:
         if cfg.data == "toy":
+            if cfg.test_data not in (None, "none"):   # never ignored in silence
+                raise data.DataError(f"--test-data {cfg.test_data}: the built-in world (--data toy) "
+                                     f"has its own held-out split; drop it, or give --data a file")
             import toy
             return toy.load_split("train"), toy.load_split("test")
         examples = runlog.drop_duplicates(recipes.load_examples(cfg.data, recipe=cfg.recipe), cfg)
@@ -40,8 +43,14 @@ def load_data(cfg) -> tuple[list, list]:
         if source == "split":
             test = recipes.load_examples(cfg.data, recipe=cfg.recipe, split="test")
         else:
-            test = recipes.load_examples(source, recipe=cfg.recipe)
+            try:
+                test = recipes.load_examples(source, recipe=cfg.recipe)
+            except data.DataError as e:   # the held-out file's own flag (or the data's twin file)
+                flag = "--test-data" if cfg.test_data else "--data (its test twin)"
+                raise data.DataError(f"{flag} {e}") from None
     except data.DataError as e:
+        if str(e).startswith("--test-data") or str(e).startswith("--data (its"):
+            raise
         raise data.DataError(f"--data: {e}") from None
     where = f"{cfg.data} (its test split)" if source == "split" else f"{source} (as given)"
     print(f"[data] held-out set: {len(test)} questions of {where}; --data is not split")

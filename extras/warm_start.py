@@ -31,6 +31,7 @@ from urllib.parse import urlparse
 
 import data
 from extras import recipes
+from extras.models import ModelLoadError
 
 PAPER_PROMPTS = 420           # prompts sampled from Aya
 LANGS_PER_PROMPT = 2          # target languages per prompt
@@ -173,46 +174,93 @@ def main(argv=None) -> None:
         help="tags to ask for, comma-separated (default: the prompts' languages)")
     c.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     args = p.parse_args(argv)
+    try:
+        run_command(p, args)
+    except (data.DataError, ModelLoadError) as e:   # bad input: one line naming the flag
+        sys.exit(f"error: {e}")
+
+
+def read_pairs(path: str) -> list[dict]:
+    """The rows of ``sft --pairs``, checked before any model loads."""
+    if not Path(path).is_file():
+        raise data.DataError(f"--pairs {path}: no such file (write it with `python -m extras.warm_start "
+                             f"build ... --out {path}`)")
+    pairs = []
+    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise data.DataError(f"--pairs {path}: row {i} is not JSON ({e})") from None
+        missing = [k for k in ("question", "target_lang", "response")
+                   if not isinstance(row, dict) or not row.get(k)]
+        if missing:
+            raise data.DataError(f"--pairs {path}: row {i}: missing field(s) {missing}")
+        pairs.append(row)
+    if not pairs:
+        raise data.DataError(f"--pairs {path}: no pairs in the file")
+    return pairs
+
+
+def load_prompts(flag: str, source: str) -> list:
+    """Examples of ``--prompts``: a missing file is one line naming the flag, before any model."""
+    if Path(source).suffix in (".jsonl", ".json", ".parquet") and not Path(source).is_file():
+        raise data.DataError(f"{flag} {source}: no such file")
+    return recipes.load_examples(source)
+
+
+def checked_model(name: str) -> str:
+    """``name`` once checked: a typo or an uncached hub id offline is one line, without retries."""
+    from extras.models import check_model, go_offline_if_unreachable
+    check_model(name, online=go_offline_if_unreachable())
+    return name
+
+
+def run_command(p, args) -> None:
     import os
+    from extras.models import check_device
     device = getattr(args, "device", None)
-    if device is None:
+    check_device(device)
+    if device is None and args.command != "build":
         import torch
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.command == "build":
         if not (args.teacher or args.teacher_url):
             p.error("give --teacher PATH or --teacher-url URL")
+        examples = load_prompts("--prompts", args.prompts)   # the input first, then the teacher
+        langs = [data.lang_code(x, "--langs") for x in args.langs.split(",")]
+        if args.teacher:
+            checked_model(args.teacher)
+        if not args.teacher_url:
+            import torch
+            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         ask = (http_teacher(args.teacher_url, args.teacher_name, os.environ.get("OPENAI_API_KEY"))
                if args.teacher_url else local_teacher(args.teacher, device))
-        examples = recipes.load_examples(args.prompts)
-        langs = [data.lang_code(x, "--langs") for x in args.langs.split(",")]
         pairs, dropped = build_pairs(examples, ask, langs, args.n_prompts, seed=args.seed)
         Path(args.out).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in pairs))
         print(f"[warm_start] wrote {len(pairs)} pairs to {args.out}; dropped {dropped} not in the target language")
     elif args.command == "sft":
         from extras.models import load_model
         import torch
-        model, tokenizer = load_model(args.model, device, torch.float32)
-        pairs = [json.loads(l) for l in Path(args.pairs).read_text().splitlines() if l.strip()]
-        for i, row in enumerate(pairs, 1):
-            missing = [k for k in ("question", "target_lang", "response") if not row.get(k)]
-            if missing:
-                sys.exit(f"error: {args.pairs}: row {i}: missing field(s) {missing}")
+        pairs = read_pairs(args.pairs)                      # before the model (and any hub access)
+        model, tokenizer = load_model(checked_model(args.model), device, torch.float32)
         sft(model, tokenizer, pairs, args.epochs, args.lr, args.batch_size)
         model.save_pretrained(args.out)
         tokenizer.save_pretrained(args.out)
         print(f"[warm_start] saved {args.out}; train with: python lrpo.py --model {args.out}")
     else:
         from extras.models import load_model
-        model, tokenizer = load_model(args.model, device)
         if args.prompts:
-            examples = recipes.load_examples(args.prompts)
+            examples = load_prompts("--prompts", args.prompts)
         else:
             import toy
             examples = toy.load_split("test")
+        model, tokenizer = load_model(checked_model(args.model), device)
         langs = sorted({ex.lang for ex in examples}) if args.langs is None else args.langs.split(",")
         share = tag_following(model, tokenizer, examples, langs)
         print(f"[warm_start] {share:.0%} of answers are in the tagged language")
 
-
 if __name__ == "__main__":
-    main()
+    from extras.interrupt import main_with_one_line_ctrl_c
+    main_with_one_line_ctrl_c(main, "warm_start", "nothing was written; run the command again")

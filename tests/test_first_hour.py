@@ -67,9 +67,11 @@ def test_every_readme_command_names_a_real_script_and_real_flags():
         assert flags <= defined_flags(ROOT / script), (command, flags - defined_flags(ROOT / script))
 
 
-def test_readme_lrpo_and_evaluate_commands_parse(monkeypatch):
-    """Each README command of lrpo.py and evaluate.py goes through its own parser."""
+def test_readme_lrpo_and_evaluate_commands_parse(monkeypatch, tmp_path):
+    """Each README command of lrpo.py and evaluate.py goes through its own parser (in an empty
+    folder: the default run folders are numbered after what runs/ holds)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(tmp_path)
     for command in readme_commands():
         script, argv = cli_argv(command)
         if "--help" in argv or script not in ("lrpo.py", "evaluate.py"):
@@ -104,8 +106,9 @@ def test_every_flag_of_every_cli_has_help():
     assert all(comments.get(f.name) for f in fields(lrpo.Config))
 
 
-def test_presets_follow_the_model_and_the_gpu(monkeypatch, capsys):
+def test_presets_follow_the_model_and_the_gpu(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(tmp_path)   # the default run folder is under the working directory
     cfg = lrpo.parse_args(["--model", "smollm2"])
     assert (cfg.preset, cfg.data, cfg.questions_per_step, cfg.max_new_tokens, cfg.steps) == ("cpu-demo", "toy", 2, 16, 4)
     assert "cpu-demo preset" in capsys.readouterr().out                 # said in one line
@@ -140,7 +143,7 @@ def test_an_unreachable_hub_switches_the_libraries_offline(monkeypatch):
     assert models.go_offline_if_unreachable() is False
     assert hub.HF_HUB_OFFLINE is True and os.environ["HF_DATASETS_OFFLINE"] == "1"
     models.check_model("toy", online=False)                            # shorthands need no hub
-    with pytest.raises(models.ModelLoadError, match="not found in the hub cache"):
+    with pytest.raises(models.ModelLoadError, match="not in the local Hugging Face cache and this machine is offline"):
         models.check_model("someone/nothing-here", online=False)
 
 

@@ -41,7 +41,7 @@ def test_help_is_light(tmp_path):
     assert not (tmp_path / "runs").exists()   # parsing creates nothing
 
 
-def test_resume_continues_exactly(tmp_path, monkeypatch, toy_model_and_tokenizer):
+def test_resume_continues_exactly(tmp_path, monkeypatch, toy_model_and_tokenizer, capsys):
     """A run killed between the two renames of its step-2 save, with log lines of an unsaved
     step 3 and a line cut short, resumed from its folder alone: the same run as one go."""
     one_go, halves = tmp_path / "one_go", tmp_path / "halves"
@@ -66,7 +66,9 @@ def test_resume_continues_exactly(tmp_path, monkeypatch, toy_model_and_tokenizer
     with pytest.raises(SystemExit, match=r"already holds a run \(checkpoint at step 2\); continue it with "
                                          r"`python lrpo.py --out .*halves --resume`"):
         lrpo.main(SMALL + ["--steps", "4", "--out", str(halves)])
+    capsys.readouterr()
     lrpo.main(["--out", str(halves), "--resume", "--steps", "4"])
+    assert f"[lrpo] resuming {halves} from step 2 of 4" in capsys.readouterr().out   # issue 35
     a, b = metrics(one_go), metrics(halves)
     assert [r["step"] for r in b] == [1, 2, 3, 4]
     assert a == b
