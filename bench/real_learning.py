@@ -168,4 +168,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from extras.interrupt import main_with_one_line_ctrl_c
+    main_with_one_line_ctrl_c(lambda: sys.exit(main()), "real_learning", "the same command continues: finished runs are read back")

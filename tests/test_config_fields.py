@@ -767,11 +767,13 @@ FIELDS = {
     "dtype": probe_dtype, "threads": probe_threads, "micro_batch": probe_micro_batch,
     "logprob_micro_batch": probe_logprob_micro_batch, "gradient_checkpointing": probe_gradient_checkpointing,
     "compile": probe_compile, "rollout_batch": probe_rollout_batch,
+    "labeller": "test_labelled_run.py::test_unlabelled_data_is_labelled_by_the_policy_then_routed_by_topic_and_region",
+    "labeller_name": "test_labelled_run.py::test_the_paper_way_an_endpoint_labels_the_run",
 }
 # fields whose effect a CPU-only machine cannot see (the reference's device is the CPU either way)
 GPU_ONLY = {"ref_on_cpu": "set_up keeps the frozen reference on the CPU instead of cfg.device"}
 # fields another branch adds; each gets a probe when it lands here
-PENDING = {"labeller"}
+PENDING = set()
 
 
 def test_every_field_has_a_probe():
