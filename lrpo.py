@@ -67,7 +67,8 @@ class Config:
     untopiced: str = "uniform"     # no topic: routed uniformly (lang_policy.py:131-134), or learn
     router_prior: str = None       # JSON {"topic": {name: {lang: w}}, "region": ...} (Table 4)
     labeller: str = "policy"       # labels data without topics first (App. A.2): policy (the
-    # model trained, greedy), a model, an OpenAI-compatible URL, or none (uniform: Table 2)
+                                   # model trained, greedy), a model, an OpenAI-compatible URL,
+                                   # or none (untopiced questions routed uniformly: Table 2)
     labeller_name: str = None      # the model to ask at a --labeller URL (paper: gpt-oss-120b)
     scale_router_schedule: bool = False  # under 256 questions/step, scale M and decays per rollout
     # the reward (Eq. 2–5)

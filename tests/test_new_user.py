@@ -259,6 +259,8 @@ def test_no_section_title_in_a_flags_help():
     assert comments["lid_rules"].endswith("ours adds a script check and language-neutral numbers")
     text = " ".join(cli.build_parser(lrpo.Config, lrpo.PRESETS).format_help().split())
     assert not [t for t in titles if t in text]
+    # a help text cut short by a continuation line written as a title leaves a "(" open
+    assert not [name for name, text in comments.items() if text.count("(") != text.count(")")]
 
 
 def test_plot_only_redraws_and_says_so(tmp_path, monkeypatch, capsys):
