@@ -788,3 +788,20 @@ def test_every_field_has_a_probe():
 @pytest.mark.parametrize("field", [f for f, p in FIELDS.items() if callable(p)])
 def test_field_changes_what_it_says(field, base, monkeypatch, tmp_path):
     FIELDS[field](Ctx(base, monkeypatch, tmp_path))
+
+
+def test_the_split_is_the_same_in_every_process(tmp_path):
+    """--test-fraction's split (and the built-in world's) is a function of the data and the seed
+    only: the same in processes with other hash seeds (a split ordered by Python's per-process
+    hash() would resume a run on other training questions)."""
+    import subprocess
+    import sys
+    path = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import data, toy; from extras import recipes; "
+            "rows = recipes.load_examples(sys.argv[2]); "
+            "print(sorted(e.id + e.lang for e in data.split_examples(rows, 0.3, seed=1)[1])); "
+            "print(sorted(e.id + e.lang for e in toy.load_split('test'))[:40])")
+    outs = {subprocess.run([sys.executable, "-c", code, str(TESTS.parent), path], capture_output=True, text=True,
+                           check=True, env={**__import__("os").environ, "PYTHONHASHSEED": seed}).stdout
+            for seed in ("1", "2")}
+    assert len(outs) == 1
