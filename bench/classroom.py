@@ -1,4 +1,5 @@
-"""The classroom experiment (issue 11), pre-registered in BENCHMARKS.md: does routing help?
+"""The classroom experiment (issue 11), pre-registered in docs/benchmarks_history.md: does routing
+help?
 
     python bench/classroom.py                   # 4 methods × 5 seeds on the 2-core CPU (~1 h)
     python bench/classroom.py --device cuda     # the same on one GPU, several runs at once

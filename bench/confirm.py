@@ -1,4 +1,5 @@
-"""The classroom's confirmatory run (issue 21), pre-registered in BENCHMARKS.md before any run.
+"""The classroom's confirmatory run (issue 21), pre-registered before any run
+(docs/benchmarks_history.md; results in BENCHMARKS.md).
 
     python bench/confirm.py H1 --smoke      # 2 steps × seed 0 of each method, CPU, a few minutes
     python bench/confirm.py H1 --device cuda --jobs 10                   # H1: 20 runs, one call
@@ -45,7 +46,8 @@ _spec = importlib.util.spec_from_file_location("classroom", HERE / "classroom.py
 classroom = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(classroom)
 
-# --- the pre-registered design (BENCHMARKS.md, "Confirmatory classroom run: pre-registration") ---
+# --- the pre-registered design (docs/benchmarks_history.md, "Confirmatory classroom run (issue 21):
+# pre-registration") ---
 H1_CELL = ("regional/other-q", None)
 H2_CELL = ("arithmetic", ("zh", "ja"))
 FIXED_MIXES = ("uniform", "english-dominant", "input-dominant")
@@ -90,7 +92,8 @@ def check_frozen(exp: dict, smoke: bool = False) -> None:
     classroom.check_world(exp["world_hash"], exp["warm_start_key"])
     if not smoke and weights_sha() != exp["weights_sha"]:
         raise SystemExit(f"warm-start weights {weights_sha()[:16]}… are not the frozen "
-                         f"{exp['weights_sha'][:16]}…: carry the frozen cache (BENCHMARKS.md)")
+                         f"{exp['weights_sha'][:16]}…: carry the frozen cache "
+                         "(docs/benchmarks_history.md)")
 
 
 # ----------------------------------------------------------------------------------------------

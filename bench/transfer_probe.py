@@ -206,7 +206,8 @@ def use_world(variant: str) -> None:
     if variant != "famous":
         raise ValueError(f"unknown world variant {variant!r}")
     os.environ["LRPO_CACHE"] = str(toy.cache_dir() / f"probe-{variant}")
-    # the same patch that the exploratory classroom run appends to toy.py (BENCHMARKS.md)
+    # the same patch that the exploratory classroom run appends to toy.py
+    # (docs/benchmarks_history.md)
     exec((Path(__file__).parent / "world_famous_patch.py").read_text(encoding="utf-8"), toy.__dict__)
 
 

@@ -10,9 +10,10 @@ baseline and the change in the same run.
 * the reference's no-grad forward over 128 rows in passes of 32 (``--logprob-micro-batch``)
   through ``lrpo.frozen_logprobs``, which takes them in length order.
 
-Earlier calls of this bench (BENCHMARKS.md, issue 18): commit 5049b20 found that plain causal
-attention without the padding mask gives the same log-probs to the bit and the same time (taken
-out again), and that sorting the reference's rows by length cuts its passes by 17.7%.
+Earlier calls of this bench (docs/benchmarks_history.md, issue 18): commit 5049b20 found that
+plain causal attention without the padding mask gives the same log-probs to the bit and the
+same time (taken out again), and that sorting the reference's rows by length cuts its passes by
+17.7%.
 
 Rows: prompts of 19–36 tokens left-padded to 40 and answers of 256–1,024 tokens, a quarter at the
 cap (mean ~800, as the paper-shape bench's rollouts; ``bench/paper_step.py``); a training

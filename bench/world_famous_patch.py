@@ -1,6 +1,7 @@
-# Exploratory (BENCHMARKS.md, "the famous candidate world"): append to toy.py to turn the built-in
-# world into transfer_probe.use_world("famous"), e.g. `cat bench/world_famous_patch.py >> toy.py` in a
-# scratch copy, then `LRPO_CACHE=/tmp/famous python bench/classroom.py ...`. Not part of the default world.
+# Exploratory (docs/benchmarks_history.md, "the `famous` candidate world"): append to toy.py to
+# turn the built-in world into transfer_probe.use_world("famous"), e.g.
+# `cat bench/world_famous_patch.py >> toy.py` in a scratch copy, then
+# `LRPO_CACHE=/tmp/famous python bench/classroom.py ...`. Not part of the default world.
 
 
 # --- exploratory: the "famous" candidate world (bench/transfer_probe.py use_world("famous")) ---

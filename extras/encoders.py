@@ -44,7 +44,7 @@ class HFEncoder:
     Texts are sorted by length before batching so little compute goes to padding. The weights
     are float32 as the official reward's; ``dtype="bfloat16"`` is a speed option on CUDA (half
     the time on an H100 for mmBERT-small's shape; cosines move by up to 0.003, a tenth of the
-    pair offsets, BENCHMARKS.md); pooling and normalisation stay in float32.
+    pair offsets, docs/benchmarks_history.md); pooling and normalisation stay in float32.
     """
 
     def __init__(self, name_or_path: str = DEFAULT_HF_ENCODER, device: str | None = None,
