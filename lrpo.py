@@ -107,16 +107,18 @@ class Config:
     progress: bool = True          # progress bar
     check_tags: bool = False       # first measure how often the policy follows the language tag
     plot: str = None               # only redraw the plots of this run folder
-    # speed and memory: the same results
+    # speed and memory: the same results up to rounding (dtype, threads) or draws (rollout_batch)
     device: str = None             # default: cuda if available, else cpu
     dtype: str = None              # default: bfloat16 on cuda (float32 masters), float32 on cpu
+                                   # (bfloat16 rounds the forward: close, not equal, values)
     threads: int = 1               # CPU threads (more threads round sums differently)
     micro_batch: int = 128         # rollouts per forward/backward pass (GPU: short ones pack more)
     logprob_micro_batch: int = None  # rollouts per no-grad forward (default 4 × --micro-batch)
     gradient_checkpointing: bool = False  # recompute activations in the backward
     compile: bool = None           # torch.compile each decoder layer (default: on for cuda)
     ref_on_cpu: bool = False       # keep the frozen reference on the CPU
-    rollout_batch: int = None      # rollouts per sampler call (default: all that fit in memory)
+    rollout_batch: int = None      # rollouts per sampler call (default: all that fit in memory;
+                                   # sampled chunk i draws with seed + i: other draws, same law)
 
 
 # The paper's run (run_lrpo.sh): 256 questions × 8 rollouts of up to 1,024 tokens, lr 1e-6,

@@ -48,7 +48,7 @@ HELP_GROUPS = {
                            "loss_micro_batch", "std_norm", "ppo_epochs", "mini_batch"),
     "run": ("seed", "out", "resume", "max_skipped", "eval_every", "eval_size", "save_every",
             "samples_per_step", "progress", "check_tags", "plot"),
-    "speed and memory (same results)": ("device", "dtype", "threads", "micro_batch",
+    "speed and memory (same results up to rounding)": ("device", "dtype", "threads", "micro_batch",
                                         "logprob_micro_batch", "gradient_checkpointing", "compile",
                                         "ref_on_cpu", "rollout_batch"),
 }
