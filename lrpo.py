@@ -98,10 +98,12 @@ class Config:
     eval_every: int = 50           # steps between held-out evaluations (0: start and end only)
     eval_size: int = 10_000        # held-out questions per evaluation (0: none; None: all)
     save_every: int = 50           # steps between checkpoints (0: only at the end)
+    keep_checkpoints: int = 2      # complete checkpoints kept (the newest N; older ones deleted)
     samples_per_step: int = 2      # questions whose completions are logged each step
     progress: bool = True          # progress bar
     check_tags: bool = False       # first measure how often the policy follows the language tag
     plot: str = None               # only redraw the plots of this run folder
+    allow_data_change: bool = False  # --resume although --data/--test-data changed since the save
     # speed and memory: the same results
     device: str = None             # default: cuda if available, else cpu
     dtype: str = None              # default: bfloat16 on cuda (float32 masters), float32 on cpu

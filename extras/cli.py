@@ -46,7 +46,8 @@ HELP_GROUPS = {
     "schedule": ("questions_per_step", "max_new_tokens", "temperature", "steps", "epochs"),
     "loss and optimizer": ("lr", "weight_decay", "grad_clip", "kl_coef", "loss_agg",
                            "loss_micro_batch", "std_norm", "ppo_epochs", "mini_batch"),
-    "run": ("seed", "out", "resume", "max_skipped", "eval_every", "eval_size", "save_every",
+    "run": ("seed", "out", "resume", "allow_data_change", "max_skipped", "eval_every", "eval_size",
+            "save_every", "keep_checkpoints",
             "samples_per_step", "progress", "check_tags", "plot"),
     "speed and memory (same results)": ("device", "dtype", "threads", "micro_batch",
                                         "logprob_micro_batch", "gradient_checkpointing", "compile",
@@ -64,7 +65,8 @@ any other model) or is named with --preset."""
 # knobs of memory and speed that leave the computed values unchanged, may change.
 MAY_CHANGE_ON_RESUME = ("steps", "epochs", "eval_every", "save_every", "samples_per_step",
                         "progress", "threads", "device", "compile", "micro_batch",
-                        "logprob_micro_batch", "gradient_checkpointing", "ref_on_cpu", "max_skipped")
+                        "logprob_micro_batch", "gradient_checkpointing", "ref_on_cpu", "max_skipped",
+                        "keep_checkpoints", "allow_data_change")
 
 
 def field_comments(config_cls) -> dict[str, str]:

@@ -10,14 +10,14 @@ from it; and the checks of a run's flags and data that come before the model loa
     <out>/eval.jsonl       held-out evaluations (step 0, every --eval-every steps, the end)
     <out>/training.png     reward per language, evaluation per language, time per phase
     <out>/router.png       router probabilities over training per context (the paper's Fig. 3a)
-    <out>/checkpoint/      model (safetensors, loadable by from_pretrained), tokenizer,
-                           trainer_state.pt (optimizer, router, step, config: tensors and plain
-                           data, read with torch.load(weights_only=True)), and the marker file
-                           ``complete``, written last
+    <out>/checkpoint/      the newest complete checkpoint; checkpoint-<step>/ the older ones kept
+                           (--keep-checkpoints); see extras/checkpoints.py
+    <out>/data.json        a fingerprint of --data and --test-data, checked on --resume
+    <out>/lock             the process writing the run (extras/run_lock.py)
 
-A checkpoint is written whole under ``checkpoint.tmp/``, marked complete, and renamed into place;
-a crash at any point of a save leaves at least one complete checkpoint, and ``--resume`` takes
-the newest complete one. Resuming drops log lines newer than the checkpoint.
+Every write that replaces a file is atomic (extras/run_io.py); a crash at any point of a save
+leaves at least one complete checkpoint, and ``--resume`` takes the newest complete one that
+loads. Resuming drops log lines newer than the checkpoint.
 """
 from __future__ import annotations
 
@@ -28,9 +28,14 @@ import os
 import shutil
 import signal
 import textwrap
-import socket
 import time
 from pathlib import Path
+
+# the run folder's files, checkpoints and lock live in their own modules; their names stay here
+from extras.checkpoints import (CHECKPOINT, FAILED, MARKER, OLD, TMP, complete_checkpoints,  # noqa: F401
+                                load_checkpoint, marked_step, newest_checkpoint, save_checkpoint)
+from extras.run_io import LOGS, append, atomic_write_text, fail, read, trim_logs  # noqa: F401
+from extras.run_lock import LOCK, check_lock, release_lock, take_lock  # noqa: F401
 
 
 class PhaseClock:
@@ -74,39 +79,6 @@ def first_ctrl_c_stops():
             signal.signal(s, handler)
 
 
-def append(cfg, name: str, rows) -> None:
-    """Append rows to ``<out>/<name>`` as JSON lines."""
-    with (Path(cfg.out) / name).open("a", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-def read(out, name: str) -> list[dict]:
-    """The rows of ``<out>/<name>`` (none if there is no such file)."""
-    path = Path(out) / name
-    return [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()] if path.exists() else []
-
-
-LOGS = ("metrics.jsonl", "samples.jsonl", "eval.jsonl", "router.jsonl")
-
-
-def trim_logs(out, step: int) -> None:
-    """Drop the log lines of steps after ``step`` (written between the last checkpoint and a
-    crash) and any line a crash cut short, so a resumed run's logs read as one run's."""
-    for name in LOGS:
-        path = Path(out) / name
-        if not path.exists():
-            continue
-        keep = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                if json.loads(line)["step"] <= step:
-                    keep.append(line)
-            except (json.JSONDecodeError, KeyError, TypeError):
-                pass   # a line cut short by a crash mid-write
-        path.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
-
-
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -128,11 +100,6 @@ def http_hint(error) -> str:
         if code in (401, 403) else ""
 
 
-def fail(message: str):
-    """A one-line error for the user (no traceback): what is wrong and how to fix it."""
-    raise SystemExit(f"error: {message}")
-
-
 # ----------------------------------------------------------------------------------------------
 # --resume: the configuration comes from the run folder
 
@@ -140,19 +107,29 @@ def resumed_config(given: dict, out: str, may_change, fields) -> dict:
     """The saved run's configuration (``<out>/config.json``, checked against the dataclass
     ``fields`` of lrpo.Config) with the
     flags in ``may_change`` taken from the command line. Any other flag given again must agree
-    with the saved run: a contradiction is an error naming both values."""
+    with the saved run: a contradiction is an error naming both values. PER_INVOCATION flags
+    (``--plot``, ``--allow-data-change``) come from the command line only, never from the file."""
     path = Path(out) / "config.json"
     if not path.exists():
         fail(f"--resume: {out} holds no run to resume (no config.json, no checkpoint); start it without --resume")
     saved = saved_config(path)
+    for name in PER_INVOCATION:
+        saved.pop(name, None)
     check_saved_config(saved, fields, path)
     for name, value in given.items():
-        if name not in may_change and name not in ("resume", "out") and value != saved.get(name):
+        if name not in may_change and name not in ("resume", "out") + PER_INVOCATION \
+                and value != saved.get(name):
             fail(f"{flag(name)} {value} contradicts the saved run's {name} {saved.get(name)} ({path}); "
                  f"only {', '.join(map(flag, may_change))} may change on --resume")
     if "epochs" in given and "steps" not in given:
         saved["steps"] = None   # --epochs now sets the length of the run
-    return {**saved, **given, "out": out}
+    return {**ADDED_LATER, **saved, **given, "out": out}
+
+
+# fields added after runs were saved without them: such a run resumes with these values
+ADDED_LATER = {"keep_checkpoints": 2}
+# a run saved before lid_rules existed: extras/cli.as_saved_before_lid_rules fills these
+BEFORE_LID_RULES = ("lid_rules", "untopiced", "test_data", "encoder_dtype")
 
 
 def saved_config(path: Path) -> dict:
@@ -178,6 +155,11 @@ def check_saved_config(saved: dict, fields, path) -> None:
     unknown = sorted(set(saved) - set(by_name))
     if unknown:
         fail(f"{path}: unknown key {unknown[0]!r} (a hand edit?); the keys are lrpo.Config's fields")
+    missing = [name for name in by_name if name not in saved and name not in ("out",) + PER_INVOCATION
+               and name not in ADDED_LATER and not ("lid_rules" not in saved and name in BEFORE_LID_RULES)]
+    if missing:
+        fail(f"{path}: the key {missing[0]!r} is missing (a hand edit?); put it back (the checkpoint's "
+             f"trainer_state.pt holds the run's whole config) or start a new run")
     for name, value in saved.items():
         f = by_name[name]
         kind = f.type if isinstance(f.type, type) else type(f.default)
@@ -274,6 +256,9 @@ def check_out_dir(cfg) -> None:
     """Never write over a run by accident, never into a folder that is not a run's, resume only
     what can be resumed; then hold the folder's lock (see :func:`take_lock`)."""
     out = Path(cfg.out)
+    if out.is_symlink() and not out.exists():
+        fail(f"--out {out} is a symbolic link to {os.readlink(out)}, which does not exist; "
+             f"create its target or pass another --out")
     if out.exists() and not out.is_dir():
         fail(f"--out {out} is a file; pass a folder")
     check_lock(out)
@@ -289,75 +274,12 @@ def check_out_dir(cfg) -> None:
             fail(f"{out} already holds a run that saved no checkpoint; delete it or pass another --out")
         fail(f"{out} already holds a run (checkpoint at step {newest[1]}); continue it with "
              f"`python lrpo.py --out {out} --resume` (add --steps N to run to step N), or pass another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    take_lock(out)
-
-
-# ----------------------------------------------------------------------------------------------
-# The lock: one process per run folder
-
-LOCK = "lock"   # {"pid": ..., "host": ...} of the process writing the run
-
-
-def _holder(out: Path) -> dict | None:
-    """The lock's owner; {} for a lock cut short (its writer died while writing it)."""
     try:
-        holder = json.loads((out / LOCK).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return {}
-    return holder if isinstance(holder, dict) else {}
-
-
-def _alive(holder: dict) -> bool:
-    """Whether the lock's owner runs (on another host it cannot be told: assumed to)."""
-    if holder.get("host") != socket.gethostname():
-        return bool(holder.get("host"))
-    try:
-        os.kill(int(holder["pid"]), 0)
-    except (ProcessLookupError, KeyError, TypeError, ValueError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _ours(holder) -> bool:
-    return bool(holder) and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname()
-
-
-def check_lock(out: Path) -> None:
-    holder = _holder(out)
-    if holder and not _ours(holder) and _alive(holder):
-        fail(f"--out {out} is in use by process {holder.get('pid')} on {holder.get('host')} "
-             f"({out / LOCK}); wait for it, pass another --out, or delete the lock if that "
-             f"process is gone")
-
-
-def take_lock(out: Path) -> None:
-    """Create ``<out>/lock`` (atomically); a lock of a dead process is taken over, with a note."""
-    for _ in range(3):
-        try:
-            fd = os.open(out / LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            holder = _holder(out)
-            if _ours(holder):
-                return
-            check_lock(out)
-            print(f"[lrpo] note: taking over the lock of process {(holder or {}).get('pid')}, "
-                  f"which no longer runs")
-            (out / LOCK).unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
-        return
-    check_lock(out)
-
-
-def release_lock(out) -> None:
-    if _ours(_holder(Path(out))):
-        (Path(out) / LOCK).unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        take_lock(out)
+    except OSError as e:   # read-only, under a file, a full disk
+        fail(f"--out {out}: cannot write there ({e.strerror or type(e).__name__}"
+             f"{': ' + str(e.filename) if e.filename else ''}); pass a folder you may write")
 
 
 def default_out(base: str, resume: bool) -> str:
@@ -385,9 +307,14 @@ def default_out(base: str, resume: bool) -> str:
     return out
 
 
+PER_INVOCATION = ("resume", "plot", "allow_data_change")   # never read back from config.json
+
+
 def write_config(cfg) -> None:
+    """``<out>/config.json``, replaced whole (a kill mid-write leaves the old one)."""
     from dataclasses import asdict
-    (Path(cfg.out) / "config.json").write_text(json.dumps(asdict(cfg), indent=2), encoding="utf-8")
+    saved = {k: v for k, v in asdict(cfg).items() if k not in ("plot", "allow_data_change")}
+    atomic_write_text(Path(cfg.out) / "config.json", json.dumps(saved, indent=2))
 
 
 def router_local_share(out, local: dict) -> dict:
@@ -436,120 +363,6 @@ def before_after_table(before: dict, after: dict, router: dict | None = None) ->
                    "question to the region's local language, mean over the regions whose local language is "
                    "the row's (uniform: 1/|L|); first = when the region was first seen.")
     return "\n".join(lines + textwrap.wrap(legend, 100))
-
-
-# ----------------------------------------------------------------------------------------------
-# Checkpoints: written whole under a temporary name, marked complete, then renamed into place
-
-CHECKPOINT, TMP, OLD = "checkpoint", "checkpoint.tmp", "checkpoint.old"
-MARKER = "complete"   # the last file written into a checkpoint folder: {"step": N}
-
-
-def save_checkpoint(run, step: int) -> Path:
-    """Write ``checkpoint.tmp/`` (model, tokenizer, trainer state, then the ``complete`` marker),
-    then rename it into place (see :func:`_put_in_place`)."""
-    import torch
-    from dataclasses import asdict
-    tmp = Path(run.cfg.out) / TMP
-    _remove(tmp)
-    run.model.save_pretrained(tmp)          # safetensors, loadable by from_pretrained
-    run.tokenizer.save_pretrained(tmp)
-    torch.save({"step": step, "optimizer": run.optimizer.state_dict(),   # plain data: weights_only loads it
-                "router": run.router.state_dict(), "config": asdict(run.cfg)}, tmp / "trainer_state.pt")
-    (tmp / MARKER).write_text(json.dumps({"step": step}))
-    return _put_in_place(tmp)
-
-
-def _remove(folder: Path) -> None:
-    """Delete a checkpoint folder, its marker first: a crash midway leaves no folder that looks whole."""
-    (folder / MARKER).unlink(missing_ok=True)
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def _put_in_place(folder: Path) -> Path:
-    """Make the complete checkpoint ``folder`` the run's ``checkpoint/``: the one it replaces
-    becomes ``checkpoint.old/`` and is then deleted. A crash between any two of these steps
-    leaves complete folders (with a marker) and incomplete ones (without), never a half-renamed
-    whole, and :func:`newest_checkpoint` picks the newest complete one."""
-    final, old = folder.parent / CHECKPOINT, folder.parent / OLD
-    if folder == final:
-        return final
-    if folder == old:
-        _remove(final)   # chosen over checkpoint/: that one is incomplete
-    else:
-        _remove(old)
-        if final.exists():
-            final.rename(old)
-    folder.rename(final)
-    _remove(old)
-    return final
-
-
-def marked_step(folder: Path) -> int | None:
-    """The step in ``folder``'s marker; None when there is none or it is empty or unreadable
-    (such a checkpoint is incomplete)."""
-    try:
-        step = json.loads((Path(folder) / MARKER).read_text())["step"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
-
-
-def complete_checkpoints(out) -> list[tuple[Path, int]]:
-    """(folder, step) of the complete checkpoints among checkpoint/, .tmp/ and .old/, newest first."""
-    found = [(step, -rank, Path(out) / name) for rank, name in enumerate((CHECKPOINT, TMP, OLD))
-             if (step := marked_step(Path(out) / name)) is not None]
-    return [(folder, step) for step, _, folder in sorted(found, reverse=True)]
-
-
-def newest_checkpoint(out) -> tuple[Path, int] | None:
-    """(folder, step) of the newest complete checkpoint among checkpoint/, .tmp/ and .old/."""
-    found = complete_checkpoints(out)
-    return found[0] if found else None
-
-
-FAILED = "checkpoint.failed"   # a complete checkpoint that did not load, kept for a look
-
-
-def load_checkpoint(run) -> int:
-    """Restore the model, optimizer and router from the newest complete checkpoint that loads
-    (one that does not is named in one line and set aside as checkpoint.failed/; the next is
-    tried), put it in place, remove the others, trim the logs to its step and return it."""
-    out = Path(run.cfg.out)
-    found = complete_checkpoints(out)
-    if not found:
-        fail(f"--resume: no complete checkpoint in {out}")
-    for folder, step in found:
-        try:
-            _load_into(run, folder)
-        except Exception as e:   # truncated or random bytes: any reader's error
-            why = " ".join(f"{type(e).__name__}: {e}".split())[:200]
-            print(f"[lrpo] warning: the checkpoint {folder} (step {step}) does not load ({why}); "
-                  f"set aside as {out / FAILED}")
-            _remove(out / FAILED)
-            folder.rename(out / FAILED)
-            continue
-        _put_in_place(folder)          # after a crash mid-save, the newest complete one goes back
-        for name in (TMP, OLD):        # and what is left of the others goes
-            _remove(out / name)
-        trim_logs(out, step)
-        return step
-    fail(f"--resume: no checkpoint in {out} loads (see the warnings above); start a new run")
-
-
-def _load_into(run, path: Path) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM
-    saved = torch.load(path / "trainer_state.pt", weights_only=True)   # tensors and plain data: runs no code
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=next(run.model.parameters()).dtype)
-    run.model.load_state_dict(model.state_dict())
-    run.optimizer.load_state_dict(saved["optimizer"])
-    try:
-        run.router.load_state_dict(saved["router"])
-    except ValueError as e:
-        fail(f"{path}: {e}; the data or --langs of this run changed since it was saved")
-    if saved["step"] != marked_step(path):
-        raise ValueError(f"trainer_state.pt is of step {saved['step']}, its marker says {marked_step(path)}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -110,8 +110,118 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_complete_old_one(tmp_path
     assert len(warning) == 1 and "(step 2)" in warning[0]
     for k, v in good[0].items():
         torch.testing.assert_close(again.model.state_dict()[k], v, rtol=0, atol=0)
-    assert sorted(p.name for p in tmp_path.glob("checkpoint*")) == ["checkpoint", "checkpoint.failed"]
+    assert sorted(p.name for p in tmp_path.glob("checkpoint*")) == ["checkpoint", "checkpoint.failed-step2"]
     assert runlog.newest_checkpoint(tmp_path) == (tmp_path / "checkpoint", 1)
+
+
+def saved_steps(model, tok, out, steps, keep=2):
+    """A run folder of ``out`` with checkpoints of ``steps`` saved in turn; the weights of each."""
+    run = make_run(model, tok, out)
+    run.cfg.keep_checkpoints = keep
+    weights = {}
+    for step in steps:
+        train_a_little(run, seed=step)
+        weights[step] = {k: v.clone() for k, v in run.model.state_dict().items()}
+        runlog.save_checkpoint(run, step)
+    return run, weights
+
+
+def test_the_last_n_checkpoints_are_kept_and_a_rotten_newest_falls_back(tmp_path, tiny_qwen, capsys):
+    """Issue 34: the newest checkpoint rots on disk after a clean save; the previous one is kept
+    (--keep-checkpoints 2 by default) and used; --keep-checkpoints 3 keeps three."""
+    model, tok = tiny_qwen
+    fresh = copy.deepcopy(model)
+    run, weights = saved_steps(model, tok, tmp_path / "two", (1, 2, 3))
+    assert [s for _, s in runlog.complete_checkpoints(tmp_path / "two")] == [3, 2]
+    assert sorted(p.name for p in (tmp_path / "two").glob("checkpoint*")) == ["checkpoint", "checkpoint-2"]
+    w = tmp_path / "two" / "checkpoint" / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:500])   # rots after a clean save
+    again = make_run(copy.deepcopy(fresh), tok, tmp_path / "two")
+    assert runlog.load_checkpoint(again) == 2
+    for k, v in weights[2].items():
+        torch.testing.assert_close(again.model.state_dict()[k], v, rtol=0, atol=0)
+    assert "set aside as" in capsys.readouterr().out
+    _, _ = saved_steps(copy.deepcopy(fresh), tok, tmp_path / "three", (1, 2, 3, 4), keep=3)
+    assert [s for _, s in runlog.complete_checkpoints(tmp_path / "three")] == [4, 3, 2]
+
+
+def test_set_aside_checkpoints_are_never_deleted_and_nan_weights_do_not_load(tmp_path, tiny_qwen, capsys):
+    """Issue 34: each checkpoint that fails gets a name of its own (the old single
+    checkpoint.failed slot deleted step 3 to set aside step 2); a checkpoint whose weights hold a
+    NaN is set aside, not loaded; when none loads, the folder says so and keeps them all."""
+    from safetensors.torch import load_file, save_file
+    model, tok = tiny_qwen
+    fresh = copy.deepcopy(model)
+    out = tmp_path / "run"
+    _, weights = saved_steps(model, tok, out, (1, 2, 3), keep=3)
+    first = out / "checkpoint" / "model.safetensors"           # step 3: a NaN flipped in
+    tensors = load_file(first)
+    name = sorted(tensors)[0]
+    tensors[name].view(-1)[0] = float("nan")
+    save_file(tensors, first, metadata={"format": "pt"})
+    (out / "checkpoint-2" / "trainer_state.pt").write_bytes(os.urandom(512))   # step 2: random bytes
+    (out / "checkpoint.failed-step3").mkdir()   # a set-aside folder from an earlier resume
+    (out / "checkpoint.failed-step3" / "notes").write_text("look at me")
+    again = make_run(copy.deepcopy(fresh), tok, out)
+    assert runlog.load_checkpoint(again) == 1
+    printed = capsys.readouterr().out
+    assert "non-finite" in printed and f"weight {name}" in printed
+    for k, v in weights[1].items():
+        torch.testing.assert_close(again.model.state_dict()[k], v, rtol=0, atol=0)
+    assert sorted(p.name for p in out.glob("checkpoint*")) == [
+        "checkpoint", "checkpoint.failed-step2", "checkpoint.failed-step3", "checkpoint.failed-step3-2"]
+    assert (out / "checkpoint.failed-step3" / "notes").read_text() == "look at me"
+    assert runlog.marked_step(out / "checkpoint.failed-step3-2") == 3
+    (out / "checkpoint" / "model.safetensors").write_bytes(b"rot")
+    with pytest.raises(SystemExit, match="no checkpoint in .* loads") as err:
+        runlog.load_checkpoint(make_run(copy.deepcopy(fresh), tok, out))
+    one_line_error(err)
+    assert len(list(out.glob("checkpoint.failed*"))) == 4
+
+
+def test_a_checkpoint_the_user_may_not_read_is_one_line_and_touched_nothing(tmp_path, tiny_qwen, monkeypatch):
+    """Issue 34: a teammate without read permission resumes: the only good checkpoint was set
+    aside as failed; now it is one line and nothing is moved."""
+    import builtins
+    from extras import checkpoints
+    model, tok = tiny_qwen
+    out = tmp_path / "run"
+    saved_steps(model, tok, out, (1, 2))
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    weights = out / "checkpoint" / "model.safetensors"
+    weights.chmod(0)
+    if os.geteuid() == 0:   # root reads every file: refuse as the kernel would refuse another user
+        def open_as_teammate(path, *a, **k):
+            if os.path.exists(path) and os.stat(path).st_mode & 0o777 == 0:
+                raise PermissionError(13, "Permission denied", str(path))
+            return builtins.open(path, *a, **k)
+        monkeypatch.setattr(checkpoints, "open", open_as_teammate, raising=False)
+    try:
+        with pytest.raises(SystemExit, match=r"cannot read .*model.safetensors \(Permission denied\); "
+                                             r"nothing was touched") as err:
+            runlog.load_checkpoint(make_run(copy.deepcopy(model), tok, out))
+    finally:
+        weights.chmod(0o644)
+    one_line_error(err)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+
+
+def test_an_io_error_while_loading_is_the_readers_problem(tmp_path, tiny_qwen, monkeypatch):
+    """A permission or I/O error raised inside the loader (even as root, or on a flaky disk) is
+    one line and sets nothing aside."""
+    import errno
+    import transformers
+    model, tok = tiny_qwen
+    out = tmp_path / "run"
+    saved_steps(model, tok, out, (1, 2))
+    def eio(*a, **k):
+        raise OSError(errno.EIO, "Input/output error")
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", eio)
+    with pytest.raises(SystemExit, match="nothing was touched") as err:
+        runlog.load_checkpoint(make_run(copy.deepcopy(model), tok, out))
+    one_line_error(err)
+    assert not list(out.glob("checkpoint.failed*"))
+    assert [s for _, s in runlog.complete_checkpoints(out)] == [2, 1]
 
 
 @pytest.mark.parametrize("marker", ["", "{", "[]", '{"step": "x"}'])
