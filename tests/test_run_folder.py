@@ -259,6 +259,126 @@ def test_a_second_process_on_the_same_out_is_refused_and_a_dead_ones_lock_taken_
     assert not (out / "lock").exists()
 
 
+def killed_mid_write(monkeypatch):
+    """Every file opened for writing from now on is killed after it was opened (and truncated),
+    before its first byte: what kill -9 inside a write leaves."""
+    import builtins
+    import io
+    real_open = builtins.open
+    class Killed:
+        def __init__(self, f):
+            self.f = f
+        def __enter__(self):
+            return self
+        def __exit__(self, *a):
+            self.f.close()
+        def write(self, *a):
+            self.f.close()
+            raise Crash
+    def opener(file, mode="r", *a, **k):
+        f = real_open(file, mode, *a, **k)
+        return Killed(f) if any(c in mode for c in "wa") else f
+    monkeypatch.setattr(builtins, "open", opener)
+    monkeypatch.setattr(io, "open", opener)
+    monkeypatch.setattr(Path, "open", lambda self, mode="r", *a, **k: opener(self, mode, *a, **k))
+
+
+def test_a_kill_inside_write_config_or_trim_logs_leaves_the_old_files(tmp_path, monkeypatch):
+    """Issue 34: a kill inside write_config left config.json at 0 bytes (no resume from the
+    CLI); inside trim_logs it emptied metrics.jsonl. Both now replace the file whole."""
+    out = tmp_path / "run"
+    out.mkdir()
+    cfg = lrpo.parse_args(["--out", str(out), "--steps", "3"])
+    runlog.write_config(cfg)
+    config = (out / "config.json").read_text()
+    for name in runlog.LOGS:
+        runlog.append(cfg, name, [{"step": s} for s in (1, 2, 3, 4, 5)])
+    logs = {name: (out / name).read_text() for name in runlog.LOGS}
+    killed_mid_write(monkeypatch)
+    cfg.steps = 9
+    with pytest.raises(Crash):
+        runlog.write_config(cfg)
+    with pytest.raises(Crash):
+        runlog.trim_logs(out, 4)
+    monkeypatch.undo()
+    assert (out / "config.json").read_text() == config
+    assert lrpo.parse_args(["--out", str(out), "--resume"]).steps == 3
+    assert {name: (out / name).read_text() for name in runlog.LOGS} == logs
+    runlog.trim_logs(out, 4)   # and without the kill, the trim happens
+    assert [r["step"] for r in runlog.read(out, "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+def test_a_users_file_named_lock_is_never_deleted(tmp_path, monkeypatch):
+    """Issue 34: a user's folder holding only a file named `lock` ("taking over the lock of
+    process None": the file was deleted); a folder named lock; an unreadable lock."""
+    no_model(monkeypatch)
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "lock").write_text("my shopping list")
+    with pytest.raises(SystemExit, match=r"lrpo.py did not write it\); nothing was touched") as err:
+        runlog.check_out_dir(SimpleNamespace(out=str(user), resume=False, save_every=1))
+    one_line_error(err)
+    assert (user / "lock").read_text() == "my shopping list" and len(list(user.iterdir())) == 1
+    (user / "lock").unlink()
+    (user / "lock").mkdir()
+    with pytest.raises(SystemExit, match=r"is not a regular file") as err:
+        lrpo.main(["--out", str(user), "--steps", "1"])
+    one_line_error(err)
+    assert (user / "lock").is_dir()
+
+
+def test_an_empty_lock_is_in_use_until_its_age_says_it_is_stale(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "lock").write_text("")   # another process between creating and writing it
+    cfg = SimpleNamespace(out=str(out), resume=False, save_every=1)
+    with pytest.raises(SystemExit, match="is being locked by another process") as err:
+        runlog.check_out_dir(cfg)
+    one_line_error(err)
+    assert (out / "lock").read_text() == ""
+    old = time.time() - 3600
+    os.utime(out / "lock", (old, old))   # an hour old: its writer died mid-write
+    runlog.check_out_dir(cfg)
+    assert json.loads((out / "lock").read_text())["pid"] == os.getpid()
+    runlog.release_lock(out)
+
+
+def _race_for_the_lock(out, go, done, results):
+    go.wait()
+    try:
+        runlog.take_lock(Path(out))
+        results.put("held")
+    except SystemExit:
+        results.put("refused")
+    done.wait()   # stay alive until the other one has tried: a live holder is not stale
+    os._exit(0)
+
+
+@pytest.mark.parametrize("stale", [False, True])
+def test_two_processes_taking_the_lock_at_the_same_instant_never_both_hold_it(tmp_path, stale):
+    """Issue 34: 19/200 trials both held the lock (100/200 over a stale one)."""
+    import multiprocessing
+    import socket
+    ctx = multiprocessing.get_context("fork")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    for trial in range(12):
+        out = tmp_path / f"t{trial}"
+        out.mkdir()
+        if stale:
+            (out / "lock").write_text(json.dumps({"pid": int(dead), "host": socket.gethostname()}))
+        go, done, results = ctx.Event(), ctx.Event(), ctx.Queue()
+        procs = [ctx.Process(target=_race_for_the_lock, args=(str(out), go, done, results)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        go.set()
+        got = sorted(results.get(timeout=30) for _ in procs)
+        done.set()
+        for p in procs:
+            p.join(timeout=30)
+        assert got == ["held", "refused"], (trial, got)
+
+
 # ---------------------------------------------------------------------------------------------
 # 4. SIGTERM
 
