@@ -388,7 +388,9 @@ def train(run: Run, first: int, total: int, stop: dict) -> dict:
         if stop["requested"]:
             runlog.stopped(cfg, done, stop)
     after = evaluate(total) if held_out else None
-    return runlog.finish(run, metrics, after)
+    result = runlog.finish(run, metrics, after)
+    runlog.check_finished(cfg, total)   # non-zero without the last step's checkpoint
+    return result
 
 
 def main(argv=None) -> dict:
@@ -399,6 +401,9 @@ def main(argv=None) -> dict:
         run = set_up(cfg)
         first = runlog.load_checkpoint(run) if cfg.resume else 0
         total = total_steps(cfg, len(run.train))
+        if total < 1:
+            runlog.fail(f"--epochs {cfg.epochs:g} of {len(run.train)} training questions at "
+                        f"--questions-per-step {cfg.questions_per_step} is 0 steps; raise --epochs or give --steps")
         if first >= total:
             print(f"[lrpo] {cfg.out} is at step {first} of {total}: nothing to do "
                   f"(--steps N > {first} runs on)")

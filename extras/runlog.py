@@ -466,15 +466,35 @@ def progress(cfg, first: int, total: int):
 
 
 def save_if_sound(run, step: int, completion_logprobs) -> None:
-    """A checkpoint of step ``step``, unless the model diverged: the last good one then stays."""
+    """A checkpoint of step ``step``, unless the model diverged: the last good one then stays.
+    A save that fails (a full disk) is one line; what it wrote is deleted, the last one stays."""
     logprobs = lambda model, ids, mask, start: completion_logprobs(run, model, ids, mask, start)
     if run.guard is None or run.guard.sound(run.model, logprobs):
-        save_checkpoint(run, step)
+        try:
+            save_checkpoint(run, step)
+        except OSError as e:
+            shutil.rmtree(Path(run.cfg.out) / TMP, ignore_errors=True)
+            last = newest_checkpoint(run.cfg.out)
+            fail(f"could not save the checkpoint of step {step} in {run.cfg.out} "
+                 f"({e.strerror or type(e).__name__}); "
+                 + (f"the checkpoint of step {last[1]} is kept: free space and resume with "
+                    f"`python lrpo.py --out {run.cfg.out} --resume`" if last else "no checkpoint was saved"))
         return
     last = newest_checkpoint(run.cfg.out)
     kept = f"the checkpoint of step {last[1]} stays" if last else "no checkpoint is kept"
     print(f"[lrpo] warning: not saving step {step}: the model's last update or log-probs are "
           f"non-finite; {kept}")
+
+
+def check_finished(cfg, total: int) -> None:
+    """Exit non-zero unless the run ends with the checkpoint of its last step (its last update
+    may have been skipped on non-finite values, so that step was not saved)."""
+    last = newest_checkpoint(cfg.out)
+    if last is None or last[1] != total:
+        kept = f"the newest checkpoint is of step {last[1]}" if last else "no checkpoint was saved"
+        fail(f"the run reached step {total} but did not save it (its update was skipped or its model "
+             f"is non-finite: see the warnings above); {kept}; resume with `python lrpo.py --out "
+             f"{cfg.out} --resume` to redo the steps after it, or lower --lr in a new run")
 
 
 def stopped(cfg, done: int, stop: dict):

@@ -432,6 +432,46 @@ def test_a_diverging_run_names_the_term_stops_and_keeps_the_last_good_checkpoint
     assert runlog.newest_checkpoint(out) == (out / "checkpoint", 2)
 
 
+def test_a_run_that_ends_without_its_last_checkpoint_exits_non_zero(tmp_path, monkeypatch,
+                                                                    toy_model_and_tokenizer, capsys):
+    """Issue 34: the last step's update skipped (`--lr 1e3 --steps 2`) exited 0 with no
+    checkpoint of step 2; `--epochs 1e-9` trained "step 0 of 0" and exited 0."""
+    import loss
+    real = loss.policy_loss
+    calls = []
+    def last_step_blows_up(*args, **kwargs):
+        value, m = real(*args, **kwargs)
+        calls.append(1)
+        return (value * float("nan"), m) if len(calls) > 1 else (value, m)
+    monkeypatch.setattr(loss, "policy_loss", last_step_blows_up)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as err:
+        lrpo.main(SMALL + ["--steps", "2", "--save-every", "1", "--out", str(out), "--eval-size", "0"])
+    message = one_line_error(err)
+    assert "reached step 2 but did not save it" in message and "newest checkpoint is of step 1" in message
+    assert runlog.newest_checkpoint(out) == (out / "checkpoint", 1)
+    monkeypatch.undo()
+    with pytest.raises(SystemExit, match=r"--epochs 1e-09 of \d+ training questions .* is 0 steps") as err:
+        lrpo.main(SMALL + ["--epochs", "1e-9", "--out", str(tmp_path / "none")])
+    one_line_error(err)
+
+
+def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_last_checkpoint(tmp_path, tiny_qwen, monkeypatch):
+    import errno
+    model, tok = tiny_qwen
+    run, _ = saved_steps(model, tok, tmp_path / "run", (1,))
+    run.guard = None
+    def full(*a, **k):
+        (Path(a[0]) / "half.bin").write_bytes(b"x")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(run.model, "save_pretrained", full)
+    with pytest.raises(SystemExit, match=r"could not save the checkpoint of step 2 .*No space left on device.*"
+                                         r"step 1 is kept") as err:
+        runlog.save_if_sound(run, 2, None)
+    one_line_error(err)
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint*")) == ["checkpoint"]
+
+
 def test_a_non_finite_weight_stops_the_run(tmp_path, tiny_qwen):
     from extras.divergence import Diverged, Guard
     model, _ = tiny_qwen
