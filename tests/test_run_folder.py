@@ -462,6 +462,7 @@ def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_last_checkpoint(tmp
     run, _ = saved_steps(model, tok, tmp_path / "run", (1,))
     run.guard = None
     def full(*a, **k):
+        Path(a[0]).mkdir()
         (Path(a[0]) / "half.bin").write_bytes(b"x")
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(run.model, "save_pretrained", full)
