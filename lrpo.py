@@ -200,6 +200,7 @@ def set_up(cfg: Config) -> Run:
     train, test = setup.load_data(cfg)
     runlog.check_data(cfg, train, test)   # every data/flag mismatch before the model loads
     runlog.check_out_dir(cfg)             # after the data's errors: a missing file is named first
+    runlog.check_data_unchanged(cfg)      # --resume: the data it was started on
     make_router = bandit.make_router
     if cfg.method not in bandit.METHODS:
         from extras.routers import make_router
@@ -409,6 +410,7 @@ def main(argv=None) -> dict:
                   f"(--steps N > {first} runs on)")
             return {}
         runlog.write_config(cfg)
+        runlog.write_data_fingerprint(cfg)
         runlog.announce(run, total)
         with runlog.first_ctrl_c_stops() as stop:   # finish the step, save, exit
             return train(run, first, total, stop)

@@ -317,6 +317,67 @@ def write_config(cfg) -> None:
     atomic_write_text(Path(cfg.out) / "config.json", json.dumps(saved, indent=2))
 
 
+# ----------------------------------------------------------------------------------------------
+# The data's fingerprint: a resumed run trains on the data it was started on
+
+DATA = "data.json"   # {flag: fingerprint} of --data and the held-out file, written with config.json
+WHOLE_HASH_UP_TO = 256 * 2**20   # larger files: size, mtime and a hash of the first MiB
+
+
+def fingerprint(path: Path) -> dict:
+    import hashlib
+    st = path.stat()
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        if st.st_size <= WHOLE_HASH_UP_TO:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+            return {"path": str(path), "size": st.st_size, "sha256": digest.hexdigest()}
+        digest.update(f.read(1 << 20))
+    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "sha256_first_mib": digest.hexdigest()}
+
+
+def data_files(cfg) -> dict:
+    """{flag: path} of the data files the run reads (recipes, hub ids and toy have none)."""
+    from extras.setup import test_source
+    files = {}
+    for name, value in (("--data", cfg.data), ("--test-data", test_source(cfg))):
+        if value and value not in ("split", "none") and Path(value).is_file():
+            files[name] = Path(value)
+    return files
+
+
+def write_data_fingerprint(cfg) -> None:
+    atomic_write_text(Path(cfg.out) / DATA, json.dumps(
+        {name: fingerprint(path) for name, path in data_files(cfg).items()}, indent=2))
+
+
+def check_data_unchanged(cfg) -> None:
+    """On --resume: a data file whose size or content changed since the run was saved is named,
+    unless --allow-data-change (a run saved before fingerprints were kept gets one now)."""
+    path = Path(cfg.out) / DATA
+    if not cfg.resume or not path.exists():
+        return
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        fail(f"{path}: not readable ({e}); restore it, or pass --allow-data-change to go on")
+    now = {name: fingerprint(p) for name, p in data_files(cfg).items()}
+    for name in sorted(set(saved) | set(now)):
+        before, after = saved.get(name), now.get(name)
+        if before == after:
+            continue
+        why = (f"size {before['size']} -> {after['size']} bytes" if before and after and before["size"] != after["size"]
+               else "its content differs" if before and after else "it is gone" if before else "it is new")
+        if cfg.allow_data_change:
+            print(f"[lrpo] warning: {name} {(after or before)['path']} changed since the run was saved "
+                  f"({why}); going on (--allow-data-change)")
+            continue
+        fail(f"--resume: {name} {(after or before)['path']} changed since the run was saved ({why}); "
+             f"restore it, or pass --allow-data-change to go on with the new data")
+
+
 def router_local_share(out, local: dict) -> dict:
     """lang -> (first, last) router probability that a routed rollout of a regional question goes
     to the region's local language, mean over the regions of that language ("all": over every

@@ -28,7 +28,24 @@ def test_source(cfg) -> str | None:
 
 
 def load_data(cfg) -> tuple[list, list]:
-    """(train, test) Examples of --data; every bad row is a one-line DataError naming --data."""
+    """(train, test) Examples of --data; every bad row is a one-line DataError naming --data.
+    Held-out questions that also appear in the training data are counted and reported."""
+    train, test = _load_data(cfg)
+    report_overlap(cfg, train, test)
+    return train, test
+
+
+def report_overlap(cfg, train, test) -> int:
+    """Print how many held-out questions (same language and question) are training questions too."""
+    seen = {(ex.lang, ex.question.strip()) for ex in train}
+    n = sum((ex.lang, ex.question.strip()) in seen for ex in test)
+    if n:
+        print(f"[data] warning: {n} of {len(test)} held-out questions also appear in the training data "
+              f"(--data {cfg.data}, same language and question): the evaluation is not held out for them")
+    return n
+
+
+def _load_data(cfg) -> tuple[list, list]:
     try:
         if cfg.data == "toy":
             import toy

@@ -504,6 +504,55 @@ def test_a_hand_edited_config_is_a_one_line_error_on_resume(tmp_path, edit, mess
     one_line_error(err)
 
 
+def test_a_deleted_config_key_is_named_and_plot_never_comes_from_the_file(tmp_path):
+    """Issue 34: a deleted key resumed with the code default (32 instead of 8) and was written
+    back; `"plot": "/other/dir"` in config.json redrew another folder's plots."""
+    out = tmp_path / "run"
+    out.mkdir()
+    runlog.write_config(lrpo.parse_args(["--out", str(out), "--steps", "1", "--max-new-tokens", "8"]))
+    saved = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**saved, "plot": str(tmp_path / "other")}))
+    assert lrpo.parse_args(["--out", str(out), "--resume"]).plot is None
+    del saved["max_new_tokens"]
+    (out / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(SystemExit, match=r"the key 'max_new_tokens' is missing") as err:
+        lrpo.parse_args(["--out", str(out), "--resume"])
+    one_line_error(err)
+
+
+def test_a_changed_data_file_is_named_on_resume_unless_allowed(tmp_path, capsys):
+    """Issue 34: the data file changed at the same path between runs: resumed on the new data."""
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b"\n".join(rows()))
+    out = tmp_path / "run"
+    out.mkdir()
+    cfg = lrpo.parse_args(["--out", str(out), "--steps", "1", "--data", str(path), "--model", "x"])
+    runlog.write_config(cfg)
+    runlog.write_data_fingerprint(cfg)
+    cfg.resume = True
+    runlog.check_data_unchanged(cfg)   # unchanged: silent
+    os.utime(path, (1, 1))             # touched only: the same data
+    runlog.check_data_unchanged(cfg)
+    path.write_bytes(b"\n".join(rows()).replace(b"Frage 1", b"Frage 9"))   # same size, new content
+    with pytest.raises(SystemExit, match=r"--data .*d\.jsonl changed since the run was saved \(its content "
+                                         r"differs\); .*--allow-data-change") as err:
+        runlog.check_data_unchanged(cfg)
+    one_line_error(err)
+    cfg = lrpo.parse_args(["--out", str(out), "--resume", "--allow-data-change"])
+    runlog.check_data_unchanged(cfg)
+    assert "going on (--allow-data-change)" in capsys.readouterr().out
+    assert "allow_data_change" not in json.loads((out / "config.json").read_text())
+
+
+def test_train_test_overlap_is_counted(tmp_path, capsys):
+    train = write(tmp_path / "train.jsonl", b"\n".join(rows()))
+    test = write(tmp_path / "held.jsonl", b"\n".join(rows()[1:3] + [json.dumps({**ROW, "question": "Neu?"}).encode()]))
+    cfg = lrpo.parse_args(["--data", train, "--test-data", test, "--model", "x", "--out", str(tmp_path / "r"),
+                           "--steps", "1"])
+    setup.load_data(cfg)
+    assert "2 of 3 held-out questions also appear in the training data" in capsys.readouterr().out
+
+
 def test_every_field_outside_may_change_is_refused_with_a_new_value_on_resume(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
@@ -513,10 +562,10 @@ def test_every_field_outside_may_change_is_refused_with_a_new_value_on_resume(tm
     # to MAY_CHANGE_ON_RESUME (say kl_coef) fails here
     may_change = {"steps", "epochs", "eval_every", "save_every", "samples_per_step", "progress", "threads",
                   "device", "compile", "micro_batch", "logprob_micro_batch", "gradient_checkpointing",
-                  "ref_on_cpu", "max_skipped"}
+                  "ref_on_cpu", "max_skipped", "keep_checkpoints", "allow_data_change"}
     assert set(cli.MAY_CHANGE_ON_RESUME) == may_change
     for f in fields(lrpo.Config):
-        if f.name in may_change or f.name in ("out", "resume"):
+        if f.name in may_change or f.name in ("out", "resume", "plot"):   # --plot: of this invocation
             continue
         value = getattr(first, f.name)
         choices = cli.CHOICES.get(f.name)
