@@ -167,7 +167,10 @@ def parse_args(argv, config_cls, presets: dict):
     named = {**asdict(config_cls()), **given}
     preset = with_preset(given, named, presets) if not given.get("resume") else {}
     named = {**named, **preset, **given}
-    out = named["out"] or runlog.default_out(default_out(named), bool(given.get("resume")))
+    out = named["out"] if named["out"] is not None else \
+        runlog.default_out(default_out(named), bool(given.get("resume")))
+    if not out.strip():   # before --resume reads <out>/config.json: "" would be the current folder
+        runlog.fail("--out is empty; give a folder")
     if given.get("resume"):
         saved = runlog.resumed_config(given, out, MAY_CHANGE_ON_RESUME, fields(config_cls))
         cfg = config_cls(**as_saved_before_lid_rules(saved))
@@ -175,6 +178,7 @@ def parse_args(argv, config_cls, presets: dict):
         cfg = config_cls(**{**preset, **given, "out": out})
     if cfg.steps is None and cfg.epochs is None:
         parser.error("give --steps or --epochs")
-    cfg.logprob_micro_batch = cfg.logprob_micro_batch or 4 * cfg.micro_batch
+    if cfg.logprob_micro_batch is None:
+        cfg.logprob_micro_batch = 4 * cfg.micro_batch
     runlog.check_flags(cfg)
     return cfg

@@ -23,6 +23,7 @@ from __future__ import annotations
 import codecs
 import itertools
 import json
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -176,6 +177,9 @@ def example_from_row(row: dict, columns: dict | None = None, *, where: str,
         except ValueError:
             raise DataError(f"{where}: field 'answer_number' (column '{cols['answer_number']}') "
                             f"is not a number: {number!r}") from None
+        if not math.isfinite(number):
+            raise DataError(f"{where}: field 'answer_number' (column '{cols['answer_number']}') "
+                            f"is {number}, not a finite number (leave it empty or null for none)")
     else:
         number = None
     ex_id = get("id")
@@ -257,6 +261,8 @@ def gsm8k_example(row: dict, where: str, row_id: str) -> Example:
     except ValueError:
         raise DataError(f"{where}: field 'answer' ends in a non-number: "
                         f"{final.strip()!r}") from None
+    if not math.isfinite(number):
+        raise DataError(f"{where}: field 'answer' ends in {final.strip()!r}, not a finite number")
     reference = _CALC.sub("", solution).strip() + f"\nThe answer is {final.strip()}."
     return Example(id=row_id, question=row["question"], answer=reference, lang="en",
                    topic="math", answer_number=number)

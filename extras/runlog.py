@@ -177,28 +177,57 @@ def check_saved_config(saved: dict, fields, path) -> None:
 # ----------------------------------------------------------------------------------------------
 # Checks: every flag or data mismatch is a one-line error naming the fix, before the model loads
 
-AT_LEAST_ONE = ("group_size", "questions_per_step", "max_new_tokens", "micro_batch", "loss_micro_batch",
-                "logprob_micro_batch", "mini_batch", "ppo_epochs", "steps",
-                "router_update_every", "threads")
-NOT_NEGATIVE = ("orig_lang_min", "eval_every", "save_every", "eval_size", "samples_per_step", "lr", "weight_decay", "kl_coef")
+INF = math.inf
+# every numeric flag of lrpo.py: (lowest, highest, lowest excluded, highest excluded); a float
+# must also be finite. None values (a preset's "unset") are not checked here.
+RANGES = {
+    "test_fraction": (0, 1, False, True), "max_prompt_tokens": (0, INF, False, True),
+    "group_size": (1, INF, False, True), "orig_lang_min": (0, INF, False, True),
+    "router_alpha": (0, 1, True, False), "router_update_every": (1, INF, False, True),
+    "router_tau_decay": (0, 1, True, False), "router_eps_decay": (0, 1, True, False),
+    "questions_per_step": (1, INF, False, True), "max_new_tokens": (1, INF, False, True),
+    "temperature": (0, INF, True, True), "steps": (1, INF, False, True), "epochs": (0, INF, True, True),
+    "lr": (0, INF, False, True), "weight_decay": (0, INF, False, True), "grad_clip": (0, INF, True, True),
+    "kl_coef": (0, INF, False, True), "loss_micro_batch": (1, INF, False, True),
+    "ppo_epochs": (1, INF, False, True), "mini_batch": (1, INF, False, True),
+    "seed": (0, 2**32 - 1, False, False), "max_skipped": (1, INF, False, True),
+    "eval_every": (0, INF, False, True), "eval_size": (0, INF, False, True),
+    "save_every": (0, INF, False, True), "keep_checkpoints": (1, INF, False, True),
+    "samples_per_step": (0, INF, False, True), "threads": (1, INF, False, True),
+    "micro_batch": (1, INF, False, True), "logprob_micro_batch": (1, INF, False, True),
+    "rollout_batch": (1, INF, False, True),
+}
+NOT_EMPTY = ("model", "data", "out")   # paths and names: "" is no value
+
+
+def allowed(name: str, value) -> str:
+    """The allowed range of a numeric flag, as the error shows it: 'in (0, 1]', 'at least 1'."""
+    low, high, low_open, high_open = RANGES[name]
+    if high == INF:
+        rule = ("positive" if low == 0 else f"above {low}") if low_open else f"at least {low}"
+    else:
+        rule = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    return rule + (" (a finite number)" if isinstance(value, float) and not math.isfinite(value) else "")
 
 
 def check_flags(cfg) -> None:
-    """Flag values that cannot work, whatever the data."""
-    for name in AT_LEAST_ONE + NOT_NEGATIVE:
-        value, least = getattr(cfg, name), 1 if name in AT_LEAST_ONE else 0
-        if value is not None and value < least:
-            fail(f"{flag(name)} {value}: must be at least {least}")
+    """Flag values that cannot work, whatever the data: every numeric flag in its range
+    (RANGES; NaN and infinities refused), no empty path."""
+    for name in NOT_EMPTY:
+        value = getattr(cfg, name, None)
+        if isinstance(value, str) and not value.strip():
+            fail(f"{flag(name)} is empty; give a {'folder' if name == 'out' else 'value'}")
+    for name, (low, high, low_open, high_open) in RANGES.items():
+        value = getattr(cfg, name, None)
+        if value is None:
+            continue
+        ok = not (isinstance(value, float) and not math.isfinite(value)) and (
+            (value > low if low_open else value >= low) and (value < high if high_open else value <= high))
+        if not ok:
+            fail(f"{flag(name)} {value}: must be {allowed(name, value)}")
     if cfg.orig_lang_min > cfg.group_size:
         fail(f"--orig-lang-min {cfg.orig_lang_min} exceeds --group-size {cfg.group_size}: the rollouts kept "
              f"in the question's language must fit in its group; lower --orig-lang-min or raise --group-size")
-    for name, ok, rule in (("epochs", cfg.epochs is None or cfg.epochs > 0, "must be positive"),
-                           ("test_fraction", 0 <= cfg.test_fraction < 1, "must be in [0, 1)"),
-                           ("temperature", cfg.temperature > 0, "must be positive"),
-                           ("grad_clip", cfg.grad_clip > 0, "must be positive"),
-                           ("router_alpha", 0 < cfg.router_alpha <= 1, "must be in (0, 1]")):
-        if not ok:
-            fail(f"{flag(name)} {getattr(cfg, name)}: {rule}")
     if str(cfg.device).startswith("cuda"):
         import torch
         if not torch.cuda.is_available():

@@ -587,6 +587,44 @@ def test_every_field_outside_may_change_is_refused_with_a_new_value_on_resume(tm
 
 
 # ---------------------------------------------------------------------------------------------
+# 6b. every numeric flag in its range (issue 34)
+
+NUMERIC = [f.name for f in fields(lrpo.Config) if f.type in (int, float)]
+
+
+def test_every_numeric_flag_has_a_range():
+    assert sorted(runlog.RANGES) == sorted(NUMERIC)
+
+
+def bad_values(name):
+    low, high, low_open, high_open = runlog.RANGES[name]
+    is_float = next(f.type for f in fields(lrpo.Config) if f.name == name) is float
+    below = low if low_open else (low - (0.5 if is_float else 1))
+    values = [below] + ([high if high_open else high + 1] if high != runlog.INF else [])
+    return [str(v) for v in values] + (["nan", "inf", "-inf"] if is_float else [])
+
+
+@pytest.mark.parametrize("name,value", [(n, v) for n in NUMERIC for v in bad_values(n)] + [
+    ("kl_coef", "nan"), ("max_skipped", "-1"), ("seed", "-1"), ("epochs", "inf"), ("lr", "nan"),
+    ("weight_decay", "nan"), ("router_eps_decay", "2"), ("router_tau_decay", "-1"), ("rollout_batch", "-1")])
+def test_a_numeric_flag_out_of_range_is_one_line_naming_it_and_its_range(name, value):
+    with pytest.raises(SystemExit) as err:
+        lrpo.parse_args([f"{runlog.flag(name)}={value}"] + ([] if name in ("steps", "epochs") else ["--steps", "1"]))
+    message = one_line_error(err)
+    assert message.startswith(f"error: {runlog.flag(name)} ") and "must be" in message, message
+    rule = message.split("must be ")[1]
+    assert rule.startswith(("at least", "positive", "above", "in [", "in (")), message
+
+
+def test_an_empty_out_is_refused():
+    with pytest.raises(SystemExit, match=r"--out is empty") as err:
+        lrpo.parse_args(["--out", "", "--steps", "1"])
+    one_line_error(err)
+    with pytest.raises(SystemExit, match=r"--out is empty"):
+        lrpo.parse_args(["--out", "", "--resume"])
+
+
+# ---------------------------------------------------------------------------------------------
 # 7. data
 
 def write(path, text: bytes):
