@@ -653,6 +653,16 @@ def test_invalid_utf8_is_one_line_naming_file_and_row(tmp_path, monkeypatch):
         list(recipes.read_rows(bad_json))
 
 
+@pytest.mark.parametrize("number", ["NaN", "nan", "Infinity"])
+def test_a_non_finite_answer_number_is_one_line_naming_the_row(tmp_path, number):
+    """Issue 34: answer_number NaN was accepted (reward 0 every step)."""
+    lines = rows()
+    lines[1] = lines[1][:-1] + f', "answer_number": {number if number != "nan" else chr(34) + "nan" + chr(34)}}}'.encode()
+    path = write(tmp_path / "nan.jsonl", b"\n".join(lines))
+    with pytest.raises(Exception, match=r"nan\.jsonl.*row 2.*'answer_number'.*not a finite number"):
+        recipes.load_examples(path)
+
+
 def test_a_utf8_bom_is_accepted(tmp_path):
     from extras import recipes
     lines = rows()
@@ -760,7 +770,40 @@ def test_endpoint_errors_are_one_line_with_no_key(monkeypatch):
     finally:
         server.shutdown()
     assert runlog.redact(url) == f"http://***@127.0.0.1:{server.server_port}/v1"
-    ask = label.http_labeller("http://user:sk-secret@127.0.0.1:9/v1", "m", attempts=1)
+    with pytest.raises(SystemExit) as err:
+        label.http_labeller("http://user:sk-secret@127.0.0.1:9/v1", "m", attempts=1)
+    assert "sk-secret" not in one_line_error(err)
+
+
+@pytest.mark.parametrize("url", ["http://user:sk-KEY1@10.0.0.1/v1", "http://sk-KEY1@10.0.0.1:80/v1",
+                                 "http://user:sk-KEY1@host:KEY/v1", "ftp://10.0.0.1/?api_key=sk-KEY1"])
+def test_a_key_in_a_url_is_never_printed_by_any_cli(url, monkeypatch, capsys):
+    """Issue 34: `--url http://user:KEY@host/v1` was an InvalidURL traceback printing the key, in
+    label, evaluate and warm_start."""
+    import evaluate
+    from extras import label, warm_start
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-env")
+    for make in (lambda: label.http_labeller(url, "m", attempts=1),
+                 lambda: evaluate.http_judge(url, "m"),
+                 lambda: warm_start.http_teacher(url, "m", "sk-env")):
+        with pytest.raises(SystemExit) as err:
+            make()
+        assert "KEY1" not in one_line_error(err) and "***" in str(err.value)
+    assert "KEY1" not in "".join(capsys.readouterr())
+
+
+def test_key_query_parameters_are_redacted_and_invalid_urls_are_one_line(monkeypatch, capsys):
+    from extras import label, warm_start
+    assert runlog.redact("https://h/v1?api_key=sk-1&model=x&token=t2&Key=k3") == \
+        "https://h/v1?api_key=***&model=x&token=***&Key=***"
+    url = "http://10.0.0.1:9/v1?api_key=sk-KEY2"
+    warm_start._warn_plain_http(url, "sk-env")
+    warned = capsys.readouterr().err
+    assert "10.0.0.1" in warned and "KEY2" not in warned
+    bad = "http://127.0.0.1:9/v 1?token=sk-KEY3"   # a space: http.client's InvalidURL names the URL
     with pytest.raises(label.LabelError) as err:
-        ask(["q"], 0.0)
-    assert "sk-secret" not in str(err.value) and "\n" not in str(err.value)
+        label.http_labeller(bad, "m", attempts=1)(["q"], 0.0)
+    assert "InvalidURL" in str(err.value) and "KEY3" not in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(SystemExit) as err:
+        warm_start.http_teacher(bad, "m")([{"role": "user", "content": "q"}])
+    assert "KEY3" not in one_line_error(err)
