@@ -122,6 +122,10 @@ def load_model(name: str, device: str):
     """The project's one loader (extras/models.py); a bad --model is a one-line error."""
     from extras.models import ModelLoadError
     from extras.models import load_model as load
+    from extras.checkpoints import incomplete_checkpoint
+    why = incomplete_checkpoint(name)
+    if why:
+        raise SystemExit(f"error: --model {why}")
     try:
         return load(name, device)
     except ModelLoadError as e:

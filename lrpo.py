@@ -417,4 +417,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:   # Ctrl-C while parsing the flags
+        raise SystemExit("error: interrupted (Ctrl-C) before the run started; nothing was written")

@@ -53,9 +53,23 @@ def read_rows(path: str | Path) -> Iterable[tuple[int, dict]]:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
+    if path.is_dir() and path.suffix != ".parquet":   # (a folder of Parquet shards is one table)
+        raise DataError(f"{path}: a folder, not a {path.suffix or 'data'} file")
+    try:
+        yield from _read_rows(path)
+    except OSError as e:   # permissions, I/O
+        raise DataError(f"{path}: cannot be read ({e.strerror or type(e).__name__})") from None
+
+
+def _read_rows(path: Path) -> Iterable[tuple[int, dict]]:
     if path.suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq  # lazy: only Parquet users pay for pyarrow
-        for i, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+        try:
+            table = pq.read_table(path)
+        except pa.ArrowException as e:   # cut short, not Parquet at all
+            raise DataError(f"{path}: not a readable Parquet file ({' '.join(str(e).split())[:200]})") from None
+        for i, row in enumerate(table.to_pylist(), start=1):
             yield i, row
     elif path.suffix == ".json":
         try:

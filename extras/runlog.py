@@ -57,9 +57,13 @@ class PhaseClock:
         self.last = now
 
 
+# Ctrl-C, SIGTERM (how SLURM and Kubernetes stop a job), SIGHUP (an ssh session closing)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
+
+
 @contextlib.contextmanager
 def first_ctrl_c_stops():
-    """The first Ctrl-C or SIGTERM (how SLURM and Kubernetes stop a job) sets stop["requested"]
+    """The first Ctrl-C, SIGTERM or SIGHUP (STOP_SIGNALS) sets stop["requested"]
     to the signal's number (the loop finishes its step, saves a checkpoint and exits non-zero);
     a second one exits at once, keeping the last checkpoint."""
     stop = {"requested": 0}
@@ -71,7 +75,7 @@ def first_ctrl_c_stops():
         stop["requested"] = signum
         print(f"\n[lrpo] {name}: finishing this step, then saving a checkpoint (again to abort)",
               flush=True)
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, request_stop) for s in STOP_SIGNALS}
     try:
         yield stop
     finally:
@@ -699,5 +703,10 @@ def locked_run(cfg):
         fail(f"{e}; {kept}; lower --lr (a new run), or raise --max-skipped")
     except (DataError, ModelLoadError) as e:   # bad input, named in one line
         fail(str(e))
+    except KeyboardInterrupt:   # Ctrl-C while loading, before the step loop's handler is set
+        last = newest_checkpoint(cfg.out) if Path(cfg.out).is_dir() else None
+        kept = (f"the checkpoint of step {last[1]} is kept (continue with `python lrpo.py --out {cfg.out} "
+                f"--resume`)" if last else "no checkpoint was saved")
+        fail(f"interrupted (Ctrl-C) outside a training step; {kept}")
     finally:
         release_lock(cfg.out)

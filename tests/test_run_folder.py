@@ -380,6 +380,77 @@ def test_two_processes_taking_the_lock_at_the_same_instant_never_both_hold_it(tm
 
 
 # ---------------------------------------------------------------------------------------------
+# 3b. paths and files that ended in a traceback (issue 34)
+
+def test_out_paths_that_cannot_be_written_are_one_line(tmp_path, monkeypatch):
+    from extras import run_lock
+    cfg = lambda out: SimpleNamespace(out=str(out), resume=False, save_every=1)
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    for out, message in ((tmp_path / "afile" / "run", r"cannot write there \(Not a directory"),
+                         (tmp_path / "dangling", r"is a symbolic link to .*gone, which does not exist")):
+        with pytest.raises(SystemExit, match=message) as err:
+            runlog.check_out_dir(cfg(out))
+        one_line_error(err)
+    assert not (tmp_path / "gone").exists()
+    (tmp_path / "ro").mkdir()
+    def read_only(*a, **k):   # what a read-only folder answers (root ignores the mode bits)
+        raise PermissionError(13, "Permission denied", str(tmp_path / "ro" / "lock"))
+    monkeypatch.setattr(run_lock, "_link_new", read_only)
+    with pytest.raises(SystemExit, match=r"cannot write there \(Permission denied") as err:
+        runlog.check_out_dir(cfg(tmp_path / "ro"))
+    one_line_error(err)
+
+
+def test_a_folder_named_like_data_and_a_cut_parquet_are_one_line(tmp_path, monkeypatch):
+    no_model(monkeypatch)
+    (tmp_path / "x.jsonl").mkdir()
+    (tmp_path / "five.parquet").write_bytes(b"PAR1x")
+    for path, message in ((tmp_path / "x.jsonl", r"x\.jsonl: a folder, not a \.jsonl file"),
+                          (tmp_path / "five.parquet", r"five\.parquet: not a readable Parquet file")):
+        with pytest.raises(SystemExit, match=message) as err:
+            lrpo.main(["--data", str(path), "--model", "x", "--out", str(tmp_path / "run"), "--steps", "1"])
+        one_line_error(err)
+
+
+def test_ctrl_c_during_start_up_is_one_line(tmp_path, monkeypatch):
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(setup, "load_data", interrupted)
+    with pytest.raises(SystemExit, match=r"interrupted \(Ctrl-C\) outside a training step; no checkpoint") as err:
+        lrpo.main(["--out", str(tmp_path / "run"), "--steps", "1"])
+    one_line_error(err)
+
+
+def test_sighup_is_handled_as_sigterm():
+    """Issue 34: an ssh session closing killed the run at once, like kill -9, leaving a stale lock."""
+    with runlog.first_ctrl_c_stops() as stop:
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert stop["requested"] == signal.SIGHUP
+    assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+
+
+def test_evaluate_names_an_incomplete_checkpoint_and_a_run_folder(tmp_path, tiny_qwen):
+    import evaluate
+    model, tok = tiny_qwen
+    out = tmp_path / "run"
+    run, _ = saved_steps(model, tok, out, (1,))
+    model.save_pretrained(out / "checkpoint.tmp")   # a save cut short before its marker
+    tok.save_pretrained(out / "checkpoint.tmp")
+    with pytest.raises(SystemExit, match=r"checkpoint\.tmp is an incomplete checkpoint \(no 'complete' marker.*"
+                                         r"newest complete one is .*run/checkpoint$") as err:
+        evaluate.load_model(str(out / "checkpoint.tmp"), "cpu")
+    one_line_error(err)
+    with pytest.raises(SystemExit, match=r"run is a run folder of lrpo.py, not a model; its newest complete "
+                                         r"checkpoint is .*run/checkpoint$"):
+        evaluate.load_model(str(out), "cpu")
+    from extras.models import ModelLoadError, check_model
+    with pytest.raises(ModelLoadError, match="incomplete checkpoint"):
+        check_model(str(out / "checkpoint.tmp"), online=False)
+    evaluate.load_model(str(out / "checkpoint"), "cpu")   # a complete one loads
+
+
+# ---------------------------------------------------------------------------------------------
 # 4. SIGTERM
 
 def test_sigterm_finishes_the_step_saves_and_exits_non_zero(tmp_path, monkeypatch, toy_model_and_tokenizer,
