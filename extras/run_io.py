@@ -37,10 +37,14 @@ def atomic_write_text(path, text: str) -> None:
     (a ``.<name>.tmp`` twin left by a kill is overwritten by the next write)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError:   # a full disk: the old file stays, the cut twin goes
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     fsync_folder(path.parent)
 

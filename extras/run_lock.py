@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -114,11 +115,29 @@ def _link_new(out: Path, holder: dict, name: str = LOCK) -> bool:
         private.unlink(missing_ok=True)
 
 
+PRIVATE = re.compile(r"\.(lock|lock\.takeover)\.(\d+)\.\d+")   # _link_new's private twins
+
+
+def is_lock_file(name: str) -> bool:
+    """A file this module writes in a run folder (the lock, its takeover lock, a private twin a
+    kill left behind)."""
+    return name in (LOCK, TAKEOVER) or bool(PRIVATE.fullmatch(name))
+
+
+def _clean_private_twins(out: Path) -> None:
+    """Delete the private twins that killed processes of this host left (our names only)."""
+    for path in out.glob(".lock*"):
+        match = PRIVATE.fullmatch(path.name)
+        if match and not _alive({"pid": int(match.group(2)), "host": socket.gethostname()}):
+            path.unlink(missing_ok=True)
+
+
 def take_lock(out: Path) -> None:
     """Hold ``<out>/lock``; a stale one (see the module's docstring) is taken over, with a note."""
     out = Path(out)
     for _ in range(50):
         if _link_new(out, _me()):
+            _clean_private_twins(out)
             return
         kind, holder = _read(out)
         if kind == "ours-format" and _ours(holder):

@@ -22,6 +22,7 @@ loads. Resuming drops log lines newer than the checkpoint.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -35,7 +36,7 @@ from pathlib import Path
 from extras.checkpoints import (CHECKPOINT, FAILED, MARKER, OLD, TMP, complete_checkpoints,  # noqa: F401
                                 load_checkpoint, marked_step, newest_checkpoint, save_checkpoint)
 from extras.run_io import LOGS, append, atomic_write_text, fail, read, trim_logs  # noqa: F401
-from extras.run_lock import LOCK, check_lock, release_lock, take_lock  # noqa: F401
+from extras.run_lock import LOCK, check_lock, is_lock_file, release_lock, take_lock  # noqa: F401
 
 
 class PhaseClock:
@@ -341,7 +342,7 @@ def check_out_dir(cfg) -> None:
     if out.exists() and not out.is_dir():
         fail(f"--out {out} is a file; pass a folder")
     check_lock(out)
-    if out.exists() and not is_our_run(out) and {p.name for p in out.iterdir()} - {LOCK}:
+    if out.exists() and not is_our_run(out) and [p for p in out.iterdir() if not is_lock_file(p.name)]:
         fail(f"--out {out} exists and is not a run folder of lrpo.py (no config.json of a run); "
              f"nothing was touched: pass a new or empty folder")
     newest = newest_checkpoint(out)
@@ -679,6 +680,9 @@ def plot_only(run_dir) -> dict:
     return {}
 
 
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}   # the disk's problem, not the code's
+
+
 @contextlib.contextmanager
 def locked_run(cfg):
     """The model is checked first (a typo in --model is named before data loads); the run
@@ -703,6 +707,13 @@ def locked_run(cfg):
         fail(f"{e}; {kept}; lower --lr (a new run), or raise --max-skipped")
     except (DataError, ModelLoadError) as e:   # bad input, named in one line
         fail(str(e))
+    except OSError as e:
+        if e.errno not in DISK_ERRNOS:
+            raise
+        last = newest_checkpoint(cfg.out) if Path(cfg.out).is_dir() else None
+        kept = f"the checkpoint of step {last[1]} is kept" if last else "no checkpoint was saved"
+        fail(f"cannot write {e.filename or cfg.out} ({e.strerror}); {kept}: free space (or fix the "
+             f"permissions) and resume with `python lrpo.py --out {cfg.out} --resume`")
     except KeyboardInterrupt:   # Ctrl-C while loading, before the step loop's handler is set
         last = newest_checkpoint(cfg.out) if Path(cfg.out).is_dir() else None
         kept = (f"the checkpoint of step {last[1]} is kept (continue with `python lrpo.py --out {cfg.out} "

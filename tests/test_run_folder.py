@@ -402,6 +402,38 @@ def test_out_paths_that_cannot_be_written_are_one_line(tmp_path, monkeypatch):
     one_line_error(err)
 
 
+def test_a_full_disk_on_resume_is_one_line_and_leaves_the_logs(tmp_path, monkeypatch):
+    """Issue 34: a full disk while the resume trims the logs (or writes config.json) was a traceback."""
+    import errno
+    from extras import models, run_io
+    monkeypatch.setattr(models, "check_model", lambda *a, **k: None)
+    out = tmp_path / "run"
+    out.mkdir()
+    cfg = lrpo.parse_args(["--out", str(out), "--steps", "3"])
+    runlog.append(cfg, "metrics.jsonl", [{"step": s} for s in (1, 2, 3)])
+    before = (out / "metrics.jsonl").read_text()
+    real_fsync = os.fsync
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(run_io.os, "fsync", full)
+    with pytest.raises(SystemExit, match=r"No space left on device\); no checkpoint was saved: free space") as err:
+        with runlog.locked_run(cfg):
+            runlog.trim_logs(out, 1)
+    one_line_error(err)
+    monkeypatch.setattr(run_io.os, "fsync", real_fsync)
+    assert (out / "metrics.jsonl").read_text() == before
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"]   # no cut twin left
+
+
+def test_a_private_twin_left_by_a_kill_is_not_a_users_file(tmp_path):
+    out = tmp_path / "new"
+    out.mkdir()
+    (out / ".lock.999999999.12").write_text("{}")   # killed between writing its twin and linking it
+    runlog.check_out_dir(SimpleNamespace(out=str(out), resume=False, save_every=1))
+    assert sorted(p.name for p in out.iterdir()) == ["lock"]
+    runlog.release_lock(out)
+
+
 def test_a_folder_named_like_data_and_a_cut_parquet_are_one_line(tmp_path, monkeypatch):
     no_model(monkeypatch)
     (tmp_path / "x.jsonl").mkdir()
