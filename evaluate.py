@@ -83,8 +83,9 @@ def http_judge(url: str, model: str, max_tokens: int = 16, timeout: float = 120.
     import urllib.parse
     import urllib.request
     import warnings
-    from extras.runlog import http_hint, redact
-    endpoint = url.rstrip("/")
+    from http.client import InvalidURL
+    from extras.runlog import check_url, http_hint, redact, scrub
+    endpoint = check_url(url, "--judge-url").rstrip("/")
     if not endpoint.endswith("/chat/completions"):
         endpoint += "/chat/completions"
     headers = {"Content-Type": "application/json"}
@@ -103,10 +104,10 @@ def http_judge(url: str, model: str, max_tokens: int = 16, timeout: float = 120.
                 request = urllib.request.Request(endpoint, body, headers)
                 with urllib.request.urlopen(request, timeout=timeout) as response:
                     return json.loads(response.read())["choices"][0]["message"]["content"] or ""
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-                if attempt == 2 or getattr(e, "code", None) in (400, 401, 403, 404):
-                    raise SystemExit(" ".join(f"error: judge endpoint {redact(endpoint)} failed: {e}"
-                                              f"{http_hint(e)}".split())) from None
+            except (urllib.error.URLError, TimeoutError, ConnectionError, InvalidURL) as e:
+                if attempt == 2 or isinstance(e, InvalidURL) or getattr(e, "code", None) in (400, 401, 403, 404):
+                    raise SystemExit(" ".join(f"error: judge endpoint {redact(endpoint)} failed: "
+                                              f"{scrub(e, endpoint)}{http_hint(e)}".split())) from None
 
     def judge(prompts: list[str]) -> list[str]:
         from concurrent.futures import ThreadPoolExecutor
@@ -122,6 +123,10 @@ def load_model(name: str, device: str):
     """The project's one loader (extras/models.py); a bad --model is a one-line error."""
     from extras.models import ModelLoadError
     from extras.models import load_model as load
+    from extras.checkpoints import incomplete_checkpoint
+    why = incomplete_checkpoint(name)
+    if why:
+        raise SystemExit(f"error: --model {why}")
     try:
         return load(name, device)
     except ModelLoadError as e:

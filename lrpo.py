@@ -103,10 +103,12 @@ class Config:
     eval_every: int = 50           # steps between held-out evaluations (0: start and end only)
     eval_size: int = 10_000        # held-out questions per evaluation (0: none; None: all)
     save_every: int = 50           # steps between checkpoints (0: only at the end)
+    keep_checkpoints: int = 2      # complete checkpoints kept (the newest N; older ones deleted)
     samples_per_step: int = 2      # questions whose completions are logged each step
     progress: bool = True          # progress bar
     check_tags: bool = False       # first measure how often the policy follows the language tag
     plot: str = None               # only redraw the plots of this run folder
+    allow_data_change: bool = False  # --resume although --data/--test-data changed since the save
     # speed and memory: the same results up to rounding (dtype, threads) or draws (rollout_batch)
     device: str = None             # default: cuda if available, else cpu
     dtype: str = None              # default: bfloat16 on cuda (float32 masters), float32 on cpu
@@ -205,6 +207,7 @@ def set_up(cfg: Config) -> Run:
     train, test = setup.load_data(cfg)
     runlog.check_data(cfg, train, test)   # every data/flag mismatch before the model loads
     runlog.check_out_dir(cfg)             # after the data's errors: a missing file is named first
+    runlog.check_data_unchanged(cfg)      # --resume: the data it was started on
     from extras.routers import make_router   # any method's router, its options checked
     options = router_options(cfg) if cfg.method == "lrpo" else {}
     router = make_router(cfg.method, routed_languages(cfg, train + test), **options)
@@ -392,7 +395,9 @@ def train(run: Run, first: int, total: int, stop: dict) -> dict:
         if stop["requested"]:
             runlog.stopped(cfg, done, stop)
     after = evaluate(total) if held_out else None
-    return runlog.finish(run, metrics, after)
+    result = runlog.finish(run, metrics, after)
+    runlog.check_finished(cfg, total)   # non-zero without the last step's checkpoint
+    return result
 
 
 def main(argv=None) -> dict:
@@ -403,15 +408,22 @@ def main(argv=None) -> dict:
         run = set_up(cfg)
         first = runlog.load_checkpoint(run) if cfg.resume else 0
         total = total_steps(cfg, len(run.train))
+        if total < 1:
+            runlog.fail(f"--epochs {cfg.epochs:g} of {len(run.train)} training questions at "
+                        f"--questions-per-step {cfg.questions_per_step} is 0 steps; raise --epochs or give --steps")
         if first >= total:
             print(f"[lrpo] {cfg.out} is at step {first} of {total}: nothing to do "
                   f"(--steps N > {first} runs on)")
             return {}
         runlog.write_config(cfg)
+        runlog.write_data_fingerprint(cfg)
         runlog.announce(run, total, first)
         with runlog.first_ctrl_c_stops() as stop:   # finish the step, save, exit
             return train(run, first, total, stop)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:   # Ctrl-C while parsing the flags
+        raise SystemExit("error: interrupted (Ctrl-C) before the run started; nothing was written")

@@ -16,7 +16,10 @@ interfaces; each one's docstring says what it adds and why:
     routers.py          discounted UCB and Thompson sampling (beyond the paper)
     router_log.py       the router's per-step JSONL log (contexts and table rows)
     plots.py            the router heatmap (the paper's Fig. 3a)
-    runlog.py           the run folder: JSONL logs, checkpoints and resume, plots
+    runlog.py           the run folder: JSONL logs, resume, flag checks, plots
+    checkpoints.py      checkpoints: written whole, the last N kept, checked and set aside on load
+    run_lock.py         one process per run folder
+    run_io.py           atomic writes of the run folder's files, the logs, one-line errors
     recipes.py          loading: files, official formats, hub ids, recipes; the prompt-length filter
     label.py            the paper's topic/region labelling of a data file (App. A.2), with an LLM
     warm_start.py       the paper's warm-start SFT (§5.4) and the tag-following check

@@ -46,7 +46,8 @@ HELP_GROUPS = {
     "schedule": ("questions_per_step", "max_new_tokens", "temperature", "steps", "epochs"),
     "loss and optimizer": ("lr", "weight_decay", "grad_clip", "kl_coef", "loss_agg",
                            "loss_micro_batch", "std_norm", "ppo_epochs", "mini_batch"),
-    "run": ("seed", "out", "resume", "max_skipped", "eval_every", "eval_size", "save_every",
+    "run": ("seed", "out", "resume", "allow_data_change", "max_skipped", "eval_every", "eval_size",
+            "save_every", "keep_checkpoints",
             "samples_per_step", "progress", "check_tags", "plot"),
     "speed and memory (same results up to rounding)": ("device", "dtype", "threads", "micro_batch",
                                         "logprob_micro_batch", "gradient_checkpointing", "compile",
@@ -64,7 +65,8 @@ any other model) or is named with --preset."""
 # knobs of memory and speed that leave the computed values unchanged, may change.
 MAY_CHANGE_ON_RESUME = ("steps", "epochs", "eval_every", "save_every", "samples_per_step",
                         "progress", "threads", "device", "compile", "micro_batch",
-                        "logprob_micro_batch", "gradient_checkpointing", "ref_on_cpu", "max_skipped")
+                        "logprob_micro_batch", "gradient_checkpointing", "ref_on_cpu", "max_skipped",
+                        "keep_checkpoints", "allow_data_change")
 
 
 def field_comments(config_cls) -> dict[str, str]:
@@ -138,8 +140,6 @@ def as_saved_before_lid_rules(saved: dict) -> dict:
     """A run saved before the official real-run defaults (no lid_rules field) resumes with what
     it did then: our LID rules, a learned row for untopiced questions, the encoder in bf16 on
     CUDA, --data split here, and English added to the data's languages."""
-    if "labeller" not in saved:   # saved before data was labelled by default: it was not
-        saved = {**saved, "labeller": "none", "labeller_name": None}
     if "lid_rules" in saved:
         return saved
     langs = ",".join(["en"] + ([saved["langs"]] if saved.get("langs") else []))
@@ -172,7 +172,10 @@ def parse_args(argv, config_cls, presets: dict):
     if given.get("plot"):   # only redraws a run's plots: no run folder is picked or announced
         out = named["out"] or default_out(named)
     else:
-        out = named["out"] or runlog.default_out(default_out(named), bool(given.get("resume")))
+        out = named["out"] if named["out"] is not None else \
+            runlog.default_out(default_out(named), bool(given.get("resume")))
+    if not out.strip():   # before --resume reads <out>/config.json: "" would be the current folder
+        runlog.fail("--out is empty; give a folder")
     if given.get("resume"):
         saved = runlog.resumed_config(given, out, MAY_CHANGE_ON_RESUME, fields(config_cls), CHOICES)
         cfg = config_cls(**as_saved_before_lid_rules(saved))
@@ -180,6 +183,7 @@ def parse_args(argv, config_cls, presets: dict):
         cfg = config_cls(**{**preset, **given, "out": out})
     if cfg.steps is None and cfg.epochs is None:
         parser.error("give --steps or --epochs")
-    cfg.logprob_micro_batch = cfg.logprob_micro_batch or 4 * cfg.micro_batch
+    if cfg.logprob_micro_batch is None:
+        cfg.logprob_micro_batch = 4 * cfg.micro_batch
     runlog.check_flags(cfg)
     return cfg

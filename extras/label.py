@@ -314,7 +314,8 @@ def http_labeller(url: str, name: str, api_key: str | None = None, max_tokens: i
     import urllib.error
     import urllib.request
     from concurrent.futures import ThreadPoolExecutor
-    endpoint = url.rstrip("/")
+    from http.client import InvalidURL
+    endpoint = runlog.check_url(url, "--url").rstrip("/")
     if not endpoint.endswith("/chat/completions"):
         endpoint += "/chat/completions"
     warn_plain_http(endpoint, api_key)
@@ -335,8 +336,8 @@ def http_labeller(url: str, name: str, api_key: str | None = None, max_tokens: i
                 problem = f"HTTP {e.code}: {e.read()[:300].decode(errors='replace')}{runlog.http_hint(e)}"
                 if e.code not in (429, 500, 502, 503, 504):
                     break
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-                problem = f"{type(e).__name__}: {e}"
+            except (urllib.error.URLError, TimeoutError, ConnectionError, InvalidURL) as e:
+                problem = f"{type(e).__name__}: {runlog.scrub(e, endpoint)}"
             except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
                 problem = f"not an OpenAI chat-completions reply ({type(e).__name__}: {e})"
                 break

@@ -115,7 +115,12 @@ def check_model(name: str, online: bool) -> None:
     """Fail with one line naming --model when it can be neither a shorthand, a local path nor a
     hub model (cached, or found on a reachable hub): before any data or encoder is loaded.
     Offline, a well-formed hub id that is not cached is told apart from a typo: it is to be
-    downloaded first (a name close to a known one is named as the likely fix)."""
+    downloaded first (a name close to a known one is named as the likely fix). A run folder,
+    or a checkpoint without its ``complete`` marker (a save cut short), is named as such."""
+    from extras.checkpoints import incomplete_checkpoint
+    why = incomplete_checkpoint(name)
+    if why:
+        raise ModelLoadError(f"--model {why}")
     if name == "toy" or Path(name).exists():
         return
     if name in BUNDLED:

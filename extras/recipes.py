@@ -23,6 +23,7 @@ from __future__ import annotations
 import codecs
 import itertools
 import json
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -52,9 +53,23 @@ def read_rows(path: str | Path) -> Iterable[tuple[int, dict]]:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
+    if path.is_dir() and path.suffix != ".parquet":   # (a folder of Parquet shards is one table)
+        raise DataError(f"{path}: a folder, not a {path.suffix or 'data'} file")
+    try:
+        yield from _read_rows(path)
+    except OSError as e:   # permissions, I/O
+        raise DataError(f"{path}: cannot be read ({e.strerror or type(e).__name__})") from None
+
+
+def _read_rows(path: Path) -> Iterable[tuple[int, dict]]:
     if path.suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq  # lazy: only Parquet users pay for pyarrow
-        for i, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+        try:
+            table = pq.read_table(path)
+        except pa.ArrowException as e:   # cut short, not Parquet at all
+            raise DataError(f"{path}: not a readable Parquet file ({' '.join(str(e).split())[:200]})") from None
+        for i, row in enumerate(table.to_pylist(), start=1):
             yield i, row
     elif path.suffix == ".json":
         try:
@@ -176,6 +191,9 @@ def example_from_row(row: dict, columns: dict | None = None, *, where: str,
         except ValueError:
             raise DataError(f"{where}: field 'answer_number' (column '{cols['answer_number']}') "
                             f"is not a number: {number!r}") from None
+        if not math.isfinite(number):
+            raise DataError(f"{where}: field 'answer_number' (column '{cols['answer_number']}') "
+                            f"is {number}, not a finite number (leave it empty or null for none)")
     else:
         number = None
     ex_id = get("id")
@@ -257,6 +275,8 @@ def gsm8k_example(row: dict, where: str, row_id: str) -> Example:
     except ValueError:
         raise DataError(f"{where}: field 'answer' ends in a non-number: "
                         f"{final.strip()!r}") from None
+    if not math.isfinite(number):
+        raise DataError(f"{where}: field 'answer' ends in {final.strip()!r}, not a finite number")
     reference = _CALC.sub("", solution).strip() + f"\nThe answer is {final.strip()}."
     return Example(id=row_id, question=row["question"], answer=reference, lang="en",
                    topic="math", answer_number=number)

@@ -10,27 +10,33 @@ from it; and the checks of a run's flags and data that come before the model loa
     <out>/eval.jsonl       held-out evaluations (step 0, every --eval-every steps, the end)
     <out>/training.png     reward per language, evaluation per language, time per phase
     <out>/router.png       router probabilities over training per context (the paper's Fig. 3a)
-    <out>/checkpoint/      model (safetensors, loadable by from_pretrained), tokenizer,
-                           trainer_state.pt (optimizer, router, step, config: tensors and plain
-                           data, read with torch.load(weights_only=True)), and the marker file
-                           ``complete``, written last
+    <out>/checkpoint/      the newest complete checkpoint; checkpoint-<step>/ the older ones kept
+                           (--keep-checkpoints); see extras/checkpoints.py
+    <out>/data.json        a fingerprint of --data and --test-data, checked on --resume
+    <out>/lock             the process writing the run (extras/run_lock.py)
 
-A checkpoint is written whole under ``checkpoint.tmp/``, marked complete, and renamed into place;
-a crash at any point of a save leaves at least one complete checkpoint, and ``--resume`` takes
-the newest complete one. Resuming drops log lines newer than the checkpoint.
+Every write that replaces a file is atomic (extras/run_io.py); a crash at any point of a save
+leaves at least one complete checkpoint, and ``--resume`` takes the newest complete one that
+loads. Resuming drops log lines newer than the checkpoint.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
 import shutil
 import signal
 import textwrap
-import socket
 import time
 from pathlib import Path
+
+# the run folder's files, checkpoints and lock live in their own modules; their names stay here
+from extras.checkpoints import (CHECKPOINT, FAILED, MARKER, OLD, TMP, complete_checkpoints,  # noqa: F401
+                                load_checkpoint, marked_step, newest_checkpoint, save_checkpoint)
+from extras.run_io import LOGS, append, atomic_write_text, fail, read, trim_logs  # noqa: F401
+from extras.run_lock import LOCK, check_lock, is_lock_file, release_lock, take_lock  # noqa: F401
 
 
 class PhaseClock:
@@ -52,9 +58,13 @@ class PhaseClock:
         self.last = now
 
 
+# Ctrl-C, SIGTERM (how SLURM and Kubernetes stop a job), SIGHUP (an ssh session closing)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
+
+
 @contextlib.contextmanager
 def first_ctrl_c_stops():
-    """The first Ctrl-C or SIGTERM (how SLURM and Kubernetes stop a job) sets stop["requested"]
+    """The first Ctrl-C, SIGTERM or SIGHUP (STOP_SIGNALS) sets stop["requested"]
     to the signal's number (the loop finishes its step, saves a checkpoint and exits non-zero);
     a second one exits at once, keeping the last checkpoint."""
     stop = {"requested": 0}
@@ -66,7 +76,7 @@ def first_ctrl_c_stops():
         stop["requested"] = signum
         print(f"\n[lrpo] {name}: finishing this step, then saving a checkpoint (again to abort)",
               flush=True)
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, request_stop) for s in STOP_SIGNALS}
     try:
         yield stop
     finally:
@@ -74,51 +84,64 @@ def first_ctrl_c_stops():
             signal.signal(s, handler)
 
 
-def append(cfg, name: str, rows) -> None:
-    """Append rows to ``<out>/<name>`` as JSON lines."""
-    with (Path(cfg.out) / name).open("a", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-def read(out, name: str) -> list[dict]:
-    """The rows of ``<out>/<name>`` (none if there is no such file)."""
-    path = Path(out) / name
-    return [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()] if path.exists() else []
-
-
-LOGS = ("metrics.jsonl", "samples.jsonl", "eval.jsonl", "router.jsonl")
-
-
-def trim_logs(out, step: int) -> None:
-    """Drop the log lines of steps after ``step`` (written between the last checkpoint and a
-    crash) and any line a crash cut short, so a resumed run's logs read as one run's."""
-    for name in LOGS:
-        path = Path(out) / name
-        if not path.exists():
-            continue
-        keep = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                if json.loads(line)["step"] <= step:
-                    keep.append(line)
-            except (json.JSONDecodeError, KeyError, TypeError):
-                pass   # a line cut short by a crash mid-write
-        path.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
-
-
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+SECRET_PARAMETERS = {"api_key", "apikey", "api-key", "key", "token", "access_token", "auth", "password",
+                     "secret", "sig", "signature"}
+
+
 def redact(url: str) -> str:
-    """``url`` without the user and password (an API key) that it may carry: safe to print."""
-    from urllib.parse import urlsplit, urlunsplit
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    return urlunsplit(parts._replace(netloc=f"***@{host}" + (f":{parts.port}" if parts.port else "")))
+    """``url`` without the secrets it may carry (user and password, ``api_key``/``key``/``token``
+    query parameters): safe to print. The one redaction of every command line (lrpo.py,
+    evaluate.py, extras/label.py, extras/warm_start.py)."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+    try:
+        parts = urlsplit(str(url))
+        netloc = parts.netloc
+        if "@" in netloc:   # user-info: everything before the last @
+            netloc = "***@" + netloc.rsplit("@", 1)[1]
+        query = parts.query
+        if query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            query = urlencode([(k, "***" if k.lower() in SECRET_PARAMETERS else v) for k, v in pairs], safe="*")
+        return urlunsplit(parts._replace(netloc=netloc, query=query))
+    except ValueError:
+        return "(an unparsable URL)"
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` (an error message about ``url``) with the URL and each of its secrets redacted."""
+    from urllib.parse import parse_qsl, urlsplit
+    text = str(text).replace(str(url), redact(url))
+    try:
+        parts = urlsplit(str(url))
+        secrets = [parts.netloc.rsplit("@", 1)[0]] if "@" in parts.netloc else []
+        secrets += [p for s in secrets for p in s.split(":")]
+        secrets += [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if k.lower() in SECRET_PARAMETERS]
+    except ValueError:
+        secrets = []
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def check_url(url: str, flag_name: str) -> str:
+    """An http(s) endpoint given on a command line, or a one-line error that prints no secret: a
+    key belongs in the environment, never in the URL (urllib cannot send user-info anyway)."""
+    from urllib.parse import urlsplit
+    try:
+        parts = urlsplit(url)
+        parts.port   # a non-numeric port raises here
+    except ValueError as e:
+        fail(f"{flag_name} {redact(url)}: not a valid URL ({scrub(e, url)})")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        fail(f"{flag_name} {redact(url)}: not an http(s) URL with a host, e.g. http://localhost:8000/v1")
+    if "@" in parts.netloc:
+        fail(f"{flag_name} {redact(url)}: holds a user name or key; pass the key in the environment "
+             f"($OPENAI_API_KEY, or the variable --api-key-env names) and the URL without it")
+    return url
 
 
 def http_hint(error) -> str:
@@ -128,11 +151,6 @@ def http_hint(error) -> str:
         if code in (401, 403) else ""
 
 
-def fail(message: str):
-    """A one-line error for the user (no traceback): what is wrong and how to fix it."""
-    raise SystemExit(f"error: {message}")
-
-
 # ----------------------------------------------------------------------------------------------
 # --resume: the configuration comes from the run folder
 
@@ -140,19 +158,29 @@ def resumed_config(given: dict, out: str, may_change, fields, choices=None) -> d
     """The saved run's configuration (``<out>/config.json``, checked against the dataclass
     ``fields`` of lrpo.Config) with the
     flags in ``may_change`` taken from the command line. Any other flag given again must agree
-    with the saved run: a contradiction is an error naming both values."""
+    with the saved run: a contradiction is an error naming both values. PER_INVOCATION flags
+    (``--plot``, ``--allow-data-change``) come from the command line only, never from the file."""
     path = Path(out) / "config.json"
     if not path.exists():
         fail(f"--resume: {out} holds no run to resume (no config.json, no checkpoint); start it without --resume")
     saved = saved_config(path)
+    for name in PER_INVOCATION:
+        saved.pop(name, None)
     check_saved_config(saved, fields, path, choices or {})
     for name, value in given.items():
-        if name not in may_change and name not in ("resume", "out") and value != saved.get(name):
+        if name not in may_change and name not in ("resume", "out") + PER_INVOCATION \
+                and value != saved.get(name):
             fail(f"{flag(name)} {value} contradicts the saved run's {name} {saved.get(name)} ({path}); "
                  f"only {', '.join(map(flag, may_change))} may change on --resume")
     if "epochs" in given and "steps" not in given:
         saved["steps"] = None   # --epochs now sets the length of the run
-    return {**saved, **given, "out": out}
+    return {**ADDED_LATER, **saved, **given, "out": out}
+
+
+# fields added after runs were saved without them: such a run resumes with these values
+ADDED_LATER = {"keep_checkpoints": 2, "labeller": "none", "labeller_name": None}   # none: no labels then
+# a run saved before lid_rules existed: extras/cli.as_saved_before_lid_rules fills these
+BEFORE_LID_RULES = ("lid_rules", "untopiced", "test_data", "encoder_dtype")
 
 
 def saved_config(path: Path) -> dict:
@@ -177,6 +205,11 @@ def check_saved_config(saved: dict, fields, path, choices: dict) -> None:
     unknown = sorted(set(saved) - set(by_name))
     if unknown:
         fail(f"{path}: unknown key {unknown[0]!r} (a hand edit?); the keys are lrpo.Config's fields")
+    missing = [name for name in by_name if name not in saved and name not in ("out",) + PER_INVOCATION
+               and name not in ADDED_LATER and not ("lid_rules" not in saved and name in BEFORE_LID_RULES)]
+    if missing:
+        fail(f"{path}: the key {missing[0]!r} is missing (a hand edit?); put it back (the checkpoint's "
+             f"trainer_state.pt holds the run's whole config) or start a new run")
     for name, value in saved.items():
         f = by_name[name]
         kind = f.type if isinstance(f.type, type) else type(f.default)
@@ -194,28 +227,57 @@ def check_saved_config(saved: dict, fields, path, choices: dict) -> None:
 # ----------------------------------------------------------------------------------------------
 # Checks: every flag or data mismatch is a one-line error naming the fix, before the model loads
 
-AT_LEAST_ONE = ("group_size", "questions_per_step", "max_new_tokens", "micro_batch", "loss_micro_batch",
-                "logprob_micro_batch", "mini_batch", "ppo_epochs", "steps",
-                "router_update_every", "threads")
-NOT_NEGATIVE = ("orig_lang_min", "eval_every", "save_every", "eval_size", "samples_per_step", "lr", "weight_decay", "kl_coef")
+INF = math.inf
+# every numeric flag of lrpo.py: (lowest, highest, lowest excluded, highest excluded); a float
+# must also be finite. None values (a preset's "unset") are not checked here.
+RANGES = {
+    "test_fraction": (0, 1, False, True), "max_prompt_tokens": (0, INF, False, True),
+    "group_size": (1, INF, False, True), "orig_lang_min": (0, INF, False, True),
+    "router_alpha": (0, 1, True, False), "router_update_every": (1, INF, False, True),
+    "router_tau_decay": (0, 1, True, False), "router_eps_decay": (0, 1, True, False),
+    "questions_per_step": (1, INF, False, True), "max_new_tokens": (1, INF, False, True),
+    "temperature": (0, INF, True, True), "steps": (1, INF, False, True), "epochs": (0, INF, True, True),
+    "lr": (0, INF, False, True), "weight_decay": (0, INF, False, True), "grad_clip": (0, INF, True, True),
+    "kl_coef": (0, INF, False, True), "loss_micro_batch": (1, INF, False, True),
+    "ppo_epochs": (1, INF, False, True), "mini_batch": (1, INF, False, True),
+    "seed": (0, 2**32 - 1, False, False), "max_skipped": (1, INF, False, True),
+    "eval_every": (0, INF, False, True), "eval_size": (0, INF, False, True),
+    "save_every": (0, INF, False, True), "keep_checkpoints": (1, INF, False, True),
+    "samples_per_step": (0, INF, False, True), "threads": (1, INF, False, True),
+    "micro_batch": (1, INF, False, True), "logprob_micro_batch": (1, INF, False, True),
+    "rollout_batch": (1, INF, False, True),
+}
+NOT_EMPTY = ("model", "data", "out")   # paths and names: "" is no value
+
+
+def allowed(name: str, value) -> str:
+    """The allowed range of a numeric flag, as the error shows it: 'in (0, 1]', 'at least 1'."""
+    low, high, low_open, high_open = RANGES[name]
+    if high == INF:
+        rule = ("positive" if low == 0 else f"above {low}") if low_open else f"at least {low}"
+    else:
+        rule = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    return rule + (" (a finite number)" if isinstance(value, float) and not math.isfinite(value) else "")
 
 
 def check_flags(cfg) -> None:
-    """Flag values that cannot work, whatever the data."""
-    for name in AT_LEAST_ONE + NOT_NEGATIVE:
-        value, least = getattr(cfg, name), 1 if name in AT_LEAST_ONE else 0
-        if value is not None and value < least:
-            fail(f"{flag(name)} {value}: must be at least {least}")
+    """Flag values that cannot work, whatever the data: every numeric flag in its range
+    (RANGES; NaN and infinities refused), no empty path."""
+    for name in NOT_EMPTY:
+        value = getattr(cfg, name, None)
+        if isinstance(value, str) and not value.strip():
+            fail(f"{flag(name)} is empty; give a {'folder' if name == 'out' else 'value'}")
+    for name, (low, high, low_open, high_open) in RANGES.items():
+        value = getattr(cfg, name, None)
+        if value is None:
+            continue
+        ok = not (isinstance(value, float) and not math.isfinite(value)) and (
+            (value > low if low_open else value >= low) and (value < high if high_open else value <= high))
+        if not ok:
+            fail(f"{flag(name)} {value}: must be {allowed(name, value)}")
     if cfg.orig_lang_min > cfg.group_size:
         fail(f"--orig-lang-min {cfg.orig_lang_min} exceeds --group-size {cfg.group_size}: the rollouts kept "
              f"in the question's language must fit in its group; lower --orig-lang-min or raise --group-size")
-    for name, ok, rule in (("epochs", cfg.epochs is None or cfg.epochs > 0, "must be positive"),
-                           ("test_fraction", 0 <= cfg.test_fraction < 1, "must be in [0, 1)"),
-                           ("temperature", cfg.temperature > 0, "must be positive"),
-                           ("grad_clip", cfg.grad_clip > 0, "must be positive"),
-                           ("router_alpha", 0 < cfg.router_alpha <= 1, "must be in (0, 1]")):
-        if not ok:
-            fail(f"{flag(name)} {getattr(cfg, name)}: {rule}")
     if str(cfg.labeller).startswith(("http://", "https://")) and not cfg.labeller_name:
         fail(f"--labeller {redact(cfg.labeller)} is an endpoint: name the model to ask there with "
              "--labeller-name (the paper's: openai/gpt-oss-120b)")
@@ -276,10 +338,13 @@ def check_out_dir(cfg) -> None:
     """Never write over a run by accident, never into a folder that is not a run's, resume only
     what can be resumed; then hold the folder's lock (see :func:`take_lock`)."""
     out = Path(cfg.out)
+    if out.is_symlink() and not out.exists():
+        fail(f"--out {out} is a symbolic link to {os.readlink(out)}, which does not exist; "
+             f"create its target or pass another --out")
     if out.exists() and not out.is_dir():
         fail(f"--out {out} is a file; pass a folder")
     check_lock(out)
-    if out.exists() and not is_our_run(out) and {p.name for p in out.iterdir()} - {LOCK}:
+    if out.exists() and not is_our_run(out) and [p for p in out.iterdir() if not is_lock_file(p.name)]:
         fail(f"--out {out} exists and is not a run folder of lrpo.py (no config.json of a run); "
              f"nothing was touched: pass a new or empty folder")
     newest = newest_checkpoint(out)
@@ -291,75 +356,12 @@ def check_out_dir(cfg) -> None:
             fail(f"{out} already holds a run that saved no checkpoint; delete it or pass another --out")
         fail(f"{out} already holds a run (checkpoint at step {newest[1]}); continue it with "
              f"`python lrpo.py --out {out} --resume` (add --steps N to run to step N), or pass another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    take_lock(out)
-
-
-# ----------------------------------------------------------------------------------------------
-# The lock: one process per run folder
-
-LOCK = "lock"   # {"pid": ..., "host": ...} of the process writing the run
-
-
-def _holder(out: Path) -> dict | None:
-    """The lock's owner; {} for a lock cut short (its writer died while writing it)."""
     try:
-        holder = json.loads((out / LOCK).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return {}
-    return holder if isinstance(holder, dict) else {}
-
-
-def _alive(holder: dict) -> bool:
-    """Whether the lock's owner runs (on another host it cannot be told: assumed to)."""
-    if holder.get("host") != socket.gethostname():
-        return bool(holder.get("host"))
-    try:
-        os.kill(int(holder["pid"]), 0)
-    except (ProcessLookupError, KeyError, TypeError, ValueError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _ours(holder) -> bool:
-    return bool(holder) and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname()
-
-
-def check_lock(out: Path) -> None:
-    holder = _holder(out)
-    if holder and not _ours(holder) and _alive(holder):
-        fail(f"--out {out} is in use by process {holder.get('pid')} on {holder.get('host')} "
-             f"({out / LOCK}); wait for it, pass another --out, or delete the lock if that "
-             f"process is gone")
-
-
-def take_lock(out: Path) -> None:
-    """Create ``<out>/lock`` (atomically); a lock of a dead process is taken over, with a note."""
-    for _ in range(3):
-        try:
-            fd = os.open(out / LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            holder = _holder(out)
-            if _ours(holder):
-                return
-            check_lock(out)
-            print(f"[lrpo] note: taking over the lock of process {(holder or {}).get('pid')}, "
-                  f"which no longer runs")
-            (out / LOCK).unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
-        return
-    check_lock(out)
-
-
-def release_lock(out) -> None:
-    if _ours(_holder(Path(out))):
-        (Path(out) / LOCK).unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        take_lock(out)
+    except OSError as e:   # read-only, under a file, a full disk
+        fail(f"--out {out}: cannot write there ({e.strerror or type(e).__name__}"
+             f"{': ' + str(e.filename) if e.filename else ''}); pass a folder you may write")
 
 
 def default_out(base: str, resume: bool) -> str:
@@ -387,9 +389,75 @@ def default_out(base: str, resume: bool) -> str:
     return out
 
 
+PER_INVOCATION = ("resume", "plot", "allow_data_change")   # never read back from config.json
+
+
 def write_config(cfg) -> None:
+    """``<out>/config.json``, replaced whole (a kill mid-write leaves the old one)."""
     from dataclasses import asdict
-    (Path(cfg.out) / "config.json").write_text(json.dumps(asdict(cfg), indent=2), encoding="utf-8")
+    saved = {k: v for k, v in asdict(cfg).items() if k not in ("plot", "allow_data_change")}
+    atomic_write_text(Path(cfg.out) / "config.json", json.dumps(saved, indent=2))
+
+
+# ----------------------------------------------------------------------------------------------
+# The data's fingerprint: a resumed run trains on the data it was started on
+
+DATA = "data.json"   # {flag: fingerprint} of --data and the held-out file, written with config.json
+WHOLE_HASH_UP_TO = 256 * 2**20   # larger files: size, mtime and a hash of the first MiB
+
+
+def fingerprint(path: Path) -> dict:
+    import hashlib
+    st = path.stat()
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        if st.st_size <= WHOLE_HASH_UP_TO:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+            return {"path": str(path), "size": st.st_size, "sha256": digest.hexdigest()}
+        digest.update(f.read(1 << 20))
+    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "sha256_first_mib": digest.hexdigest()}
+
+
+def data_files(cfg) -> dict:
+    """{flag: path} of the data files the run reads (recipes, hub ids and toy have none)."""
+    from extras.setup import test_source
+    files = {}
+    for name, value in (("--data", cfg.data), ("--test-data", test_source(cfg))):
+        if value and value not in ("split", "none") and Path(value).is_file():
+            files[name] = Path(value)
+    return files
+
+
+def write_data_fingerprint(cfg) -> None:
+    atomic_write_text(Path(cfg.out) / DATA, json.dumps(
+        {name: fingerprint(path) for name, path in data_files(cfg).items()}, indent=2))
+
+
+def check_data_unchanged(cfg) -> None:
+    """On --resume: a data file whose size or content changed since the run was saved is named,
+    unless --allow-data-change (a run saved before fingerprints were kept gets one now)."""
+    path = Path(cfg.out) / DATA
+    if not cfg.resume or not path.exists():
+        return
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        fail(f"{path}: not readable ({e}); restore it, or pass --allow-data-change to go on")
+    now = {name: fingerprint(p) for name, p in data_files(cfg).items()}
+    for name in sorted(set(saved) | set(now)):
+        before, after = saved.get(name), now.get(name)
+        if before == after:
+            continue
+        why = (f"size {before['size']} -> {after['size']} bytes" if before and after and before["size"] != after["size"]
+               else "its content differs" if before and after else "it is gone" if before else "it is new")
+        if cfg.allow_data_change:
+            print(f"[lrpo] warning: {name} {(after or before)['path']} changed since the run was saved "
+                  f"({why}); going on (--allow-data-change)")
+            continue
+        fail(f"--resume: {name} {(after or before)['path']} changed since the run was saved ({why}); "
+             f"restore it, or pass --allow-data-change to go on with the new data")
 
 
 def router_local_share(out, local: dict) -> dict:
@@ -438,120 +506,6 @@ def before_after_table(before: dict, after: dict, router: dict | None = None) ->
                    "question to the region's local language, mean over the regions whose local language is "
                    "the row's (uniform: 1/|L|); first = when the region was first seen.")
     return "\n".join(lines + textwrap.wrap(legend, 100))
-
-
-# ----------------------------------------------------------------------------------------------
-# Checkpoints: written whole under a temporary name, marked complete, then renamed into place
-
-CHECKPOINT, TMP, OLD = "checkpoint", "checkpoint.tmp", "checkpoint.old"
-MARKER = "complete"   # the last file written into a checkpoint folder: {"step": N}
-
-
-def save_checkpoint(run, step: int) -> Path:
-    """Write ``checkpoint.tmp/`` (model, tokenizer, trainer state, then the ``complete`` marker),
-    then rename it into place (see :func:`_put_in_place`)."""
-    import torch
-    from dataclasses import asdict
-    tmp = Path(run.cfg.out) / TMP
-    _remove(tmp)
-    run.model.save_pretrained(tmp)          # safetensors, loadable by from_pretrained
-    run.tokenizer.save_pretrained(tmp)
-    torch.save({"step": step, "optimizer": run.optimizer.state_dict(),   # plain data: weights_only loads it
-                "router": run.router.state_dict(), "config": asdict(run.cfg)}, tmp / "trainer_state.pt")
-    (tmp / MARKER).write_text(json.dumps({"step": step}))
-    return _put_in_place(tmp)
-
-
-def _remove(folder: Path) -> None:
-    """Delete a checkpoint folder, its marker first: a crash midway leaves no folder that looks whole."""
-    (folder / MARKER).unlink(missing_ok=True)
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def _put_in_place(folder: Path) -> Path:
-    """Make the complete checkpoint ``folder`` the run's ``checkpoint/``: the one it replaces
-    becomes ``checkpoint.old/`` and is then deleted. A crash between any two of these steps
-    leaves complete folders (with a marker) and incomplete ones (without), never a half-renamed
-    whole, and :func:`newest_checkpoint` picks the newest complete one."""
-    final, old = folder.parent / CHECKPOINT, folder.parent / OLD
-    if folder == final:
-        return final
-    if folder == old:
-        _remove(final)   # chosen over checkpoint/: that one is incomplete
-    else:
-        _remove(old)
-        if final.exists():
-            final.rename(old)
-    folder.rename(final)
-    _remove(old)
-    return final
-
-
-def marked_step(folder: Path) -> int | None:
-    """The step in ``folder``'s marker; None when there is none or it is empty or unreadable
-    (such a checkpoint is incomplete)."""
-    try:
-        step = json.loads((Path(folder) / MARKER).read_text())["step"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
-
-
-def complete_checkpoints(out) -> list[tuple[Path, int]]:
-    """(folder, step) of the complete checkpoints among checkpoint/, .tmp/ and .old/, newest first."""
-    found = [(step, -rank, Path(out) / name) for rank, name in enumerate((CHECKPOINT, TMP, OLD))
-             if (step := marked_step(Path(out) / name)) is not None]
-    return [(folder, step) for step, _, folder in sorted(found, reverse=True)]
-
-
-def newest_checkpoint(out) -> tuple[Path, int] | None:
-    """(folder, step) of the newest complete checkpoint among checkpoint/, .tmp/ and .old/."""
-    found = complete_checkpoints(out)
-    return found[0] if found else None
-
-
-FAILED = "checkpoint.failed"   # a complete checkpoint that did not load, kept for a look
-
-
-def load_checkpoint(run) -> int:
-    """Restore the model, optimizer and router from the newest complete checkpoint that loads
-    (one that does not is named in one line and set aside as checkpoint.failed/; the next is
-    tried), put it in place, remove the others, trim the logs to its step and return it."""
-    out = Path(run.cfg.out)
-    found = complete_checkpoints(out)
-    if not found:
-        fail(f"--resume: no complete checkpoint in {out}")
-    for folder, step in found:
-        try:
-            _load_into(run, folder)
-        except Exception as e:   # truncated or random bytes: any reader's error
-            why = " ".join(f"{type(e).__name__}: {e}".split())[:200]
-            print(f"[lrpo] warning: the checkpoint {folder} (step {step}) does not load ({why}); "
-                  f"set aside as {out / FAILED}")
-            _remove(out / FAILED)
-            folder.rename(out / FAILED)
-            continue
-        _put_in_place(folder)          # after a crash mid-save, the newest complete one goes back
-        for name in (TMP, OLD):        # and what is left of the others goes
-            _remove(out / name)
-        trim_logs(out, step)
-        return step
-    fail(f"--resume: no checkpoint in {out} loads (see the warnings above); start a new run")
-
-
-def _load_into(run, path: Path) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM
-    saved = torch.load(path / "trainer_state.pt", weights_only=True)   # tensors and plain data: runs no code
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=next(run.model.parameters()).dtype)
-    run.model.load_state_dict(model.state_dict())
-    run.optimizer.load_state_dict(saved["optimizer"])
-    try:
-        run.router.load_state_dict(saved["router"])
-    except ValueError as e:
-        fail(f"{path}: {e}; the data or --langs of this run changed since it was saved")
-    if saved["step"] != marked_step(path):
-        raise ValueError(f"trainer_state.pt is of step {saved['step']}, its marker says {marked_step(path)}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -655,15 +609,35 @@ def progress(cfg, first: int, total: int):
 
 
 def save_if_sound(run, step: int, completion_logprobs) -> None:
-    """A checkpoint of step ``step``, unless the model diverged: the last good one then stays."""
+    """A checkpoint of step ``step``, unless the model diverged: the last good one then stays.
+    A save that fails (a full disk) is one line; what it wrote is deleted, the last one stays."""
     logprobs = lambda model, ids, mask, start: completion_logprobs(run, model, ids, mask, start)
     if run.guard is None or run.guard.sound(run.model, logprobs):
-        save_checkpoint(run, step)
+        try:
+            save_checkpoint(run, step)
+        except OSError as e:
+            shutil.rmtree(Path(run.cfg.out) / TMP, ignore_errors=True)
+            last = newest_checkpoint(run.cfg.out)
+            fail(f"could not save the checkpoint of step {step} in {run.cfg.out} "
+                 f"({e.strerror or type(e).__name__}); "
+                 + (f"the checkpoint of step {last[1]} is kept: free space and resume with "
+                    f"`python lrpo.py --out {run.cfg.out} --resume`" if last else "no checkpoint was saved"))
         return
     last = newest_checkpoint(run.cfg.out)
     kept = f"the checkpoint of step {last[1]} stays" if last else "no checkpoint is kept"
     print(f"[lrpo] warning: not saving step {step}: the model's last update or log-probs are "
           f"non-finite; {kept}")
+
+
+def check_finished(cfg, total: int) -> None:
+    """Exit non-zero unless the run ends with the checkpoint of its last step (its last update
+    may have been skipped on non-finite values, so that step was not saved)."""
+    last = newest_checkpoint(cfg.out)
+    if last is None or last[1] != total:
+        kept = f"the newest checkpoint is of step {last[1]}" if last else "no checkpoint was saved"
+        fail(f"the run reached step {total} but did not save it (its update was skipped or its model "
+             f"is non-finite: see the warnings above); {kept}; resume with `python lrpo.py --out "
+             f"{cfg.out} --resume` to redo the steps after it, or lower --lr in a new run")
 
 
 def stopped(cfg, done: int, stop: dict):
@@ -734,6 +708,9 @@ def remove_if_empty(path, top: Path | None) -> None:
         path = path.parent
 
 
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}   # the disk's problem, not the code's
+
+
 @contextlib.contextmanager
 def locked_run(cfg):
     """The model is checked first (a typo in --model is named before data loads); the run
@@ -759,8 +736,18 @@ def locked_run(cfg):
         fail(f"{e}; {kept}; lower --lr (a new run), or raise --max-skipped")
     except (DataError, ModelLoadError) as e:   # bad input, named in one line
         fail(str(e))
-    except KeyboardInterrupt:   # during the set-up (training has its own handler): one line
-        fail("interrupted (Ctrl-C) before training started; nothing was trained")
+    except OSError as e:
+        if e.errno not in DISK_ERRNOS:
+            raise
+        last = newest_checkpoint(cfg.out) if Path(cfg.out).is_dir() else None
+        kept = f"the checkpoint of step {last[1]} is kept" if last else "no checkpoint was saved"
+        fail(f"cannot write {e.filename or cfg.out} ({e.strerror}); {kept}: free space (or fix the "
+             f"permissions) and resume with `python lrpo.py --out {cfg.out} --resume`")
+    except KeyboardInterrupt:   # Ctrl-C while loading, before the step loop's handler is set
+        last = newest_checkpoint(cfg.out) if Path(cfg.out).is_dir() else None
+        kept = (f"the checkpoint of step {last[1]} is kept (continue with `python lrpo.py --out {cfg.out} "
+                f"--resume`)" if last else "no checkpoint was saved")
+        fail(f"interrupted (Ctrl-C) outside a training step; {kept}")
     finally:
         release_lock(cfg.out)
         remove_if_empty(cfg.out, created)   # a command that failed before writing leaves no folder

@@ -28,7 +28,24 @@ def test_source(cfg) -> str | None:
 
 
 def load_data(cfg) -> tuple[list, list]:
-    """(train, test) Examples of --data; every bad row is a one-line DataError naming --data."""
+    """(train, test) Examples of --data; every bad row is a one-line DataError naming --data.
+    Held-out questions that also appear in the training data are counted and reported."""
+    train, test = _load_data(cfg)
+    report_overlap(cfg, train, test)
+    return train, test
+
+
+def report_overlap(cfg, train, test) -> int:
+    """Print how many held-out questions (same language and question) are training questions too."""
+    seen = {(ex.lang, ex.question.strip()) for ex in train}
+    n = sum((ex.lang, ex.question.strip()) in seen for ex in test)
+    if n:
+        print(f"[data] warning: {n} of {len(test)} held-out questions also appear in the training data "
+              f"(--data {cfg.data}, same language and question): the evaluation is not held out for them")
+    return n
+
+
+def _load_data(cfg) -> tuple[list, list]:
     try:
         if cfg.data == "toy":
             if cfg.test_data not in (None, "none"):   # never ignored in silence
@@ -132,18 +149,6 @@ def labeller_ask(cfg, model, tokenizer, sample):
     return lambda: label.local_labeller(cfg.labeller, cfg.device, LABEL_TOKENS)
 
 
-def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    """Rows as JSONL through a synced temporary file and a rename: whole or absent."""
-    import json
-    import os
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def label_data(cfg, model, tokenizer, sample, train, test) -> tuple[list, list]:
     """App. A.2 before training: when most training questions have no topic, label them (and
     the held-out ones) with Figs. 5-6, so that the router learns per topic and region; without
@@ -175,7 +180,9 @@ def label_data(cfg, model, tokenizer, sample, train, test) -> tuple[list, list]:
                                               else cfg.labeller),
                                           may_ask=not cfg.resume)
     if not cfg.resume:   # the run's own copy: what it trained with, for its resume
-        write_jsonl_atomic(own, list(used.values()))
+        import json
+        from extras.run_io import atomic_write_text
+        atomic_write_text(own, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in used.values()))
     train, test = labelled[:len(train)], labelled[len(train):]
     print(f"[label] {label.label_counts(train)}")
     return train, test

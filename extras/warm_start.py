@@ -22,6 +22,7 @@ answer fails the reward's own language gate are dropped (counted). :func:`tag_fo
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import random
 import sys
@@ -40,11 +41,14 @@ LANGS_PER_PROMPT = 2          # target languages per prompt
 def _warn_plain_http(url: str, api_key: str | None) -> None:
     host = urlparse(url).hostname or ""
     if api_key and urlparse(url).scheme == "http" and host not in ("localhost", "127.0.0.1", "::1"):
-        print(f"[warm_start] warning: sending an API key over plain http to {url}", file=sys.stderr)
+        from extras.runlog import redact
+        print(f"[warm_start] warning: sending an API key over plain http to {redact(url)}", file=sys.stderr)
 
 
 def http_teacher(url: str, name: str, api_key: str | None = None, max_tokens: int = 512, timeout: float = 120.0):
     """messages -> reply text, from an OpenAI-compatible /chat/completions endpoint."""
+    from extras.runlog import check_url
+    check_url(url, "--teacher-url")
     _warn_plain_http(url, api_key)
 
     def ask(messages: list[dict]) -> str:
@@ -52,8 +56,13 @@ def http_teacher(url: str, name: str, api_key: str | None = None, max_tokens: in
                            "temperature": 0.7}).encode()
         headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
         req = urllib.request.Request(url.rstrip("/") + "/chat/completions", body, headers)
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read())["choices"][0]["message"]["content"]
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return json.loads(resp.read())["choices"][0]["message"]["content"]
+        except (OSError, ValueError, KeyError, IndexError, TypeError, http.client.HTTPException) as e:
+            from extras.runlog import http_hint, redact, scrub
+            raise SystemExit(" ".join(f"error: teacher endpoint {redact(url)} failed: {type(e).__name__}: "
+                                      f"{scrub(e, url)}{http_hint(e)}".split())) from None
     return ask
 
 

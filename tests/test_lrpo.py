@@ -48,16 +48,16 @@ def test_resume_continues_exactly(tmp_path, monkeypatch, toy_model_and_tokenizer
     lrpo.main(SMALL + ["--steps", "4", "--out", str(one_go)])
     assert [e["step"] for e in metrics(one_go, "eval.jsonl")] == [0, 4]   # --eval-every 0: start and end
     real_rename = Path.rename
-    def crash_after_first_rename(self, target):   # step 2's save: checkpoint -> .old done, .tmp not in place
+    def crash_after_first_rename(self, target):   # step 2's save: checkpoint -> checkpoint-1 done, .tmp not in place
         out = real_rename(self, target)
-        if Path(target).name == "checkpoint.old":
+        if Path(target).name == "checkpoint-1":
             raise Crash
         return out
     monkeypatch.setattr(Path, "rename", crash_after_first_rename)
     with pytest.raises(Crash):
         lrpo.main(SMALL + ["--steps", "2", "--save-every", "1", "--out", str(halves)])
     monkeypatch.undo()
-    assert sorted(p.name for p in halves.glob("checkpoint*")) == ["checkpoint.old", "checkpoint.tmp"]
+    assert sorted(p.name for p in halves.glob("checkpoint*")) == ["checkpoint-1", "checkpoint.tmp"]
     for name in ("metrics.jsonl", "samples.jsonl", "router.jsonl", "eval.jsonl"):   # a step 3 never saved
         with (halves / name).open("a") as f:
             f.write(json.dumps({"step": 3, "reward": -1.0, "probs": {}}) + "\n")
@@ -74,7 +74,7 @@ def test_resume_continues_exactly(tmp_path, monkeypatch, toy_model_and_tokenizer
     assert a == b
     assert metrics(one_go, "router.jsonl") == metrics(halves, "router.jsonl")   # trimmed too
     assert [e["step"] for e in metrics(halves, "eval.jsonl")] == [0, 4]
-    assert sorted(p.name for p in halves.glob("checkpoint*")) == ["checkpoint"]
+    assert sorted(p.name for p in halves.glob("checkpoint*")) == ["checkpoint", "checkpoint-3"]   # two kept
     saved = json.loads((halves / "config.json").read_text())
     assert saved["steps"] == 4 and saved["save_every"] == 1 and saved["samples_per_step"] == 4
     # the share of zero-variance groups, recomputed from the logged rewards of every group

@@ -20,6 +20,7 @@ class Crash(Exception):
 
 def make_run(model, tok, out):
     cfg = lrpo.Config(out=str(out), save_every=1)
+    Path(out).mkdir(parents=True, exist_ok=True)
     runlog.write_config(cfg)   # a run folder of ours
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     return SimpleNamespace(cfg=cfg, model=model, tokenizer=tok, optimizer=optimizer,
@@ -44,7 +45,7 @@ def snapshot(run):
 
 
 def crash_points(monkeypatch):
-    """Arm the crash of the next save at one of its points."""
+    """Arm the crash of the next save at one of its points (named, for the tests that pick one)."""
     real_rename, real_rmtree, real_write = Path.rename, shutil.rmtree, Path.write_text
 
     def rename_then_crash(when):
@@ -55,12 +56,6 @@ def crash_points(monkeypatch):
             return out
         return rename
 
-    def rmtree(path, *a, **k):
-        if Path(path).name == "checkpoint.old" and Path(path).exists():
-            (Path(path) / "model.safetensors").unlink()   # half deleted
-            raise Crash
-        return real_rmtree(path, *a, **k)
-
     def write_text(self, *a, **k):
         if self.name == runlog.MARKER:
             raise Crash
@@ -68,14 +63,110 @@ def crash_points(monkeypatch):
 
     return {
         "before the marker": lambda: monkeypatch.setattr(Path, "write_text", write_text),
-        "after checkpoint -> .old": lambda: monkeypatch.setattr(Path, "rename", rename_then_crash("checkpoint.old")),
+        "after checkpoint -> checkpoint-1": lambda: monkeypatch.setattr(Path, "rename", rename_then_crash("checkpoint-1")),
         "after .tmp -> checkpoint": lambda: monkeypatch.setattr(Path, "rename", rename_then_crash("checkpoint")),
-        "while deleting .old": lambda: monkeypatch.setattr(runlog.shutil, "rmtree", rmtree),
     }
 
 
-@pytest.mark.parametrize("point,saved_step", [("before the marker", 1), ("after checkpoint -> .old", 2),
-                                              ("after .tmp -> checkpoint", 2), ("while deleting .old", 2)])
+def crash_at_event(monkeypatch, k: int) -> list:
+    """Arm a crash at the k-th file-system event (0-based) from now: each rename, unlink, file
+    replace, link, marker write, and folder deletion (which first deletes one file, as a kill
+    midway would leave it). Returns the list of events seen (to tell when k is past the last)."""
+    import os
+    seen = []
+    def event(name, real, half=None):
+        def wrapped(*a, **kw):
+            seen.append((name, str(a[0])))
+            if len(seen) - 1 == k:
+                if half:
+                    half(*a)
+                raise Crash
+            return real(*a, **kw)
+        return wrapped
+    def half_rmtree(path, *a):
+        files = sorted(p for p in Path(path).rglob("*") if p.is_file())
+        if files:
+            files[0].unlink()
+    monkeypatch.setattr(Path, "rename", event("rename", Path.rename))
+    monkeypatch.setattr(Path, "unlink", event("unlink", Path.unlink))
+    monkeypatch.setattr(Path, "write_text", event("write_text", Path.write_text))
+    monkeypatch.setattr(shutil, "rmtree", event("rmtree", shutil.rmtree, half_rmtree))
+    monkeypatch.setattr(os, "replace", event("replace", os.replace))
+    return seen
+
+
+def complete_steps(out):
+    return [step for _, step in runlog.complete_checkpoints(out)]
+
+
+def test_kill_at_every_event_of_a_save_and_of_the_resume_loses_nothing(tmp_path, monkeypatch, tiny_qwen):
+    """Two checkpoints kept (the default): a save of step 3 killed at each of its file-system
+    events, then the resume killed at each of its own (put in place, prune, trim the logs, atomic):
+    the resume restores step 3 or step 2 exactly, keeps two complete checkpoints, and no log line
+    of a kept step is lost."""
+    model, tok = tiny_qwen
+    base = make_run(model, tok, tmp_path / "base")
+    expected = {}
+    for step in (1, 2, 3):
+        train_a_little(base, seed=step)
+        expected[step] = snapshot(base)
+    shutil.rmtree(tmp_path / "base")
+    fresh = copy.deepcopy(model)
+    events_of_save = events_of_resume = 0
+    for k in range(60):
+        out = tmp_path / f"save{k}"
+        run = make_run(copy.deepcopy(model), tok, out)
+        for step in (1, 2, 3):
+            run.model.load_state_dict(expected[step][0])
+            run.optimizer.load_state_dict(expected[step][1])
+            run.router.load_state_dict(json.loads(expected[step][2]))
+            for name in runlog.LOGS:
+                runlog.append(run.cfg, name, [{"step": step}])
+            if step < 3:
+                runlog.save_checkpoint(run, step)
+                continue
+            seen = crash_at_event(monkeypatch, k)
+            try:
+                runlog.save_checkpoint(run, step)
+                crashed = False
+            except Crash:
+                crashed = True
+            monkeypatch.undo()
+        for name in runlog.LOGS:   # step 4 was logged, and cut short mid-line, before the kill
+            runlog.append(run.cfg, name, [{"step": 4}])
+            with (out / name).open("a") as f:
+                f.write('{"step": 5, "x')
+        if not crashed:
+            events_of_save = k
+            break
+        assert complete_steps(out)[0] in (2, 3), (k, seen[-1])
+        # the resume itself killed at each of its events, then resumed again
+        for j in range(60):
+            again = make_run(copy.deepcopy(fresh), tok, out)
+            seen = crash_at_event(monkeypatch, j)
+            try:
+                step = runlog.load_checkpoint(again)
+                resumed = True
+            except Crash:
+                resumed = False
+            monkeypatch.undo()
+            if resumed:
+                events_of_resume = max(events_of_resume, j)
+                break
+        assert step in (2, 3) and step == complete_steps(out)[0]
+        for key, v in expected[step][0].items():
+            torch.testing.assert_close(again.model.state_dict()[key], v, rtol=0, atol=0)
+        assert complete_steps(out) == [step, step - 1], (k, j)   # two kept
+        assert sorted(p.name for p in out.glob("checkpoint*")) == ["checkpoint", f"checkpoint-{step - 1}"]
+        for name in runlog.LOGS:
+            assert [r["step"] for r in runlog.read(out, name)] == list(range(1, step + 1)), (k, j, name)
+        runlog.save_checkpoint(again, step + 1)   # and saving goes on, two kept
+        assert complete_steps(out) == [step + 1, step]
+    assert events_of_save >= 8 and events_of_resume >= 3, (events_of_save, events_of_resume)
+
+
+@pytest.mark.parametrize("point,saved_step", [("before the marker", 1), ("after checkpoint -> checkpoint-1", 2),
+                                              ("after .tmp -> checkpoint", 2)])
 def test_a_crash_at_any_point_of_a_save_resumes_from_the_newest_complete_checkpoint(
         tmp_path, monkeypatch, tiny_qwen, point, saved_step):
     model, tok = tiny_qwen
@@ -108,7 +199,8 @@ def test_a_crash_at_any_point_of_a_save_resumes_from_the_newest_complete_checkpo
     for k in ours:
         for name in ("step", "exp_avg", "exp_avg_sq"):
             torch.testing.assert_close(ours[k][name], theirs[k][name], rtol=0, atol=0)
-    assert sorted(p.name for p in tmp_path.glob("checkpoint*")) == ["checkpoint"]   # put back in place
+    kept = ["checkpoint"] + (["checkpoint-1"] if saved_step == 2 else [])   # put back in place, two kept
+    assert sorted(p.name for p in tmp_path.glob("checkpoint*")) == kept
     assert [r["step"] for r in runlog.read(tmp_path, "metrics.jsonl")] == list(range(1, saved_step + 1))
     runlog.save_checkpoint(again, 3)   # and saving goes on
     assert runlog.newest_checkpoint(tmp_path) == (tmp_path / "checkpoint", 3)
