@@ -431,3 +431,15 @@ def describe_labels(examples: list[Example]) -> str:
         if bare:
             notes.append(f"{bare} regional questions have no region")
     return "; ".join(notes) + "; label it with python -m extras.label" if notes else ""
+
+
+def test_source(cfg) -> str | None:
+    """Where the held-out set comes from when the data has its own: --test-data, the test file
+    beside a train file, or "split" for a recipe's test split; None: split --data here."""
+    if cfg.test_data:
+        return None if cfg.test_data == "none" else cfg.test_data
+    path = Path(cfg.data)
+    if path.is_file() and "train" in path.stem:
+        twin = path.with_name(path.name.replace("train", "test"))
+        return str(twin) if twin.is_file() else None
+    return "split" if cfg.data in RECIPES and not path.exists() else None

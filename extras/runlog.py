@@ -422,7 +422,7 @@ def fingerprint(path: Path) -> dict:
 
 def data_files(cfg) -> dict:
     """{flag: path} of the data files the run reads (recipes, hub ids and toy have none)."""
-    from extras.setup import test_source
+    from extras.recipes import test_source
     files = {}
     for name, value in (("--data", cfg.data), ("--test-data", test_source(cfg))):
         if value and value not in ("split", "none") and Path(value).is_file():

@@ -13,18 +13,7 @@ import calibrate
 import data
 import rollout
 from extras import recipes, runlog
-
-
-def test_source(cfg) -> str | None:
-    """Where the held-out set comes from when the data has its own: --test-data, the test file
-    beside a train file, or "split" for a recipe's test split; None: split --data here."""
-    if cfg.test_data:
-        return None if cfg.test_data == "none" else cfg.test_data
-    path = Path(cfg.data)
-    if path.is_file() and "train" in path.stem:
-        twin = path.with_name(path.name.replace("train", "test"))
-        return str(twin) if twin.is_file() else None
-    return "split" if cfg.data in recipes.RECIPES and not path.exists() else None
+from extras.recipes import test_source  # noqa: F401 (where the held-out set comes from)
 
 
 def load_data(cfg) -> tuple[list, list]:
