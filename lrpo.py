@@ -48,7 +48,8 @@ class Config:
     recipe: str = None             # convert the rows of --data with a named recipe
     test_data: str = None          # held-out file: test.* beside train.*, a recipe's; none: split
     test_fraction: float = 0.1     # held-out share per language when --data has no test split
-    keep_duplicates: bool = False  # keep repeated rows of --data (dropped and counted by default)
+    split_seed: int = 42           # seed of the held-out split of --data (official: 42, any --seed)
+    keep_duplicates: bool = False  # keep repeated rows of --data, as verl does (toy: dropped, counted)
     langs: str = None              # rollout languages L besides the data's, comma-separated
     # (default: the built-in world's 6; else the official 15, multilingual_rl_dataset.py:39-55)
     prompt_style: str = "tag"      # the official <|out_lang_xx|> tag, or the paper's Zero prompt
@@ -121,7 +122,7 @@ class Config:
 REAL = dict(data="helpsteer3", encoder=calibrate.PAPER_ENCODER, stats=str(calibrate.PAPER_STATS),
             questions_per_step=256, max_new_tokens=1024, lr=1e-6, micro_batch=8, loss_micro_batch=4,
             steps=None, epochs=4.0, eval_size=None, eval_every=5, save_every=10, threads=None,
-            scale_router_schedule=True, check_tags=True, lid_rules="official")
+            scale_router_schedule=True, check_tags=True, lid_rules="official", keep_duplicates=True)
 # A real pretrained model on a CPU in minutes (--model smollm2 without a GPU): the built-in world's
 # questions and offline reward, 2 questions × 8 rollouts of 16 tokens, 4 held-out per language.
 CPU_DEMO = dict(questions_per_step=2, max_new_tokens=16, lr=1e-6, micro_batch=16,

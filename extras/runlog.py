@@ -167,6 +167,8 @@ def resumed_config(given: dict, out: str, may_change, fields) -> dict:
     for name in PER_INVOCATION:
         saved.pop(name, None)
     check_saved_config(saved, fields, path)
+    if "split_seed" not in saved:   # saved before --split-seed: its split followed --seed
+        saved["split_seed"] = saved.get("seed", 0)
     for name, value in given.items():
         if name not in may_change and name not in ("resume", "out") + PER_INVOCATION \
                 and value != saved.get(name):
@@ -178,7 +180,7 @@ def resumed_config(given: dict, out: str, may_change, fields) -> dict:
 
 
 # fields added after runs were saved without them: such a run resumes with these values
-ADDED_LATER = {"keep_checkpoints": 2}
+ADDED_LATER = {"keep_checkpoints": 2, "split_seed": 42}   # split_seed: see resumed_config
 # a run saved before lid_rules existed: extras/cli.as_saved_before_lid_rules fills these
 BEFORE_LID_RULES = ("lid_rules", "untopiced", "test_data", "encoder_dtype")
 
@@ -241,7 +243,8 @@ RANGES = {
     "lr": (0, INF, False, True), "weight_decay": (0, INF, False, True), "grad_clip": (0, INF, True, True),
     "kl_coef": (0, INF, False, True), "loss_micro_batch": (1, INF, False, True),
     "ppo_epochs": (1, INF, False, True), "mini_batch": (1, INF, False, True),
-    "seed": (0, 2**32 - 1, False, False), "max_skipped": (1, INF, False, True),
+    "seed": (0, 2**32 - 1, False, False), "split_seed": (0, 2**32 - 1, False, False),
+    "max_skipped": (1, INF, False, True),
     "eval_every": (0, INF, False, True), "eval_size": (0, INF, False, True),
     "save_every": (0, INF, False, True), "keep_checkpoints": (1, INF, False, True),
     "samples_per_step": (0, INF, False, True), "threads": (1, INF, False, True),

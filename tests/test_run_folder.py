@@ -785,6 +785,31 @@ def test_duplicate_rows_are_counted_and_dropped_unless_kept(tmp_path, capsys):
     assert len(setup.load_data(cfg)[0]) == 7
 
 
+def test_the_real_preset_keeps_duplicates_and_the_split_is_the_same_for_every_seed(tmp_path):
+    """Issue 34, item 8: verl keeps repeated rows (the real preset too; the toy drops them); the
+    held-out split is the official one (seed 42) whatever --seed; a run saved before keeps its split."""
+    assert lrpo.parse_args(["--model", "org/m", "--steps", "1", "--out", str(tmp_path / "a")]).keep_duplicates
+    assert not lrpo.parse_args(["--steps", "1", "--out", str(tmp_path / "b")]).keep_duplicates
+    path = write(tmp_path / "many.jsonl", b"\n".join(
+        json.dumps({**ROW, "question": f"Frage {i}?", "id": str(i)}).encode() for i in range(40)))
+    held_out = lambda *flags: sorted(ex.question for ex in setup.load_data(lrpo.parse_args(
+        ["--data", path, "--model", "x", "--steps", "1", "--out", str(tmp_path / "r"), *flags]))[1])
+    assert held_out("--seed", "0") == held_out("--seed", "7") == \
+        sorted(ex.question for ex in data_split(path, 42)) != sorted(ex.question for ex in data_split(path, 7))
+    out = tmp_path / "old"
+    out.mkdir()
+    runlog.write_config(lrpo.parse_args(["--out", str(out), "--steps", "1", "--seed", "7"]))
+    saved = json.loads((out / "config.json").read_text())
+    del saved["split_seed"]   # a run saved before the flag: its split followed --seed
+    (out / "config.json").write_text(json.dumps(saved))
+    assert lrpo.parse_args(["--out", str(out), "--resume"]).split_seed == 7
+
+
+def data_split(path, seed):
+    import data
+    return data.split_examples(recipes.load_examples(path), 0.1, seed=seed)[1]
+
+
 def test_an_evaluation_only_language_in_training_data_is_named_before_the_model_loads(tmp_path, monkeypatch):
     no_model(monkeypatch)
     path = write(tmp_path / "hi.jsonl", b"\n".join(rows({"lang": "hi"}, {"lang": "hi"})))
