@@ -264,6 +264,27 @@ def allowed(name: str, value) -> str:
     return rule + (" (a finite number)" if isinstance(value, float) and not math.isfinite(value) else "")
 
 
+def ranged(kind, low, high=INF, low_open=False):
+    """An argparse ``type`` for the other command lines (evaluate.py, extras/label.py,
+    extras/warm_start.py): ``kind`` in [low, high] (or (low, high] with ``low_open``), finite;
+    anything else is argparse's one-line error naming the flag and the range."""
+    import argparse
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}")
+        ok = math.isfinite(value) and (value > low if low_open else value >= low) and value <= high
+        if not ok:
+            rule = (("positive" if low == 0 else f"above {low}") if low_open else f"at least {low}") \
+                if high == INF else f"in {'(' if low_open else '['}{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"{text}: must be {rule}"
+                                             + ("" if math.isfinite(value) else " (a finite number)"))
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def check_flags(cfg) -> None:
     """Flag values that cannot work, whatever the data: every numeric flag in its range
     (RANGES; NaN and infinities refused), no empty path."""

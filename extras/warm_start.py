@@ -31,7 +31,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import data
-from extras import recipes
+from extras import recipes, runlog
 
 PAPER_PROMPTS = 420           # prompts sampled from Aya
 LANGS_PER_PROMPT = 2          # target languages per prompt
@@ -161,18 +161,18 @@ def main(argv=None) -> None:
     b.add_argument("--teacher-url", help="OpenAI-compatible base URL (key from $OPENAI_API_KEY)")
     b.add_argument("--teacher-name", default="default", help="model name sent to --teacher-url")
     b.add_argument("--langs", default=",".join(data.ROLLOUT_LANGUAGES), help="target languages")
-    b.add_argument("--n-prompts", type=int, default=PAPER_PROMPTS,
+    b.add_argument("--n-prompts", type=runlog.ranged(int, 1), default=PAPER_PROMPTS,
         help="questions drawn from --prompts (the paper: 420)")
-    b.add_argument("--seed", type=int, default=0,
+    b.add_argument("--seed", type=runlog.ranged(int, 0, 2**32 - 1), default=0,
         help="seed of the drawn questions and target languages")
     s = sub.add_parser("sft", allow_abbrev=False, help="fine-tune a policy on the pairs; the output folder works as --model")
     s.add_argument("--model", required=True,
         help="policy to fine-tune: hub id, local folder, smollm2 or a .gguf file")
     s.add_argument("--pairs", required=True, help="pairs JSONL written by build")
     s.add_argument("--out", required=True, help="folder to write (then use it as lrpo.py --model)")
-    s.add_argument("--epochs", type=int, default=2, help="passes over the pairs")
-    s.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate")
-    s.add_argument("--batch-size", type=int, default=8, help="pairs per optimizer step")
+    s.add_argument("--epochs", type=runlog.ranged(int, 1), default=2, help="passes over the pairs")
+    s.add_argument("--lr", type=runlog.ranged(float, 0), default=1e-5, help="AdamW learning rate")
+    s.add_argument("--batch-size", type=runlog.ranged(int, 1), default=8, help="pairs per optimizer step")
     s.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     c = sub.add_parser("check", allow_abbrev=False, help="share of answers in the tagged language")
     c.add_argument("--model", required=True,

@@ -719,6 +719,26 @@ def test_a_numeric_flag_out_of_range_is_one_line_naming_it_and_its_range(name, v
     assert rule.startswith(("at least", "positive", "above", "in [", "in (")), message
 
 
+OTHER_CLIS = {   # (module, the arguments before the flag), the numeric flags with a bad value each
+    ("evaluate", ()): {"--limit": "0", "--max-new-tokens": "-1", "--batch-size": "-5", "--judge-max-tokens": "0"},
+    ("extras.label", ()): {"--batch-size": "0", "--workers": "-1", "--max-tokens": "0", "--temperature": "nan"},
+    ("extras.warm_start", ("build",)): {"--n-prompts": "0", "--seed": "-1"},
+    ("extras.warm_start", ("sft",)): {"--epochs": "0", "--lr": "inf", "--batch-size": "-2"},
+}
+
+
+@pytest.mark.parametrize("cli_name,flag,value", [(m[0] + " " + " ".join(m[1]), f, v) for m, flags in OTHER_CLIS.items()
+                                                 for f, v in flags.items()])
+def test_the_other_clis_refuse_out_of_range_numbers_naming_the_flag(cli_name, flag, value, capsys):
+    import importlib
+    module, *before = cli_name.split()
+    with pytest.raises(SystemExit) as err:
+        importlib.import_module(module).main(before + [f"{flag}={value}"])
+    assert err.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"argument {flag}: {value}: must be " in line, line
+
+
 def test_an_empty_out_is_refused():
     with pytest.raises(SystemExit, match=r"--out is empty") as err:
         lrpo.parse_args(["--out", "", "--steps", "1"])
