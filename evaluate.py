@@ -84,7 +84,7 @@ def http_judge(url: str, model: str, max_tokens: int = 16, timeout: float = 120.
     import urllib.request
     import warnings
     from http.client import InvalidURL
-    from extras.runlog import check_url, http_hint, redact, scrub
+    from extras.endpoints import check_url, http_hint, redact, scrub
     endpoint = check_url(url, "--judge-url").rstrip("/")
     if not endpoint.endswith("/chat/completions"):
         endpoint += "/chat/completions"

@@ -55,7 +55,7 @@ from typing import Callable
 from urllib.parse import urlparse
 
 import data
-from extras import recipes, runlog
+from extras import endpoints, recipes, runlog
 from data import DataError, REGIONS, TOPICS
 
 REGIONAL = "Regional Knowledge"
@@ -315,7 +315,7 @@ def http_labeller(url: str, name: str, api_key: str | None = None, max_tokens: i
     import urllib.request
     from concurrent.futures import ThreadPoolExecutor
     from http.client import InvalidURL
-    endpoint = runlog.check_url(url, "--url").rstrip("/")
+    endpoint = endpoints.check_url(url, "--url").rstrip("/")
     if not endpoint.endswith("/chat/completions"):
         endpoint += "/chat/completions"
     warn_plain_http(endpoint, api_key)
@@ -333,17 +333,17 @@ def http_labeller(url: str, name: str, api_key: str | None = None, max_tokens: i
                     reply = json.loads(response.read())
                 return reply["choices"][0]["message"].get("content") or ""
             except urllib.error.HTTPError as e:
-                problem = f"HTTP {e.code}: {e.read()[:300].decode(errors='replace')}{runlog.http_hint(e)}"
+                problem = f"HTTP {e.code}: {e.read()[:300].decode(errors='replace')}{endpoints.http_hint(e)}"
                 if e.code not in (429, 500, 502, 503, 504):
                     break
             except (urllib.error.URLError, TimeoutError, ConnectionError, InvalidURL) as e:
-                problem = f"{type(e).__name__}: {runlog.scrub(e, endpoint)}"
+                problem = f"{type(e).__name__}: {endpoints.scrub(e, endpoint)}"
             except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
                 problem = f"not an OpenAI chat-completions reply ({type(e).__name__}: {e})"
                 break
             if attempt + 1 < attempts:
                 time.sleep(backoff * 2 ** attempt)
-        raise LabelError(" ".join(f"{runlog.redact(endpoint)} (model {name!r}): {problem}".split()))
+        raise LabelError(" ".join(f"{endpoints.redact(endpoint)} (model {name!r}): {problem}".split()))
 
     def ask(prompts: list[str], temperature: float) -> list[str]:
         with ThreadPoolExecutor(max(1, min(workers, len(prompts)))) as pool:

@@ -32,6 +32,7 @@ from urllib.parse import urlparse
 
 import data
 from extras import recipes, runlog
+from extras.endpoints import check_url, http_hint, redact, scrub
 
 PAPER_PROMPTS = 420           # prompts sampled from Aya
 LANGS_PER_PROMPT = 2          # target languages per prompt
@@ -40,13 +41,11 @@ LANGS_PER_PROMPT = 2          # target languages per prompt
 def _warn_plain_http(url: str, api_key: str | None) -> None:
     host = urlparse(url).hostname or ""
     if api_key and urlparse(url).scheme == "http" and host not in ("localhost", "127.0.0.1", "::1"):
-        from extras.runlog import redact
         print(f"[warm_start] warning: sending an API key over plain http to {redact(url)}", file=sys.stderr)
 
 
 def http_teacher(url: str, name: str, api_key: str | None = None, max_tokens: int = 512, timeout: float = 120.0):
     """messages -> reply text, from an OpenAI-compatible /chat/completions endpoint."""
-    from extras.runlog import check_url
     check_url(url, "--teacher-url")
     _warn_plain_http(url, api_key)
 
@@ -59,7 +58,6 @@ def http_teacher(url: str, name: str, api_key: str | None = None, max_tokens: in
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return json.loads(resp.read())["choices"][0]["message"]["content"]
         except (OSError, ValueError, KeyError, IndexError, TypeError, http.client.HTTPException) as e:
-            from extras.runlog import http_hint, redact, scrub
             raise SystemExit(" ".join(f"error: teacher endpoint {redact(url)} failed: {type(e).__name__}: "
                                       f"{scrub(e, url)}{http_hint(e)}".split())) from None
     return ask
