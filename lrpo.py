@@ -48,8 +48,8 @@ class Config:
     recipe: str = None             # convert the rows of --data with a named recipe
     test_data: str = None          # held-out file: test.* beside train.*, a recipe's; none: split
     test_fraction: float = 0.1     # held-out share per language when --data has no test split
-    split_seed: int = 42           # seed of the held-out split of --data (official: 42, any --seed)
-    keep_duplicates: bool = False  # keep repeated rows of --data, as verl does (toy: dropped, counted)
+    split_seed: int = 42           # seed of the held-out split of --data (official 42, any --seed)
+    keep_duplicates: bool = False  # keep repeated rows of --data, as verl does (toy: dropped)
     langs: str = None              # rollout languages L besides the data's, comma-separated
     # (default: the built-in world's 6; else the official 15, multilingual_rl_dataset.py:39-55)
     prompt_style: str = "tag"      # the official <|out_lang_xx|> tag, or the paper's Zero prompt
@@ -201,7 +201,6 @@ def set_up(cfg: Config) -> Run:
     train, test = setup.load_data(cfg)
     runlog.check_data(cfg, train, test)   # every data/flag mismatch before the model loads
     runlog.check_out_dir(cfg)             # after the data's errors: a missing file is named first
-    runlog.check_data_unchanged(cfg)      # --resume: the data it was started on
     make_router = bandit.make_router
     if cfg.method not in bandit.METHODS:
         from extras.routers import make_router
@@ -390,9 +389,7 @@ def train(run: Run, first: int, total: int, stop: dict) -> dict:
         if stop["requested"]:
             runlog.stopped(cfg, done, stop)
     after = evaluate(total) if held_out else None
-    result = runlog.finish(run, metrics, after)
-    runlog.check_finished(cfg, total)   # non-zero without the last step's checkpoint
-    return result
+    return runlog.finish(run, metrics, after, total)   # non-zero without step total's checkpoint
 
 
 def main(argv=None) -> dict:
@@ -403,22 +400,13 @@ def main(argv=None) -> dict:
         run = set_up(cfg)
         first = runlog.load_checkpoint(run) if cfg.resume else 0
         total = total_steps(cfg, len(run.train))
-        if total < 1:
-            runlog.fail(f"--epochs {cfg.epochs:g} of {len(run.train)} training questions at "
-                        f"--questions-per-step {cfg.questions_per_step} is 0 steps; raise --epochs or give --steps")
-        if first >= total:
-            print(f"[lrpo] {cfg.out} is at step {first} of {total}: nothing to do "
-                  f"(--steps N > {first} runs on)")
+        if runlog.nothing_to_do(cfg, first, total, len(run.train)):   # 0 steps asked: an error
             return {}
-        runlog.write_config(cfg)
-        runlog.write_data_fingerprint(cfg)
+        runlog.write_config(cfg)   # and the data's fingerprint
         runlog.announce(run, total)
         with runlog.first_ctrl_c_stops() as stop:   # finish the step, save, exit
             return train(run, first, total, stop)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:   # Ctrl-C while parsing the flags
-        raise SystemExit("error: interrupted (Ctrl-C) before the run started; nothing was written")
+    main()

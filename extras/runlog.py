@@ -316,6 +316,7 @@ def check_out_dir(cfg) -> None:
             fail(f"{out} already holds a run that saved no checkpoint; delete it or pass another --out")
         fail(f"{out} already holds a run (checkpoint at step {newest[1]}); continue it with "
              f"`python lrpo.py --out {out} --resume` (add --steps N to run to step N), or pass another --out")
+    check_data_unchanged(cfg)   # --resume: the data it was started on
     try:
         out.mkdir(parents=True, exist_ok=True)
         take_lock(out)
@@ -353,10 +354,24 @@ PER_INVOCATION = ("resume", "plot", "allow_data_change")   # never read back fro
 
 
 def write_config(cfg) -> None:
-    """``<out>/config.json``, replaced whole (a kill mid-write leaves the old one)."""
+    """``<out>/config.json`` and the data's fingerprint (``<out>/data.json``), each replaced whole
+    (a kill mid-write leaves the old one)."""
     from dataclasses import asdict
     saved = {k: v for k, v in asdict(cfg).items() if k not in ("plot", "allow_data_change")}
     atomic_write_text(Path(cfg.out) / "config.json", json.dumps(saved, indent=2))
+    write_data_fingerprint(cfg)
+
+
+def nothing_to_do(cfg, first: int, total: int, n_train: int) -> bool:
+    """True (with a note) when a resumed run is already at its last step; a run of 0 steps
+    (``--epochs`` too small for the data) is a one-line error."""
+    if total < 1:
+        fail(f"--epochs {cfg.epochs:g} of {n_train} training questions at --questions-per-step "
+             f"{cfg.questions_per_step} is 0 steps; raise --epochs or give --steps")
+    if first >= total:
+        print(f"[lrpo] {cfg.out} is at step {first} of {total}: nothing to do "
+              f"(--steps N > {first} runs on)")
+    return first >= total
 
 
 # ----------------------------------------------------------------------------------------------
@@ -621,8 +636,9 @@ def announce(run, total: int) -> None:
     print(f"[lrpo] steps: {rule} = {total}")
 
 
-def finish(run, metrics: dict, after: dict | None) -> dict:
-    """The last evaluation logged, the before/after table with the router's p(local), plots."""
+def finish(run, metrics: dict, after: dict | None, total: int | None = None) -> dict:
+    """The last evaluation logged, the before/after table with the router's p(local), plots; then
+    a non-zero exit if the run has no checkpoint of its last step ``total`` (check_finished)."""
     from dataclasses import asdict
     cfg, before = run.cfg, None
     if after is not None:
@@ -633,6 +649,8 @@ def finish(run, metrics: dict, after: dict | None) -> dict:
         print(before_after_table(before, after, router))
     for path in plot_run(cfg.out):
         print(f"[lrpo] wrote {path}")
+    if total is not None:
+        check_finished(cfg, total)
     return {"before": before, "after": after, "last": metrics, "config": asdict(cfg)}
 
 

@@ -797,7 +797,7 @@ def test_a_utf8_bom_is_accepted(tmp_path):
 def test_duplicate_rows_are_counted_and_dropped_unless_kept(tmp_path, capsys):
     path = write(tmp_path / "dup.jsonl", b"\n".join(rows() + rows()[:3]))
     cfg = lrpo.parse_args(["--data", path, "--model", "x", "--out", str(tmp_path / "r"), "--steps", "1",
-                           "--test-fraction", "0"])
+                           "--test-fraction", "0", "--no-keep-duplicates"])   # the real preset keeps them
     train, _ = setup.load_data(cfg)
     assert sorted(ex.question for ex in train) == [f"Frage {i}?" for i in range(4)]
     assert "3 duplicate rows (same language, question and answer) dropped" in capsys.readouterr().out
