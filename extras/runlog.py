@@ -609,10 +609,11 @@ def check_finished(cfg, total: int) -> None:
     may have been skipped on non-finite values, so that step was not saved)."""
     last = newest_checkpoint(cfg.out)
     if last is None or last[1] != total:
-        kept = f"the newest checkpoint is of step {last[1]}" if last else "no checkpoint was saved"
+        way = (f"the newest checkpoint is of step {last[1]}: resume with `python lrpo.py --out {cfg.out} "
+               f"--resume` to redo the steps after it, or lower --lr in a new run") if last else \
+            f"no checkpoint was saved: lower --lr and start a new run (another --out, or delete {cfg.out})"
         fail(f"the run reached step {total} but did not save it (its update was skipped or its model "
-             f"is non-finite: see the warnings above); {kept}; resume with `python lrpo.py --out "
-             f"{cfg.out} --resume` to redo the steps after it, or lower --lr in a new run")
+             f"is non-finite: see the warnings above); {way}")
 
 
 def stopped(cfg, done: int, stop: dict):
