@@ -56,6 +56,7 @@ from extras.benchmarks import (BENCHMARKS, LETTERS, MULTIPLE_CHOICE, Item, Recor
 from data import DataError
 from data import held_out_questions  # noqa: F401 (the training loop's held-out draw)
 from extras.recipes import read_rows
+from extras import runlog
 
 MAX_NEW_TOKENS = {"mgsm": 512, "global-mmlu-lite": 64, "include-lite": 64, "care-pro": 256, "toy": 48}
 GROUP_KEYS = {"toy": "per_topic", "global-mmlu-lite": "per_cultural_label", "include-lite": "per_domain",
@@ -84,7 +85,7 @@ def http_judge(url: str, model: str, max_tokens: int = 16, timeout: float = 120.
     import urllib.request
     import warnings
     from http.client import InvalidURL
-    from extras.runlog import check_url, http_hint, redact, scrub
+    from extras.endpoints import check_url, http_hint, redact, scrub
     endpoint = check_url(url, "--judge-url").rstrip("/")
     if not endpoint.endswith("/chat/completions"):
         endpoint += "/chat/completions"
@@ -457,7 +458,7 @@ def parse_args(argv=None):
     p.add_argument("--predictions", help="saved answers {id, prediction[, lang]} to score; no model loaded")
     p.add_argument("--allow-missing", action="store_true", help="count items without a prediction as wrong")
     p.add_argument("--langs", help="comma-separated language codes to keep")
-    p.add_argument("--limit", type=int, help="at most this many items per language")
+    p.add_argument("--limit", type=runlog.ranged(int, 1), help="at most this many items per language")
     p.add_argument("--train-langs", default=",".join(data.ROLLOUT_LANGUAGES),
                    help="the 'Seen' languages (default: the 15 rollout languages)")
     p.add_argument("--out", required=True, help="output folder (results.json, plots, predictions)")
@@ -467,13 +468,13 @@ def parse_args(argv=None):
     p.add_argument("--mc-scoring", default="extract", choices=("extract", "loglik"),
         help="multiple choice: read the letter out of a greedy answer, or the option letters' "
              "log-likelihood (lm-eval style)")
-    p.add_argument("--max-new-tokens", type=int, help=f"default per benchmark: {MAX_NEW_TOKENS}")
-    p.add_argument("--batch-size", type=int, default=32, help="questions per generation batch")
+    p.add_argument("--max-new-tokens", type=runlog.ranged(int, 1), help=f"default per benchmark: {MAX_NEW_TOKENS}")
+    p.add_argument("--batch-size", type=runlog.ranged(int, 1), default=32, help="questions per generation batch")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--judge-model", help="CARE-pro judge: a local transformers model")
     p.add_argument("--judge-url", help="CARE-pro judge: OpenAI-compatible base URL (key from $OPENAI_API_KEY)")
     p.add_argument("--judge-name", help="model name to send to --judge-url")
-    p.add_argument("--judge-max-tokens", type=int, default=16,
+    p.add_argument("--judge-max-tokens", type=runlog.ranged(int, 1), default=16,
         help="longest judge reply (it names one label)")
     p.add_argument("--compare", nargs="+", metavar="NAME=PATH",
                    help="compare runs side by side: results.json files or their folders, baseline first")

@@ -48,7 +48,8 @@ class Config:
     recipe: str = None             # convert the rows of --data with a named recipe
     test_data: str = None          # held-out file: test.* beside train.*, a recipe's; none: split
     test_fraction: float = 0.1     # held-out share per language when --data has no test split
-    keep_duplicates: bool = False  # keep repeated rows of --data (dropped and counted by default)
+    split_seed: int = 42           # seed of the held-out split of --data (official 42, any --seed)
+    keep_duplicates: bool = False  # keep repeated rows of --data, as verl does (toy: dropped)
     langs: str = None              # rollout languages L besides the data's, comma-separated
                                    # (default: the built-in world's 6; else the official 15,
                                    # multilingual_rl_dataset.py:39-55)
@@ -128,7 +129,7 @@ class Config:
 REAL = dict(data="helpsteer3", encoder=calibrate.PAPER_ENCODER, stats=str(calibrate.PAPER_STATS),
             questions_per_step=256, max_new_tokens=1024, lr=1e-6, micro_batch=8, loss_micro_batch=4,
             steps=None, epochs=4.0, eval_size=None, eval_every=5, save_every=10, threads=None,
-            scale_router_schedule=True, check_tags=True, lid_rules="official")
+            scale_router_schedule=True, check_tags=True, lid_rules="official", keep_duplicates=True)
 # A real pretrained model on a CPU in minutes (--model smollm2 without a GPU): the built-in world's
 # questions and offline reward, 2 questions × 8 rollouts of 16 tokens, 4 held-out per language.
 CPU_DEMO = dict(questions_per_step=2, max_new_tokens=16, lr=1e-6, micro_batch=16,
@@ -207,7 +208,6 @@ def set_up(cfg: Config) -> Run:
     train, test = setup.load_data(cfg)
     runlog.check_data(cfg, train, test)   # every data/flag mismatch before the model loads
     runlog.check_out_dir(cfg)             # after the data's errors: a missing file is named first
-    runlog.check_data_unchanged(cfg)      # --resume: the data it was started on
     from extras.routers import make_router   # any method's router, its options checked
     options = router_options(cfg) if cfg.method == "lrpo" else {}
     router = make_router(cfg.method, routed_languages(cfg, train + test), **options)
@@ -395,9 +395,7 @@ def train(run: Run, first: int, total: int, stop: dict) -> dict:
         if stop["requested"]:
             runlog.stopped(cfg, done, stop)
     after = evaluate(total) if held_out else None
-    result = runlog.finish(run, metrics, after)
-    runlog.check_finished(cfg, total)   # non-zero without the last step's checkpoint
-    return result
+    return runlog.finish(run, metrics, after, total)   # non-zero without step total's checkpoint
 
 
 def main(argv=None) -> dict:
@@ -408,22 +406,13 @@ def main(argv=None) -> dict:
         run = set_up(cfg)
         first = runlog.load_checkpoint(run) if cfg.resume else 0
         total = total_steps(cfg, len(run.train))
-        if total < 1:
-            runlog.fail(f"--epochs {cfg.epochs:g} of {len(run.train)} training questions at "
-                        f"--questions-per-step {cfg.questions_per_step} is 0 steps; raise --epochs or give --steps")
-        if first >= total:
-            print(f"[lrpo] {cfg.out} is at step {first} of {total}: nothing to do "
-                  f"(--steps N > {first} runs on)")
+        if runlog.nothing_to_do(cfg, first, total, len(run.train)):   # 0 steps asked: an error
             return {}
-        runlog.write_config(cfg)
-        runlog.write_data_fingerprint(cfg)
+        runlog.write_config(cfg)   # and the data's fingerprint
         runlog.announce(run, total, first)
         with runlog.first_ctrl_c_stops() as stop:   # finish the step, save, exit
             return train(run, first, total, stop)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:   # Ctrl-C while parsing the flags
-        raise SystemExit("error: interrupted (Ctrl-C) before the run started; nothing was written")
+    main()

@@ -20,6 +20,7 @@ interfaces; each one's docstring says what it adds and why:
     checkpoints.py      checkpoints: written whole, the last N kept, checked and set aside on load
     run_lock.py         one process per run folder
     run_io.py           atomic writes of the run folder's files, the logs, one-line errors
+    endpoints.py        OpenAI-compatible URLs: the one redaction of their secrets, their checks
     recipes.py          loading: files, official formats, hub ids, recipes; the prompt-length filter
     label.py            the paper's topic/region labelling of a data file (App. A.2), with an LLM
     warm_start.py       the paper's warm-start SFT (§5.4) and the tag-following check

@@ -36,7 +36,7 @@ CHOICES = {
 # --help lists the flags in these groups (every field of Config is in one; a test checks)
 HELP_GROUPS = {
     "model and data": ("preset", "model", "data", "recipe", "test_data", "test_fraction",
-                       "keep_duplicates", "langs", "prompt_style", "max_prompt_tokens"),
+                       "split_seed", "keep_duplicates", "langs", "prompt_style", "max_prompt_tokens"),
     "method and router (Alg. 1, Eq. 1, 6, 7)": (
         "method", "group_size", "orig_lang_min", "router_alpha", "router_update_every",
         "router_tau_decay", "router_eps_decay", "router_norm", "router_regions", "untopiced",

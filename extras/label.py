@@ -55,7 +55,7 @@ from typing import Callable
 from urllib.parse import urlparse
 
 import data
-from extras import recipes, runlog
+from extras import endpoints, recipes, runlog
 from data import DataError, REGIONS, TOPICS
 
 REGIONAL = "Regional Knowledge"
@@ -315,7 +315,7 @@ def http_labeller(url: str, name: str, api_key: str | None = None, max_tokens: i
     import urllib.request
     from concurrent.futures import ThreadPoolExecutor
     from http.client import InvalidURL
-    endpoint = runlog.check_url(url, "--url").rstrip("/")
+    endpoint = endpoints.check_url(url, "--url").rstrip("/")
     if not endpoint.endswith("/chat/completions"):
         endpoint += "/chat/completions"
     warn_plain_http(endpoint, api_key)
@@ -333,17 +333,17 @@ def http_labeller(url: str, name: str, api_key: str | None = None, max_tokens: i
                     reply = json.loads(response.read())
                 return reply["choices"][0]["message"].get("content") or ""
             except urllib.error.HTTPError as e:
-                problem = f"HTTP {e.code}: {e.read()[:300].decode(errors='replace')}{runlog.http_hint(e)}"
+                problem = f"HTTP {e.code}: {e.read()[:300].decode(errors='replace')}{endpoints.http_hint(e)}"
                 if e.code not in (429, 500, 502, 503, 504):
                     break
             except (urllib.error.URLError, TimeoutError, ConnectionError, InvalidURL) as e:
-                problem = f"{type(e).__name__}: {runlog.scrub(e, endpoint)}"
+                problem = f"{type(e).__name__}: {endpoints.scrub(e, endpoint)}"
             except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
                 problem = f"not an OpenAI chat-completions reply ({type(e).__name__}: {e})"
                 break
             if attempt + 1 < attempts:
                 time.sleep(backoff * 2 ** attempt)
-        raise LabelError(" ".join(f"{runlog.redact(endpoint)} (model {name!r}): {problem}".split()))
+        raise LabelError(" ".join(f"{endpoints.redact(endpoint)} (model {name!r}): {problem}".split()))
 
     def ask(prompts: list[str], temperature: float) -> list[str]:
         with ThreadPoolExecutor(max(1, min(workers, len(prompts)))) as pool:
@@ -624,10 +624,10 @@ def main(argv=None) -> int:
     p.add_argument("--recipe", help="read --in with a recipe of extras/recipes.py")
     p.add_argument("--columns", help="column mapping as JSON, e.g. '{\"question\": \"q\"}'")
     p.add_argument("--cache", help="JSONL cache of labelled questions (default <out>.cache.jsonl)")
-    p.add_argument("--batch-size", type=int, default=32, help="questions per batch (and per cache flush)")
-    p.add_argument("--workers", type=int, default=8, help="parallel requests to --url")
-    p.add_argument("--max-tokens", type=int, default=1024, help="longest reply (reasoning models need room)")
-    p.add_argument("--temperature", type=float, default=0.0, help="first attempt; a retry samples at 0.7")
+    p.add_argument("--batch-size", type=runlog.ranged(int, 1), default=32, help="questions per batch (and per cache flush)")
+    p.add_argument("--workers", type=runlog.ranged(int, 1), default=8, help="parallel requests to --url")
+    p.add_argument("--max-tokens", type=runlog.ranged(int, 1), default=1024, help="longest reply (reasoning models need room)")
+    p.add_argument("--temperature", type=runlog.ranged(float, 0), default=0.0, help="first attempt; a retry samples at 0.7")
     p.add_argument("--device", default=None, help="device of --model (default cuda if available)")
     p.add_argument("--relabel", action="store_true", help="also label rows that already have a paper topic")
     p.add_argument("--retry-unlabelled", action="store_true", help="ask again about cached failures")

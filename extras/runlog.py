@@ -36,6 +36,7 @@ from pathlib import Path
 from extras.checkpoints import (CHECKPOINT, FAILED, MARKER, OLD, TMP, complete_checkpoints,  # noqa: F401
                                 load_checkpoint, marked_step, newest_checkpoint, save_checkpoint)
 from extras.run_io import LOGS, append, atomic_write_text, fail, read, trim_logs  # noqa: F401
+from extras.endpoints import check_url, http_hint, redact, scrub  # noqa: F401
 from extras.run_lock import LOCK, check_lock, is_lock_file, release_lock, take_lock  # noqa: F401
 
 
@@ -88,69 +89,6 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-SECRET_PARAMETERS = {"api_key", "apikey", "api-key", "key", "token", "access_token", "auth", "password",
-                     "secret", "sig", "signature"}
-
-
-def redact(url: str) -> str:
-    """``url`` without the secrets it may carry (user and password, ``api_key``/``key``/``token``
-    query parameters): safe to print. The one redaction of every command line (lrpo.py,
-    evaluate.py, extras/label.py, extras/warm_start.py)."""
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-    try:
-        parts = urlsplit(str(url))
-        netloc = parts.netloc
-        if "@" in netloc:   # user-info: everything before the last @
-            netloc = "***@" + netloc.rsplit("@", 1)[1]
-        query = parts.query
-        if query:
-            pairs = parse_qsl(query, keep_blank_values=True)
-            query = urlencode([(k, "***" if k.lower() in SECRET_PARAMETERS else v) for k, v in pairs], safe="*")
-        return urlunsplit(parts._replace(netloc=netloc, query=query))
-    except ValueError:
-        return "(an unparsable URL)"
-
-
-def scrub(text: str, url: str) -> str:
-    """``text`` (an error message about ``url``) with the URL and each of its secrets redacted."""
-    from urllib.parse import parse_qsl, urlsplit
-    text = str(text).replace(str(url), redact(url))
-    try:
-        parts = urlsplit(str(url))
-        secrets = [parts.netloc.rsplit("@", 1)[0]] if "@" in parts.netloc else []
-        secrets += [p for s in secrets for p in s.split(":")]
-        secrets += [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if k.lower() in SECRET_PARAMETERS]
-    except ValueError:
-        secrets = []
-    for secret in sorted(filter(None, secrets), key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
-
-
-def check_url(url: str, flag_name: str) -> str:
-    """An http(s) endpoint given on a command line, or a one-line error that prints no secret: a
-    key belongs in the environment, never in the URL (urllib cannot send user-info anyway)."""
-    from urllib.parse import urlsplit
-    try:
-        parts = urlsplit(url)
-        parts.port   # a non-numeric port raises here
-    except ValueError as e:
-        fail(f"{flag_name} {redact(url)}: not a valid URL ({scrub(e, url)})")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        fail(f"{flag_name} {redact(url)}: not an http(s) URL with a host, e.g. http://localhost:8000/v1")
-    if "@" in parts.netloc:
-        fail(f"{flag_name} {redact(url)}: holds a user name or key; pass the key in the environment "
-             f"($OPENAI_API_KEY, or the variable --api-key-env names) and the URL without it")
-    return url
-
-
-def http_hint(error) -> str:
-    """What to check after an endpoint's refusal (401/403: the key)."""
-    code = getattr(error, "code", None)
-    return " (check the API key: the variable named by --api-key-env, default $OPENAI_API_KEY)" \
-        if code in (401, 403) else ""
-
-
 # ----------------------------------------------------------------------------------------------
 # --resume: the configuration comes from the run folder
 
@@ -167,6 +105,8 @@ def resumed_config(given: dict, out: str, may_change, fields, choices=None) -> d
     for name in PER_INVOCATION:
         saved.pop(name, None)
     check_saved_config(saved, fields, path, choices or {})
+    if "split_seed" not in saved:   # saved before --split-seed: its split followed --seed
+        saved["split_seed"] = saved.get("seed", 0)
     for name, value in given.items():
         if name not in may_change and name not in ("resume", "out") + PER_INVOCATION \
                 and value != saved.get(name):
@@ -178,7 +118,8 @@ def resumed_config(given: dict, out: str, may_change, fields, choices=None) -> d
 
 
 # fields added after runs were saved without them: such a run resumes with these values
-ADDED_LATER = {"keep_checkpoints": 2, "labeller": "none", "labeller_name": None}   # none: no labels then
+ADDED_LATER = {"keep_checkpoints": 2, "split_seed": 42,   # split_seed: see resumed_config
+               "labeller": "none", "labeller_name": None}   # labeller: saved before labelling
 # a run saved before lid_rules existed: extras/cli.as_saved_before_lid_rules fills these
 BEFORE_LID_RULES = ("lid_rules", "untopiced", "test_data", "encoder_dtype")
 
@@ -240,7 +181,8 @@ RANGES = {
     "lr": (0, INF, False, True), "weight_decay": (0, INF, False, True), "grad_clip": (0, INF, True, True),
     "kl_coef": (0, INF, False, True), "loss_micro_batch": (1, INF, False, True),
     "ppo_epochs": (1, INF, False, True), "mini_batch": (1, INF, False, True),
-    "seed": (0, 2**32 - 1, False, False), "max_skipped": (1, INF, False, True),
+    "seed": (0, 2**32 - 1, False, False), "split_seed": (0, 2**32 - 1, False, False),
+    "max_skipped": (1, INF, False, True),
     "eval_every": (0, INF, False, True), "eval_size": (0, INF, False, True),
     "save_every": (0, INF, False, True), "keep_checkpoints": (1, INF, False, True),
     "samples_per_step": (0, INF, False, True), "threads": (1, INF, False, True),
@@ -258,6 +200,27 @@ def allowed(name: str, value) -> str:
     else:
         rule = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
     return rule + (" (a finite number)" if isinstance(value, float) and not math.isfinite(value) else "")
+
+
+def ranged(kind, low, high=INF, low_open=False):
+    """An argparse ``type`` for the other command lines (evaluate.py, extras/label.py,
+    extras/warm_start.py): ``kind`` in [low, high] (or (low, high] with ``low_open``), finite;
+    anything else is argparse's one-line error naming the flag and the range."""
+    import argparse
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}")
+        ok = math.isfinite(value) and (value > low if low_open else value >= low) and value <= high
+        if not ok:
+            rule = (("positive" if low == 0 else f"above {low}") if low_open else f"at least {low}") \
+                if high == INF else f"in {'(' if low_open else '['}{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"{text}: must be {rule}"
+                                             + ("" if math.isfinite(value) else " (a finite number)"))
+        return value
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def check_flags(cfg) -> None:
@@ -356,6 +319,7 @@ def check_out_dir(cfg) -> None:
             fail(f"{out} already holds a run that saved no checkpoint; delete it or pass another --out")
         fail(f"{out} already holds a run (checkpoint at step {newest[1]}); continue it with "
              f"`python lrpo.py --out {out} --resume` (add --steps N to run to step N), or pass another --out")
+    check_data_unchanged(cfg)   # --resume: the data it was started on
     try:
         out.mkdir(parents=True, exist_ok=True)
         take_lock(out)
@@ -393,10 +357,24 @@ PER_INVOCATION = ("resume", "plot", "allow_data_change")   # never read back fro
 
 
 def write_config(cfg) -> None:
-    """``<out>/config.json``, replaced whole (a kill mid-write leaves the old one)."""
+    """``<out>/config.json`` and the data's fingerprint (``<out>/data.json``), each replaced whole
+    (a kill mid-write leaves the old one)."""
     from dataclasses import asdict
     saved = {k: v for k, v in asdict(cfg).items() if k not in ("plot", "allow_data_change")}
     atomic_write_text(Path(cfg.out) / "config.json", json.dumps(saved, indent=2))
+    write_data_fingerprint(cfg)
+
+
+def nothing_to_do(cfg, first: int, total: int, n_train: int) -> bool:
+    """True (with a note) when a resumed run is already at its last step; a run of 0 steps
+    (``--epochs`` too small for the data) is a one-line error."""
+    if total < 1:
+        fail(f"--epochs {cfg.epochs:g} of {n_train} training questions at --questions-per-step "
+             f"{cfg.questions_per_step} is 0 steps; raise --epochs or give --steps")
+    if first >= total:
+        print(f"[lrpo] {cfg.out} is at step {first} of {total}: nothing to do "
+              f"(--steps N > {first} runs on)")
+    return first >= total
 
 
 # ----------------------------------------------------------------------------------------------
@@ -634,10 +612,11 @@ def check_finished(cfg, total: int) -> None:
     may have been skipped on non-finite values, so that step was not saved)."""
     last = newest_checkpoint(cfg.out)
     if last is None or last[1] != total:
-        kept = f"the newest checkpoint is of step {last[1]}" if last else "no checkpoint was saved"
+        way = (f"the newest checkpoint is of step {last[1]}: resume with `python lrpo.py --out {cfg.out} "
+               f"--resume` to redo the steps after it, or lower --lr in a new run") if last else \
+            f"no checkpoint was saved: lower --lr and start a new run (another --out, or delete {cfg.out})"
         fail(f"the run reached step {total} but did not save it (its update was skipped or its model "
-             f"is non-finite: see the warnings above); {kept}; resume with `python lrpo.py --out "
-             f"{cfg.out} --resume` to redo the steps after it, or lower --lr in a new run")
+             f"is non-finite: see the warnings above); {way}")
 
 
 def stopped(cfg, done: int, stop: dict):
@@ -664,8 +643,9 @@ def announce(run, total: int, first: int = 0) -> None:
     print(f"[lrpo] steps: {rule} = {total}")
 
 
-def finish(run, metrics: dict, after: dict | None) -> dict:
-    """The last evaluation logged, the before/after table with the router's p(local), plots."""
+def finish(run, metrics: dict, after: dict | None, total: int | None = None) -> dict:
+    """The last evaluation logged, the before/after table with the router's p(local), plots; then
+    a non-zero exit if the run has no checkpoint of its last step ``total`` (check_finished)."""
     from dataclasses import asdict
     cfg, before = run.cfg, None
     if after is not None:
@@ -676,6 +656,8 @@ def finish(run, metrics: dict, after: dict | None) -> dict:
         print(before_after_table(before, after, router))
     for path in plot_run(cfg.out):
         print(f"[lrpo] wrote {path}")
+    if total is not None:
+        check_finished(cfg, total)
     return {"before": before, "after": after, "last": metrics, "config": asdict(cfg)}
 
 

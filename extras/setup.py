@@ -45,7 +45,8 @@ def _load_data(cfg) -> tuple[list, list]:
         examples = runlog.drop_duplicates(recipes.load_examples(cfg.data, recipe=cfg.recipe), cfg)
         source = test_source(cfg)
         if source is None:
-            return data.split_examples(examples, cfg.test_fraction, seed=cfg.seed)
+            # the official split: 10% per language, seed 42 whatever the run's --seed (example.py)
+            return data.split_examples(examples, cfg.test_fraction, seed=cfg.split_seed)
         if source == "split":
             test = recipes.load_examples(cfg.data, recipe=cfg.recipe, split="test")
         else:

@@ -31,7 +31,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import data
-from extras import recipes
+from extras import recipes, runlog
+from extras.endpoints import check_url, http_hint, redact, scrub
 from extras.models import ModelLoadError
 
 PAPER_PROMPTS = 420           # prompts sampled from Aya
@@ -41,13 +42,11 @@ LANGS_PER_PROMPT = 2          # target languages per prompt
 def _warn_plain_http(url: str, api_key: str | None) -> None:
     host = urlparse(url).hostname or ""
     if api_key and urlparse(url).scheme == "http" and host not in ("localhost", "127.0.0.1", "::1"):
-        from extras.runlog import redact
         print(f"[warm_start] warning: sending an API key over plain http to {redact(url)}", file=sys.stderr)
 
 
 def http_teacher(url: str, name: str, api_key: str | None = None, max_tokens: int = 512, timeout: float = 120.0):
     """messages -> reply text, from an OpenAI-compatible /chat/completions endpoint."""
-    from extras.runlog import check_url
     check_url(url, "--teacher-url")
     _warn_plain_http(url, api_key)
 
@@ -60,7 +59,6 @@ def http_teacher(url: str, name: str, api_key: str | None = None, max_tokens: in
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return json.loads(resp.read())["choices"][0]["message"]["content"]
         except (OSError, ValueError, KeyError, IndexError, TypeError, http.client.HTTPException) as e:
-            from extras.runlog import http_hint, redact, scrub
             raise SystemExit(" ".join(f"error: teacher endpoint {redact(url)} failed: {type(e).__name__}: "
                                       f"{scrub(e, url)}{http_hint(e)}".split())) from None
     return ask
@@ -162,18 +160,18 @@ def main(argv=None) -> None:
     b.add_argument("--teacher-url", help="OpenAI-compatible base URL (key from $OPENAI_API_KEY)")
     b.add_argument("--teacher-name", default="default", help="model name sent to --teacher-url")
     b.add_argument("--langs", default=",".join(data.ROLLOUT_LANGUAGES), help="target languages")
-    b.add_argument("--n-prompts", type=int, default=PAPER_PROMPTS,
+    b.add_argument("--n-prompts", type=runlog.ranged(int, 1), default=PAPER_PROMPTS,
         help="questions drawn from --prompts (the paper: 420)")
-    b.add_argument("--seed", type=int, default=0,
+    b.add_argument("--seed", type=runlog.ranged(int, 0, 2**32 - 1), default=0,
         help="seed of the drawn questions and target languages")
     s = sub.add_parser("sft", allow_abbrev=False, help="fine-tune a policy on the pairs; the output folder works as --model")
     s.add_argument("--model", required=True,
         help="policy to fine-tune: hub id, local folder, smollm2 or a .gguf file")
     s.add_argument("--pairs", required=True, help="pairs JSONL written by build")
     s.add_argument("--out", required=True, help="folder to write (then use it as lrpo.py --model)")
-    s.add_argument("--epochs", type=int, default=2, help="passes over the pairs")
-    s.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate")
-    s.add_argument("--batch-size", type=int, default=8, help="pairs per optimizer step")
+    s.add_argument("--epochs", type=runlog.ranged(int, 1), default=2, help="passes over the pairs")
+    s.add_argument("--lr", type=runlog.ranged(float, 0), default=1e-5, help="AdamW learning rate")
+    s.add_argument("--batch-size", type=runlog.ranged(int, 1), default=8, help="pairs per optimizer step")
     s.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     c = sub.add_parser("check", allow_abbrev=False, help="share of answers in the tagged language")
     c.add_argument("--model", required=True,

@@ -772,6 +772,9 @@ FIELDS = {
     "compile": probe_compile, "rollout_batch": probe_rollout_batch,
     "labeller": "test_labelled_run.py::test_unlabelled_data_is_labelled_by_the_policy_then_routed_by_topic_and_region",
     "labeller_name": "test_labelled_run.py::test_the_paper_way_an_endpoint_labels_the_run",
+    "keep_checkpoints": "test_run_folder.py::test_the_last_n_checkpoints_are_kept_and_a_rotten_newest_falls_back",
+    "allow_data_change": "test_run_folder.py::test_a_changed_data_file_is_named_on_resume_unless_allowed",
+    "split_seed": "test_run_folder.py::test_the_real_preset_keeps_duplicates_and_the_split_is_the_same_for_every_seed",
 }
 # fields whose effect a CPU-only machine cannot see (the reference's device is the CPU either way)
 GPU_ONLY = {"ref_on_cpu": "set_up keeps the frozen reference on the CPU instead of cfg.device"}

@@ -719,6 +719,26 @@ def test_a_numeric_flag_out_of_range_is_one_line_naming_it_and_its_range(name, v
     assert rule.startswith(("at least", "positive", "above", "in [", "in (")), message
 
 
+OTHER_CLIS = {   # (module, the arguments before the flag), the numeric flags with a bad value each
+    ("evaluate", ()): {"--limit": "0", "--max-new-tokens": "-1", "--batch-size": "-5", "--judge-max-tokens": "0"},
+    ("extras.label", ()): {"--batch-size": "0", "--workers": "-1", "--max-tokens": "0", "--temperature": "nan"},
+    ("extras.warm_start", ("build",)): {"--n-prompts": "0", "--seed": "-1"},
+    ("extras.warm_start", ("sft",)): {"--epochs": "0", "--lr": "inf", "--batch-size": "-2"},
+}
+
+
+@pytest.mark.parametrize("cli_name,flag,value", [(m[0] + " " + " ".join(m[1]), f, v) for m, flags in OTHER_CLIS.items()
+                                                 for f, v in flags.items()])
+def test_the_other_clis_refuse_out_of_range_numbers_naming_the_flag(cli_name, flag, value, capsys):
+    import importlib
+    module, *before = cli_name.split()
+    with pytest.raises(SystemExit) as err:
+        importlib.import_module(module).main(before + [f"{flag}={value}"])
+    assert err.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"argument {flag}: {value}: must be " in line, line
+
+
 def test_an_empty_out_is_refused():
     with pytest.raises(SystemExit, match=r"--out is empty") as err:
         lrpo.parse_args(["--out", "", "--steps", "1"])
@@ -777,12 +797,37 @@ def test_a_utf8_bom_is_accepted(tmp_path):
 def test_duplicate_rows_are_counted_and_dropped_unless_kept(tmp_path, capsys):
     path = write(tmp_path / "dup.jsonl", b"\n".join(rows() + rows()[:3]))
     cfg = lrpo.parse_args(["--data", path, "--model", "x", "--out", str(tmp_path / "r"), "--steps", "1",
-                           "--test-fraction", "0"])
+                           "--test-fraction", "0", "--no-keep-duplicates"])   # the real preset keeps them
     train, _ = setup.load_data(cfg)
     assert sorted(ex.question for ex in train) == [f"Frage {i}?" for i in range(4)]
     assert "3 duplicate rows (same language, question and answer) dropped" in capsys.readouterr().out
     cfg.keep_duplicates = True
     assert len(setup.load_data(cfg)[0]) == 7
+
+
+def test_the_real_preset_keeps_duplicates_and_the_split_is_the_same_for_every_seed(tmp_path):
+    """Issue 34, item 8: verl keeps repeated rows (the real preset too; the toy drops them); the
+    held-out split is the official one (seed 42) whatever --seed; a run saved before keeps its split."""
+    assert lrpo.parse_args(["--model", "org/m", "--steps", "1", "--out", str(tmp_path / "a")]).keep_duplicates
+    assert not lrpo.parse_args(["--steps", "1", "--out", str(tmp_path / "b")]).keep_duplicates
+    path = write(tmp_path / "many.jsonl", b"\n".join(
+        json.dumps({**ROW, "question": f"Frage {i}?", "id": str(i)}).encode() for i in range(40)))
+    held_out = lambda *flags: sorted(ex.question for ex in setup.load_data(lrpo.parse_args(
+        ["--data", path, "--model", "x", "--steps", "1", "--out", str(tmp_path / "r"), *flags]))[1])
+    assert held_out("--seed", "0") == held_out("--seed", "7") == \
+        sorted(ex.question for ex in data_split(path, 42)) != sorted(ex.question for ex in data_split(path, 7))
+    out = tmp_path / "old"
+    out.mkdir()
+    runlog.write_config(lrpo.parse_args(["--out", str(out), "--steps", "1", "--seed", "7"]))
+    saved = json.loads((out / "config.json").read_text())
+    del saved["split_seed"]   # a run saved before the flag: its split followed --seed
+    (out / "config.json").write_text(json.dumps(saved))
+    assert lrpo.parse_args(["--out", str(out), "--resume"]).split_seed == 7
+
+
+def data_split(path, seed):
+    import data
+    return data.split_examples(recipes.load_examples(path), 0.1, seed=seed)[1]
 
 
 def test_an_evaluation_only_language_in_training_data_is_named_before_the_model_loads(tmp_path, monkeypatch):
