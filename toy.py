@@ -23,6 +23,16 @@ in the local language. So for a regional question asked in, say, French about a 
 region, a rollout routed to Japanese is right far more often than one in French, and rewards say
 so. That is exactly the situation LRPO's router exists to find (paper §3.3, Fig. 3a).
 Arithmetic is taught mostly with English answers, so English is the better language there.
+
+Why what a routed rollout learns reaches the question's language (world version 4)
+----------------------------------------------------------------------------------
+The warm start also teaches 12 *widely known* regions (``FAMOUS``, two per language) in every
+language, as pre-training knows famous places in every language. They are never asked in RL; they
+tie the six languages' sentences together, so a fact rewarded in one language carries over to the
+others (``bench/transfer_probe.py``: transfer 0.35–0.44 with them, 0.17–0.21 without). Without them
+(version 3) the paper's reward raised the training reward but the default run ended with a worse
+model than it started with (BENCHMARKS.md, issue 31).
+
 ``python toy.py`` prints the warm-started model's accuracy per language and topic, in the
 question's own language and in the region's local language.
 
