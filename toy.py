@@ -119,7 +119,7 @@ def _famous_name() -> str:
 
 FAMOUS = tuple(Region(_famous_name(), lang, _famous_name(), _famous_name(), _famous_name(),
                       _famous_rng.randint(1, 12))
-               for lang in ("en", "de", "fr", "es", "zh", "ja") for _ in range(2))
+               for lang in LANGS for _ in range(2))
 
 MONTHS = {
     "en": ["January", "February", "March", "April", "May", "June", "July", "August",
@@ -520,7 +520,8 @@ def warm_start(model, tokenizer, wcfg: WarmStartConfig, cfg: WorldConfig, log=pr
 
 # The default configuration's warm start ships in the repository (about 4 MB), so every machine
 # starts from the same weights: trained again, 500 steps of SFT round differently on another CPU
-# type and give another model (issue 35: own-language arithmetic 0.22 on one CPU, 0.03 on another).
+# type, or on another day, and give another model (two version-3 builds: English arithmetic 0.22
+# and 0.03; BENCHMARKS.md, issue 31).
 # MANIFEST names the cache key it was trained for and the sha256 of each file; the files are loaded
 # only when both match. Rebuild it (after changing the world or the default configs) with
 #     python toy.py --rebuild-warm-start
