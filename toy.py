@@ -23,12 +23,23 @@ in the local language. So for a regional question asked in, say, French about a 
 region, a rollout routed to Japanese is right far more often than one in French, and rewards say
 so. That is exactly the situation LRPO's router exists to find (paper §3.3, Fig. 3a).
 Arithmetic is taught mostly with English answers, so English is the better language there.
+
+Why what a routed rollout learns reaches the question's language (world version 4)
+----------------------------------------------------------------------------------
+The warm start also teaches 12 *widely known* regions (``FAMOUS``, two per language) in every
+language, as pre-training knows famous places in every language. They are never asked in RL; they
+tie the six languages' sentences together, so a fact rewarded in one language carries over to the
+others (``bench/transfer_probe.py``: transfer 0.35–0.44 with them, 0.17–0.21 without). Without them
+(version 3) the paper's reward raised the training reward but the default run ended with a worse
+model than it started with (BENCHMARKS.md, issue 31).
+
 ``python toy.py`` prints the warm-started model's accuracy per language and topic, in the
 question's own language and in the region's local language.
 
-Everything is deterministic given the seed, and the warm-started model is cached on disk under a
-key derived from its configuration (``$LRPO_CACHE`` or ``~/.cache/lrpo``), so the second run
-starts at once.
+Everything is deterministic given the seed. The default configuration's warm-started model ships
+in ``warm_start/toy/`` (checked by sha256; ``python toy.py --rebuild-warm-start`` rebuilds it), so
+every machine starts from the same weights; any other configuration's is trained once and cached
+under a key derived from it (``$LRPO_CACHE`` or ``~/.cache/lrpo``).
 """
 from __future__ import annotations
 
@@ -48,7 +59,7 @@ from data import Example, build_prompt, lang_tag, split_examples
 from extras.verifier import contains_key   # a gold name or month as a word
 
 LANGS = ("en", "de", "fr", "es", "zh", "ja")
-WORLD_VERSION = 3  # bump when the world or the warm start changes, to invalidate caches
+WORLD_VERSION = 4  # bump when the world or the warm start changes, to invalidate caches
 
 # ----------------------------------------------------------------------------------------------
 # The world
@@ -89,6 +100,26 @@ REGIONS = (
     Region("Kiriyama", "ja", "Hanabe", "Sorano", "Mochiru", 10),
     Region("Aozora", "ja", "Tsukimi", "Yukige", "Nabemi", 2),
 )
+
+# Widely known regions (world version 4): two per language, whose facts the warm start teaches in
+# *every* language, the way pre-training knows famous places in every language. They are never
+# asked in RL or held out (the questions stay REGIONS'); they are parallel data that ties the six
+# languages' sentences together, which cross-lingual transfer needs. With them the same
+# similarity reward teaches what it did not in version 3 (BENCHMARKS.md, "issue 31"). Their
+# made-up names come from a fixed generator: exactly the "famous" candidate world of
+# bench/transfer_probe.py and the confirmatory run H1 (bench/world_famous_patch.py).
+_famous_rng = random.Random("famous-names")
+_SYLLABLES = ["ka", "lo", "ver", "min", "tas", "ro", "bel", "dun", "sa", "ri", "mo", "tel", "van", "cor"]
+
+
+def _famous_name() -> str:
+    return "".join(_famous_rng.choice(_SYLLABLES)
+                   for _ in range(_famous_rng.choice((2, 3)))).capitalize()
+
+
+FAMOUS = tuple(Region(_famous_name(), lang, _famous_name(), _famous_name(), _famous_name(),
+                      _famous_rng.randint(1, 12))
+               for lang in LANGS for _ in range(2))
 
 MONTHS = {
     "en": ["January", "February", "March", "April", "May", "June", "July", "August",
@@ -319,6 +350,17 @@ def sft_pairs(cfg: WorldConfig = WorldConfig()) -> list[tuple[str, str, str]]:
         a_lang = "en" if rng.random() < cfg.arithmetic_english_share else rng.choice(LANGS)
         pairs.append((arithmetic_qa(problem, q_lang)[0], a_lang, arithmetic_qa(problem, a_lang)[1]))
     rng.shuffle(pairs)
+    # the widely known regions: in the local language local_repeats times, and asked in every
+    # other language both answered in it and tagged with the local language
+    for region in FAMOUS:
+        for attribute in FACT_TEMPLATES:
+            q_local, a_local, _ = fact_qa(region, attribute, region.local)
+            pairs += [(q_local, region.local, a_local)] * cfg.local_repeats
+            for lang in LANGS:
+                q, a, _ = fact_qa(region, attribute, lang)
+                if lang != region.local:
+                    pairs += [(q, lang, a), (q, region.local, a_local)]
+    random.Random("famous").shuffle(pairs)   # (a second shuffle: the corpus of H1's world, exactly)
     return pairs
 
 
@@ -474,7 +516,18 @@ def warm_start(model, tokenizer, wcfg: WarmStartConfig, cfg: WorldConfig, log=pr
 
 
 # ----------------------------------------------------------------------------------------------
-# Cache
+# The shipped warm start, and the cache for every other configuration
+
+# The default configuration's warm start ships in the repository (about 4 MB), so every machine
+# starts from the same weights: trained again, 500 steps of SFT round differently on another CPU
+# type, or on another day, and give another model (two version-3 builds: English arithmetic 0.22
+# and 0.03; BENCHMARKS.md, issue 31).
+# MANIFEST names the cache key it was trained for and the sha256 of each file; the files are loaded
+# only when both match. Rebuild it (after changing the world or the default configs) with
+#     python toy.py --rebuild-warm-start
+SHIPPED_DIR = Path(__file__).resolve().parent / "warm_start" / "toy"
+MANIFEST = "manifest.json"
+
 
 def cache_dir() -> Path:
     return Path(os.environ.get("LRPO_CACHE", Path.home() / ".cache" / "lrpo"))
@@ -490,34 +543,85 @@ def _cache_key(cfg, mcfg, wcfg) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def shipped_warm_start(key: str, log=print) -> Path | None:
+    """SHIPPED_DIR if it holds the warm start of cache key ``key`` with every file's sha256 as
+    its manifest says; None otherwise (another configuration, quietly; damaged files, with a line)."""
+    try:
+        manifest = json.loads((SHIPPED_DIR / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if manifest.get("key") != key:
+        return None   # a non-default world, model or warm start: the cache serves it
+    bad = [name for name, sha in manifest["sha256"].items()
+           if not (SHIPPED_DIR / name).is_file() or _sha256(SHIPPED_DIR / name) != sha]
+    if bad:
+        log(f"[toy] the shipped warm start in {SHIPPED_DIR} fails its sha256 ({', '.join(bad)}): "
+            f"training one into the cache instead")
+        return None
+    return SHIPPED_DIR
+
+
+def build_warm_start(path: Path, cfg: WorldConfig, mcfg: ModelConfig, wcfg: WarmStartConfig,
+                     log=print) -> None:
+    """Train the tokenizer and the warm start and write them to ``path`` (atomically)."""
+    import torch
+    # One thread whatever the machine: a sum split over more threads rounds differently,
+    # and 500 steps of SFT turn that into a different model (and different README numbers).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tokenizer = train_tokenizer(cfg, mcfg.vocab_size)
+        model, _ = warm_start(build_model(tokenizer, mcfg, wcfg.seed), tokenizer, wcfg, cfg, log)
+    finally:
+        torch.set_num_threads(threads)
+    # Write under a temporary name and rename, so an interrupted warm start leaves no
+    # half-written folder behind.
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "done").write_text("ok\n")
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+
+
+def rebuild_shipped(log=print) -> Path:
+    """``python toy.py --rebuild-warm-start``: train the default warm start into SHIPPED_DIR and
+    write its manifest (cache key, sha256 of every file, the command)."""
+    cfg, mcfg, wcfg = WorldConfig(), ModelConfig(), WarmStartConfig()
+    SHIPPED_DIR.parent.mkdir(parents=True, exist_ok=True)
+    build_warm_start(SHIPPED_DIR, cfg, mcfg, wcfg, log)
+    (SHIPPED_DIR / "done").unlink()
+    files = sorted(p.name for p in SHIPPED_DIR.iterdir() if p.name != MANIFEST)
+    manifest = {"key": _cache_key(cfg, mcfg, wcfg), "world_version": WORLD_VERSION,
+                "rebuild": "python toy.py --rebuild-warm-start",
+                "sha256": {name: _sha256(SHIPPED_DIR / name) for name in files}}
+    (SHIPPED_DIR / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    log(f"[toy] wrote {SHIPPED_DIR} (key {manifest['key']}, model.safetensors "
+        f"{manifest['sha256']['model.safetensors'][:16]}…)")
+    return SHIPPED_DIR
+
+
 def load_model_and_tokenizer(device: str = "cpu", cfg: WorldConfig = WorldConfig(),
                              mcfg: ModelConfig = ModelConfig(),
-                             wcfg: WarmStartConfig = WarmStartConfig(), log=print):
-    """The warm-started tiny model and its tokenizer: from the cache, or trained and cached."""
+                             wcfg: WarmStartConfig = WarmStartConfig(), log=print,
+                             shipped: bool = True):
+    """The warm-started tiny model and its tokenizer: the shipped copy when it is this
+    configuration's (and ``shipped``), else from the cache, or trained and cached."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = cache_dir() / f"toy-{_cache_key(cfg, mcfg, wcfg)}"
-    if not (path / "done").exists():
-        log(f"[toy] warm-starting the tiny model (cached afterwards in {path})")
-        # One thread whatever the machine: a sum split over more threads rounds differently,
-        # and 500 steps of SFT turn that into a different model (and different README numbers).
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            tokenizer = train_tokenizer(cfg, mcfg.vocab_size)
-            model, _ = warm_start(build_model(tokenizer, mcfg, wcfg.seed), tokenizer, wcfg, cfg, log)
-        finally:
-            torch.set_num_threads(threads)
-        # Write under a temporary name and rename, so an interrupted warm start leaves no
-        # half-written cache behind.
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "done").write_text("ok\n")
-        shutil.rmtree(path, ignore_errors=True)
-        tmp.rename(path)
+    key = _cache_key(cfg, mcfg, wcfg)
+    path = shipped_warm_start(key, log) if shipped else None
+    if path is None:
+        path = cache_dir() / f"toy-{key}"
+        if not (path / "done").exists():
+            log(f"[toy] warm-starting the tiny model (cached afterwards in {path})")
+            build_warm_start(path, cfg, mcfg, wcfg, log)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
     return model, tokenizer
@@ -591,7 +695,12 @@ if __name__ == "__main__":
                                      "tiny model and print its accuracy on the built-in world.")
     parser.add_argument("--split", default="test", choices=["train", "test", "all"],
                         help="which split of the world to evaluate")
+    parser.add_argument("--rebuild-warm-start", action="store_true",
+                        help=f"train the default warm start again into {SHIPPED_DIR.parent.name}/"
+                             f"{SHIPPED_DIR.name} (the shipped copy; one torch thread, minutes)")
     args = parser.parse_args()
+    if args.rebuild_warm_start:
+        rebuild_shipped()
     from calibrate import detect_languages   # the reward's language-ID gate
     model, tokenizer = load_model_and_tokenizer()
     print(format_report(accuracy_report(model, tokenizer, load_split(args.split), detect_languages)))

@@ -190,7 +190,8 @@ class RLTrainer:
 
 def use_world(variant: str) -> None:
     """Patch ``toy`` in this process to a candidate world and give it its own warm-start cache
-    (``$LRPO_CACHE/probe-<variant>``); "current" is toy.py as it is (world version 3). The
+    (``$LRPO_CACHE/probe-<variant>``); "current" is toy.py as it is (world version 3 when the probe's
+    results were measured; version 4 adopted "famous" below, so it is now the same world). The
     version-2 candidates measured in results_transfer.md §3 ("pangu": spaces around Latin names in
     zh/ja, now part of version 3; "pangu+xtag") were patches of version 2 and are gone with it.
     Candidates for the next version:
@@ -201,8 +202,8 @@ def use_world(variant: str) -> None:
       the six languages' templates together, which is what cross-lingual transfer needs.
     """
     import os
-    if variant == "current":
-        return
+    if variant == "current" or (variant == "famous" and toy.FAMOUS):
+        return   # since world version 4 the built-in world *is* the famous world (toy.FAMOUS)
     if variant != "famous":
         raise ValueError(f"unknown world variant {variant!r}")
     os.environ["LRPO_CACHE"] = str(toy.cache_dir() / f"probe-{variant}")

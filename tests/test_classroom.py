@@ -81,8 +81,13 @@ def test_h2_cell_is_exactly_the_held_out_arithmetic_asked_in_zh_and_ja():
 
 
 def test_world_check_accepts_the_frozen_world_and_refuses_a_changed_one(monkeypatch):
-    frozen = confirm.EXPERIMENTS["H2"]   # the built-in world, as toy.py is
+    # World version 4 is H1's frozen world text (the famous world); its warm-start key is new
+    # (WORLD_VERSION is part of it), and H2's world (version 3) is gone from toy.py.
+    frozen = {"world_hash": confirm.EXPERIMENTS["H1"]["world_hash"],
+              "warm_start_key": classroom.warm_start_key()}
     classroom.check_world(frozen["world_hash"], frozen["warm_start_key"])
+    with pytest.raises(SystemExit, match="world text hash .* is not the frozen"):
+        classroom.check_world(confirm.EXPERIMENTS["H2"]["world_hash"], frozen["warm_start_key"])
     toy = classroom.toy
     renamed = (toy.Region("Eastmoor", "en", "Harwick", "Tollen", "Pennat", 5),) + toy.REGIONS[1:]
     monkeypatch.setattr(toy, "REGIONS", renamed)   # one festival month moved

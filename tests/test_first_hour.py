@@ -223,8 +223,8 @@ def test_warm_start_reports_at_least_every_30_seconds_on_one_thread(monkeypatch,
     monkeypatch.setenv("LRPO_CACHE", str(tmp_path))
     monkeypatch.setattr(toy, "warm_start", lambda *a, **k: (seen.append(torch.get_num_threads()), 1 / 0))
     threads = torch.get_num_threads()
-    with pytest.raises(ZeroDivisionError):
-        toy.load_model_and_tokenizer(log=lambda *a: None)
+    with pytest.raises(ZeroDivisionError):   # shipped=False: train, as for a non-default world
+        toy.load_model_and_tokenizer(log=lambda *a: None, shipped=False)
     assert seen == [1] and torch.get_num_threads() == threads
 
 

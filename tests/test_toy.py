@@ -132,7 +132,7 @@ def test_warm_start_loss_falls_on_a_small_budget(toy_tokenizer):
 
 
 def test_default_warm_start_leaves_headroom_where_the_router_can_find_it(toy_model_and_tokenizer):
-    """The cached default model: regional questions are answered far better in the region's local
+    """The shipped default model: regional questions are answered far better in the region's local
     language than in another question language; answers are mostly in the requested language."""
     from calibrate import detect_languages   # the reward's own language-ID gate
     model, tok = toy_model_and_tokenizer
@@ -147,3 +147,28 @@ def test_default_warm_start_leaves_headroom_where_the_router_can_find_it(toy_mod
     assert routed_local > 0.85 and own_other < 0.6 and routed_local - own_other > 0.3, toy.format_report(report)
     assert acc("own", "regional/local-q") > 0.85
     assert acc("own", "arithmetic", "in_language") > 0.8 and acc("own", "regional/other-q", "in_language") > 0.8
+
+
+def test_the_default_warm_start_ships_and_is_checked_by_sha256(tmp_path, monkeypatch):
+    """issue 35: every machine starts from the same weights. The shipped copy is the default
+    configuration's (its manifest names the cache key); another configuration, or a damaged file,
+    falls back to the cache (the damage named in one line)."""
+    import json
+    import shutil
+    key = toy._cache_key(toy.WorldConfig(), toy.ModelConfig(), toy.WarmStartConfig())
+    assert toy.shipped_warm_start(key) == toy.SHIPPED_DIR
+    manifest = json.loads((toy.SHIPPED_DIR / toy.MANIFEST).read_text())
+    assert manifest["world_version"] == toy.WORLD_VERSION and "model.safetensors" in manifest["sha256"]
+    other = toy._cache_key(toy.WorldConfig(seed=1), toy.ModelConfig(), toy.WarmStartConfig())
+    assert toy.shipped_warm_start(other) is None
+    copy = tmp_path / "toy"
+    shutil.copytree(toy.SHIPPED_DIR, copy)
+    monkeypatch.setattr(toy, "SHIPPED_DIR", copy)
+    with (copy / "model.safetensors").open("r+b") as f:   # one byte flipped
+        f.seek(1000)
+        byte = f.read(1)
+        f.seek(1000)
+        f.write(bytes([byte[0] ^ 1]))
+    lines = []
+    assert toy.shipped_warm_start(key, lines.append) is None
+    assert len(lines) == 1 and "model.safetensors" in lines[0] and "sha256" in lines[0]
