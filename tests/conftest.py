@@ -38,3 +38,15 @@ def tiny_qwen():
                          max_position_embeddings=256, tie_word_embeddings=True,
                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     return Qwen2ForCausalLM(config).eval(), tok
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests (``pytestmark = pytest.mark.usefixtures(...)``): tiny
+    matmuls gain nothing from threads, and OpenMP threads spinning on a busy 2-core machine made
+    each one ~100x slower; single-threaded sums also round the same way every run."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -16,12 +16,7 @@ PROMPTS = ["a b c d e", "hello there", "x"] * 2   # chunks of 3: the second repe
 T = 6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

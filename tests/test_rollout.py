@@ -24,14 +24,7 @@ SAMPLERS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Matrices this small gain nothing from threads, and spinning OpenMP threads on a busy
-    # 2-core machine made each matmul ~100x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)

@@ -42,12 +42,7 @@ class Boosted(torch.nn.Module):
         return logits
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():   # tiny matmuls: OpenMP threads spinning on a busy machine cost ~100x
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
