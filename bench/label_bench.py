@@ -38,10 +38,9 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true", help="a tiny model on the CPU, 8 prompts")
     args = p.parse_args(argv)
     import torch
-    if not args.smoke and not torch.cuda.is_available():
-        print("error: bench/label_bench.py times the labelling on a CUDA GPU; on a CPU run "
-              "`python bench/label_bench.py --smoke`", file=sys.stderr)
-        return 2
+    if not args.smoke:
+        from extras.models import need_gpu
+        need_gpu("bench/label_bench.py", "one H100 in BENCHMARKS.md")
     import toy
     from bench.train_bench import QWEN25_15B, SMOKE, build_policy
     from extras import setup

