@@ -107,7 +107,8 @@ REGIONS = (
 # languages' sentences together, which cross-lingual transfer needs. With them the same
 # similarity reward teaches what it did not in version 3 (BENCHMARKS.md, "issue 31"). Their
 # made-up names come from a fixed generator: exactly the "famous" candidate world of
-# bench/transfer_probe.py and the confirmatory run H1 (bench/world_famous_patch.py).
+# bench/transfer_probe.py and the confirmatory run H1 (as a patch, bench/world_famous_patch.py,
+# in git history).
 _famous_rng = random.Random("famous-names")
 _SYLLABLES = ["ka", "lo", "ver", "min", "tas", "ro", "bel", "dun", "sa", "ri", "mo", "tel", "van", "cor"]
 

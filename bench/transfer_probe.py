@@ -189,9 +189,10 @@ class RLTrainer:
 # Candidate worlds (issue 11, item 2), as patches of toy.py for the probe only
 
 def use_world(variant: str) -> None:
-    """Patch ``toy`` in this process to a candidate world and give it its own warm-start cache
-    (``$LRPO_CACHE/probe-<variant>``); "current" is toy.py as it is (world version 3 when the probe's
-    results were measured; version 4 adopted "famous" below, so it is now the same world). The
+    """Check the world variant. "current" is toy.py as it is (world version 3 when the probe's
+    results were measured); version 4 adopted "famous" below, so both names are now that world,
+    and the patch that made "famous" from version 3 (``bench/world_famous_patch.py``) is gone: its
+    text is toy.py's, and git history keeps the file. The
     version-2 candidates measured in results_transfer.md §3 ("pangu": spaces around Latin names in
     zh/ja, now part of version 3; "pangu+xtag") were patches of version 2 and are gone with it.
     Candidates for the next version:
@@ -201,15 +202,10 @@ def use_world(variant: str) -> None:
       RL or in the probe (the probe's facts stay toy.REGIONS'); they add parallel data that ties
       the six languages' templates together, which is what cross-lingual transfer needs.
     """
-    import os
-    if variant == "current" or (variant == "famous" and toy.FAMOUS):
-        return   # since world version 4 the built-in world *is* the famous world (toy.FAMOUS)
-    if variant != "famous":
+    if variant not in ("current", "famous"):
         raise ValueError(f"unknown world variant {variant!r}")
-    os.environ["LRPO_CACHE"] = str(toy.cache_dir() / f"probe-{variant}")
-    # the same patch that the exploratory classroom run appends to toy.py
-    # (docs/benchmarks_history.md)
-    exec((Path(__file__).parent / "world_famous_patch.py").read_text(encoding="utf-8"), toy.__dict__)
+    # since world version 4 the built-in world *is* the famous world (toy.FAMOUS): both names
+    # are the current world, and the patch that once made it from version 3 is gone (git history)
 
 
 # ----------------------------------------------------------------------------------------------
